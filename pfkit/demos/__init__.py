@@ -1,0 +1,1 @@
+"""End-to-end demos on the embedded defaults (`pfkit demo ...`)."""

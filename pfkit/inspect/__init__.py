@@ -1,0 +1,1 @@
+"""Gradio inspectors over run folders; apps/*.py are thin launchers for these."""

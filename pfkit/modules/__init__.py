@@ -1,0 +1,1 @@
+"""LightningModules: orchestration only; the math lives in pfkit.rl and pfkit.noise."""

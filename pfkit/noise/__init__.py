@@ -1,0 +1,1 @@
+"""Noise-mask policy, mask sampling/application and REINFORCE losses (pure torch)."""

@@ -1,0 +1,1 @@
+"""Pure torch math for the RL methods: no Lightning in here."""
