@@ -43,3 +43,15 @@ def test_wrong_config_key_is_a_clear_error(tmp_path):
     out = run("fit", "-c", str(cfg))
     assert out.returncode != 0
     assert "max_epochz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fit_writes_the_run_folder(tmp_path):
+    """--run_dir puts the resolved config and checkpoints into the run folder (DESIGN.md contract)."""
+    boring = "lightning.pytorch.demos.boring_classes"
+    out = run("fit", "--model", f"{boring}.BoringModel", "--data", f"{boring}.BoringDataModule",
+              "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+              "--run_dir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert "max_steps: 2" in (tmp_path / "run" / "config.yaml").read_text()
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
