@@ -1,0 +1,223 @@
+"""Policy filtration (PF-PPO, Zhang/Shen et al., arXiv 2409.06957) and its R² diagnostic.
+
+The reward model is more reliable in some reward regions than others, so PF-PPO samples N responses
+per prompt, **ranks them by reward within the prompt**, and trains PPO only on some ranks:
+
+=========  ===================================================  ====================================
+strategy   paper's weight vector over ranks (best first)        kept set used for training here
+=========  ===================================================  ====================================
+none       (PPO-M: no filter)                                   all N
+bon        (1, 0, ..., 0)                                       the best
+br         (1/2, 1/(2(N-1)), ..., 1/(2(N-1)))                   the best + one uniformly random other
+bw         (1/2, 0, ..., 0, 1/2)                                the best and the worst
+=========  ===================================================  ====================================
+
+The kept sets are the authors' "filter" implementation (about 2 of N=5 kept; dropped samples feed
+neither actor nor critic). The general forms are :class:`RankWindow` (fixed ranks + k uniformly random
+others; all four strategies are instances) and :class:`RankWeights` (the paper's Categorical(w) over
+ranks, drawn ``draws`` times with replacement per prompt; the authors' "reweight" code resamples the
+buffer this way). Filtering is per prompt; the verl port's ``max_min``/``max_random`` rank over the whole
+batch instead and are not BR/BW.
+
+**Ties** (the paper does not discuss them): ranks come from a stable descending sort, so among equal
+rewards the lower sample index ranks higher. Hence "best" is the first maximum (as in the authors'
+``list.index(max)``), "worst" is the last minimum, and with all N rewards equal BW still keeps two
+samples (indices 0 and N-1), as the authors' reweight code does.
+
+**R²** (paper §4 "Weight choice"): fit a line score ~ reward over the samples the filtered policy
+produces and report the coefficient of determination. ``bins=None`` uses every sample (R² of the
+least-squares line = squared Pearson correlation); ``bins=k`` is the paper's form, which first groups
+responses with similar rewards and treats each group's (mean reward, mean score) as one point; the
+paper does not give the binning, we use k equal-count groups of the reward-sorted samples by default.
+Optional ``weights`` (e.g. :func:`inclusion_probs`) give the *expected* R² of a random strategy such as
+BR without sampling noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["STRATEGIES", "RankWindow", "RankWeights", "resolve", "paper_weights", "ranks", "select",
+           "inclusion_probs", "r_squared"]
+
+STRATEGIES = ("none", "bon", "br", "bw")
+
+
+@dataclass(frozen=True)
+class RankWindow:
+    """Keep the responses at fixed ``ranks`` (0 = best, -1 = worst) plus ``n_random`` drawn uniformly
+    without replacement from the other ranks. ``ranks=None`` keeps every rank (no filtering)."""
+
+    ranks: tuple[int, ...] | None = (0,)
+    n_random: int = 0
+
+    def __post_init__(self):
+        if self.n_random < 0:
+            raise ValueError(f"n_random must be >= 0, got {self.n_random}")
+
+
+@dataclass(frozen=True)
+class RankWeights:
+    """The paper's form: per prompt draw a rank ``draws`` times from Categorical(``weights``) (best rank
+    first, length N, normalised here) with replacement and keep the responses drawn at least once."""
+
+    weights: tuple[float, ...]
+    draws: int = 2
+
+    def probs(self, n: int) -> torch.Tensor:
+        w = torch.tensor(self.weights, dtype=torch.float64)
+        if w.numel() != n or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"RankWeights needs {n} non-negative weights with a positive sum, got {self.weights}")
+        return w / w.sum()
+
+
+NAMED = {
+    "none": RankWindow(ranks=None),
+    "bon": RankWindow(ranks=(0,)),
+    "br": RankWindow(ranks=(0,), n_random=1),
+    "bw": RankWindow(ranks=(0, -1)),
+}
+
+
+def resolve(strategy) -> RankWindow | RankWeights:
+    """A strategy name (none | bon | br | bw, case-insensitive) or object -> its object form."""
+    if isinstance(strategy, (RankWindow, RankWeights)):
+        return strategy
+    key = str(strategy).lower().replace("-", "").replace("_", "")
+    key = {"ppom": "none", "bestofn": "bon", "bestrandom": "br", "bestworst": "bw"}.get(key, key)
+    if key not in NAMED:
+        raise ValueError(f"unknown filtration strategy {strategy!r}; use one of {', '.join(STRATEGIES)} "
+                         f"or a RankWindow/RankWeights object")
+    return NAMED[key]
+
+
+def paper_weights(strategy: str, n: int) -> tuple[float, ...]:
+    """The paper's weight vector over the N reward ranks (best first) for bon, br, bw (none: uniform)."""
+    s = resolve(strategy)
+    if s is NAMED["none"]:
+        return tuple([1.0 / n] * n)
+    if s is NAMED["bon"]:
+        return tuple([1.0] + [0.0] * (n - 1))
+    if s is NAMED["br"]:
+        return tuple([0.5] + [0.5 / (n - 1)] * (n - 1)) if n > 1 else (1.0,)
+    if s is NAMED["bw"]:
+        return tuple([0.5] + [0.0] * (n - 2) + [0.5]) if n > 1 else (1.0,)
+    raise ValueError(f"no paper weight vector for {strategy!r}")
+
+
+def _check(rewards: torch.Tensor) -> torch.Tensor:
+    rewards = torch.as_tensor(rewards)
+    if rewards.dim() != 2 or rewards.shape[1] < 1:
+        raise ValueError(f"rewards must be [prompts, N responses], got shape {tuple(rewards.shape)}")
+    if torch.isnan(rewards.float()).any():
+        raise ValueError("rewards contain NaN; score every response before filtering")
+    return rewards
+
+
+def ranks(rewards: torch.Tensor) -> torch.Tensor:
+    """``order[p, r]`` = index of the response at rank r (0 = highest reward) of prompt p; ties -> lower
+    index first (stable sort)."""
+    return torch.sort(_check(rewards), dim=1, descending=True, stable=True).indices
+
+
+def select(rewards: torch.Tensor, strategy="none", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask ``[P, N]`` of the responses kept for training, per prompt, ranked by reward."""
+    rewards = _check(rewards)
+    s = resolve(strategy)
+    P, N = rewards.shape
+    order = ranks(rewards)
+    keep_rank = torch.zeros(P, N, dtype=torch.bool)
+    if isinstance(s, RankWindow):
+        if s.ranks is None:
+            return torch.ones(P, N, dtype=torch.bool, device=rewards.device)
+        fixed = sorted({r % N for r in s.ranks if -N <= r < N})
+        keep_rank[:, fixed] = True
+        rest = [r for r in range(N) if r not in fixed]
+        k = min(s.n_random, len(rest))
+        if k > 0:
+            noise = torch.rand(P, len(rest), generator=generator)
+            pick = torch.topk(noise, k, dim=1).indices  # k uniformly random without replacement
+            keep_rank[torch.arange(P)[:, None], torch.tensor(rest)[pick]] = True
+    else:
+        w = s.probs(N).float()
+        drawn = torch.multinomial(w.expand(P, N), s.draws, replacement=True, generator=generator)
+        keep_rank[torch.arange(P)[:, None], drawn] = True
+    mask = torch.zeros(P, N, dtype=torch.bool)
+    mask.scatter_(1, order.cpu(), keep_rank)
+    return mask.to(rewards.device)
+
+
+def inclusion_probs(rewards: torch.Tensor, strategy="none") -> torch.Tensor:
+    """Probability ``[P, N]`` that :func:`select` keeps each response (1/0 for deterministic strategies)."""
+    rewards = _check(rewards)
+    s = resolve(strategy)
+    P, N = rewards.shape
+    if isinstance(s, RankWindow):
+        if s.ranks is None:
+            return torch.ones(P, N, dtype=torch.float64)
+        p_rank = torch.zeros(N, dtype=torch.float64)
+        fixed = sorted({r % N for r in s.ranks if -N <= r < N})
+        p_rank[fixed] = 1.0
+        rest = [r for r in range(N) if r not in fixed]
+        if rest and s.n_random:
+            p_rank[rest] = min(s.n_random, len(rest)) / len(rest)
+    else:
+        p_rank = 1.0 - (1.0 - s.probs(N)) ** s.draws
+    out = torch.zeros(P, N, dtype=torch.float64)
+    out.scatter_(1, ranks(rewards).cpu(), p_rank.expand(P, N).clone())
+    return out
+
+
+def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning: str = "quantile") -> float:
+    """R² of the least-squares line ``score ~ reward`` (the paper's reliability measure).
+
+    ``bins=None``: over all given samples; equals the squared Pearson correlation (and
+    ``scipy.stats.linregress(...).rvalue ** 2``). ``bins=k``: the paper's grouped form, k groups of
+    similar reward (``binning="quantile"``: equal-count groups of the reward-sorted samples;
+    ``"width"``: equal-width reward intervals, empty ones dropped), each group's mean reward and mean
+    score as one point. ``weights`` (>= 0, same shape) weight the samples (weighted least squares and
+    weighted group means), e.g. :func:`inclusion_probs` for the expected kept set of a random strategy.
+
+    Returns NaN when R² is undefined (fewer than 2 points or constant scores) and 0.0 when the rewards are
+    constant but the scores are not (the fitted line is flat).
+    """
+    x = np.asarray(torch.as_tensor(rewards).detach().cpu().double().reshape(-1))
+    y = np.asarray(torch.as_tensor(scores).detach().cpu().double().reshape(-1))
+    if x.shape != y.shape:
+        raise ValueError(f"rewards ({x.size}) and scores ({y.size}) must have the same number of samples")
+    w = np.ones_like(x) if weights is None else np.asarray(torch.as_tensor(weights).double().reshape(-1))
+    if w.shape != x.shape or (w < 0).any():
+        raise ValueError("weights must be non-negative and shaped like rewards")
+    ok = (w > 0) & np.isfinite(x) & np.isfinite(y)
+    x, y, w = x[ok], y[ok], w[ok]
+    if bins is not None:
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2 (or None for no grouping), got {bins}")
+        if binning == "quantile":
+            order = np.argsort(x, kind="stable")
+            groups = [g for g in np.array_split(order, min(bins, x.size)) if g.size]
+        elif binning == "width":
+            if x.size == 0:
+                return float("nan")
+            edges = np.linspace(x.min(), x.max(), bins + 1)
+            idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+            groups = [np.flatnonzero(idx == b) for b in range(bins) if (idx == b).any()]
+        else:
+            raise ValueError(f"binning must be 'quantile' or 'width', got {binning!r}")
+        x = np.array([np.average(x[g], weights=w[g]) for g in groups])
+        y = np.array([np.average(y[g], weights=w[g]) for g in groups])
+        w = np.ones_like(x)
+    if x.size < 2:
+        return float("nan")
+    mx, my = np.average(x, weights=w), np.average(y, weights=w)
+    sxx = np.sum(w * (x - mx) ** 2)
+    syy = np.sum(w * (y - my) ** 2)
+    sxy = np.sum(w * (x - mx) * (y - my))
+    if syy <= 1e-15 * max(1.0, np.sum(w * y**2)):
+        return float("nan")
+    if sxx <= 1e-15 * max(1.0, np.sum(w * x**2)):
+        return 0.0
+    return float(min(1.0, sxy**2 / (sxx * syy)))
