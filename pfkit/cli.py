@@ -145,4 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not __main__'s: under `python -m pfkit.cli` this file is loaded twice,
+    # and UserError raised by verb modules (imported from pfkit.cli) must be the class caught in main().
+    from pfkit.cli import main as _main
+
+    sys.exit(_main())

@@ -171,6 +171,12 @@ def inclusion_probs(rewards: torch.Tensor, strategy="none") -> torch.Tensor:
     return out
 
 
+def _flat(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double().reshape(-1).numpy()
+    return np.asarray(a, dtype=np.float64).reshape(-1)
+
+
 def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning: str = "quantile") -> float:
     """R² of the least-squares line ``score ~ reward`` (the paper's reliability measure).
 
@@ -184,11 +190,10 @@ def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning
     Returns NaN when R² is undefined (fewer than 2 points or constant scores) and 0.0 when the rewards are
     constant but the scores are not (the fitted line is flat).
     """
-    x = np.asarray(torch.as_tensor(rewards).detach().cpu().double().reshape(-1))
-    y = np.asarray(torch.as_tensor(scores).detach().cpu().double().reshape(-1))
+    x, y = _flat(rewards), _flat(scores)
     if x.shape != y.shape:
         raise ValueError(f"rewards ({x.size}) and scores ({y.size}) must have the same number of samples")
-    w = np.ones_like(x) if weights is None else np.asarray(torch.as_tensor(weights).double().reshape(-1))
+    w = np.ones_like(x) if weights is None else _flat(weights)
     if w.shape != x.shape or (w < 0).any():
         raise ValueError("weights must be non-negative and shaped like rewards")
     ok = (w > 0) & np.isfinite(x) & np.isfinite(y)
