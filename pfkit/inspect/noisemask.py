@@ -1,0 +1,295 @@
+"""Noise-mask inspector: ``pfkit inspect noisemask RUN_DIR``.
+
+Reads ``masks/epoch_XXX.npz`` (a fixed panel of validation images: ``image``, ``alpha``, ``beta``,
+``label``, and the ``mask``/``masked`` the run drew) and ``metrics.csv``. For an epoch and an image it
+shows the image, the policy's α and β maps, the mean mask α/(α+β), a mask drawn from
+Beta(α, β) and the masked image; the mask can be redrawn with a seed through the same functions the
+training uses (``pfkit.noise.mask.sample_mask`` + ``upsample_blur``: nearest upsampling, then a
+Gaussian blur). Per-class average masks show whether the policy learned class-specific noise; the
+accuracy curves come from metrics.csv.
+
+α/β are stored as concentrations (the contract). A map with a value <= 0 cannot be a concentration,
+so it is read as the heads' raw log-concentration and exponentiated; the page says when that happened.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import numpy as np
+import pandas as pd
+
+from pfkit.inspect import _common as C
+
+TITLE = "Noise-mask inspector"
+REQUIRED = ("image", "alpha", "beta", "label")
+DEFAULT_SIGMA, DEFAULT_KERNEL = 1.0, 5  # pfkit.noise.mask defaults; a run may override (npz or config.yaml)
+SAVED, SAMPLED = "saved by the run", "sampled with seed"
+
+
+def _square(a: np.ndarray) -> np.ndarray:
+    """[K, g, g] (or [K, 1, g, g], [K, g*g]) -> [K, g, g]."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim == 2:
+        g = int(round(np.sqrt(a.shape[1])))
+        if g * g != a.shape[1]:
+            raise ValueError(f"cannot make a square grid of {a.shape[1]} patches")
+        a = a.reshape(-1, g, g)
+    if a.ndim != 3:
+        raise ValueError(f"expected [K, g, g] maps, got shape {a.shape}")
+    return a
+
+
+def _images(a: np.ndarray) -> np.ndarray:
+    """Any of [K, H, W], [K, C, H, W] (C in 1, 3), [K, H, W, C] -> [K, C, H, W] float."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim == 4 and a.shape[1] in (1, 3):
+        return a
+    if a.ndim == 4 and a.shape[-1] in (1, 3):
+        return a.transpose(0, 3, 1, 2)
+    raise ValueError(f"expected images [K, H, W] or [K, C, H, W], got shape {a.shape}")
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    """[C, H, W] -> something imshow takes, min-max scaled to [0, 1] (images are normalised, not 0..1)."""
+    x = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _find_in_config(text: str, names: tuple[str, ...]):
+    for name in names:
+        m = re.search(rf"^\s*{name}\s*:\s*([0-9.eE+-]+)\s*$", text, flags=re.M)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+class Panel:
+    """One epoch's panel with everything the views need, as float arrays."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], path):
+        missing = [k for k in REQUIRED if k not in arrays]
+        if missing:
+            raise C.NoData(f"{path} lacks {', '.join(missing)} (has {', '.join(arrays)}); "
+                           f"the noise-mask contract needs {', '.join(REQUIRED)}, mask, masked.")
+        self.image = _images(arrays["image"])
+        alpha, beta = _square(arrays["alpha"]), _square(arrays["beta"])
+        self.log_space = bool((alpha <= 0).any() or (beta <= 0).any())
+        self.alpha, self.beta = (np.exp(alpha), np.exp(beta)) if self.log_space else (alpha, beta)
+        self.label = np.asarray(arrays["label"]).reshape(len(self.image), -1)[:, 0]
+        self.mask = arrays.get("mask")
+        self.masked = arrays.get("masked")
+        if self.mask is not None:
+            m = np.asarray(self.mask, dtype=np.float64)
+            self.mask = m.reshape(len(self.image), *m.shape[-2:])
+        if self.masked is not None:
+            self.masked = _images(self.masked)
+        if not (len(self.alpha) == len(self.beta) == len(self.label) == len(self.image)):
+            raise C.NoData(f"{path}: image, alpha, beta and label have different panel sizes")
+        self.mean = self.alpha / (self.alpha + self.beta)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+class NoiseMasks:
+    def __init__(self, run_dir):
+        self.run = C.open_run(run_dir, "masks")
+        self.epochs = self.run.mask_epochs()
+        self._panels: dict[int, Panel] = {}
+        self.sigma, self.kernel = DEFAULT_SIGMA, DEFAULT_KERNEL
+        if self.run.config_path.is_file():  # the run's blur, if its config names it (an npz key wins)
+            text = self.run.config_path.read_text(errors="replace")
+            self.sigma = _find_in_config(text, ("blur_sigma", "sigma")) or self.sigma
+            k = _find_in_config(text, ("blur_kernel", "kernel_size", "kernel"))
+            self.kernel = int(k) if k else self.kernel
+        self.panel(self.epochs[-1])  # fail now, with the page's banner, if the newest panel is unreadable
+        try:
+            self.metrics = self.run.metrics()
+        except C.RunFolderError:
+            self.metrics = None
+
+    def panel(self, epoch: int) -> Panel:
+        if epoch not in self._panels:
+            arrays = self.run.load_masks(int(epoch))
+            p = Panel(arrays, self.run.mask_path(int(epoch)))
+            for key, attr, cast in (("sigma", "sigma", float), ("kernel_size", "kernel", int)):
+                if key in arrays:
+                    setattr(self, attr, cast(np.asarray(arrays[key]).reshape(-1)[0]))
+            self._panels[epoch] = p
+        return self._panels[epoch]
+
+    def sample(self, epoch: int, index: int, seed: int, sigma: float, kernel: int):
+        """(grid mask [g, g], pixel mask [H, W], masked image [C, H, W]) for one image, seeded."""
+        import torch
+
+        from pfkit.noise.mask import sample_mask, upsample_blur
+
+        p = self.panel(epoch)
+        la = torch.log(torch.as_tensor(p.alpha[index : index + 1]))
+        lb = torch.log(torch.as_tensor(p.beta[index : index + 1]))
+        grid, _, _ = sample_mask(la, lb, seed=int(seed))
+        pix = upsample_blur(grid, tuple(p.image.shape[-2:]), sigma=float(sigma), kernel_size=int(kernel))
+        pix = pix[0, 0].double().numpy()
+        return grid[0].double().numpy(), pix, p.image[index] * pix[None]
+
+    def class_means(self, epoch: int) -> dict:
+        p = self.panel(epoch)
+        return {lab: p.mean[p.label == lab].mean(0) for lab in sorted(np.unique(p.label).tolist())}
+
+    def accuracy(self) -> pd.DataFrame | None:
+        """Accuracy columns of metrics.csv per epoch (last logged value of each)."""
+        m = self.metrics
+        if m is None:
+            return None
+        cols = [c for c in m.columns if "acc" in c.lower()]
+        x = "epoch" if "epoch" in m.columns else "step" if "step" in m.columns else None
+        if not cols or x is None:
+            return None
+        return m[[x, *cols]].groupby(x, as_index=True).last().dropna(how="all")
+
+
+# ------------------------------------------------------------------------------------------- figures
+def panel_figure(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int, sigma: float, kernel: int):
+    p = data.panel(epoch)
+    if mode == SAMPLED or p.mask is None:
+        _, pix, masked = data.sample(epoch, index, seed, sigma, kernel)
+        what = f"sampled mask (seed {seed})"
+    else:
+        pix = p.mask[index]
+        masked = p.masked[index] if p.masked is not None else p.image[index] * pix[None]
+        what = "mask saved by the run"
+    fig, axes = C.figure(10.5, 6.6, ncols=3, nrows=2)
+    panels = [
+        (axes[0, 0], _display(p.image[index]), f"image (label {p.label[index]})", "gray", None),
+        (axes[0, 1], p.alpha[index], "α (concentration)", "viridis", None),
+        (axes[0, 2], p.beta[index], "β (concentration)", "viridis", None),
+        (axes[1, 0], p.mean[index], "mean mask α/(α+β)", "magma", (0, 1)),
+        (axes[1, 1], pix, what, "magma", (0, 1)),
+        (axes[1, 2], _display(masked), "masked image", "gray", None),
+    ]
+    for ax, img, title, cmap, lim in panels:
+        im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
+                       interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if cmap != "gray":
+            ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"epoch {epoch}, image {index}")
+    return fig
+
+
+def class_figure(data: NoiseMasks, epoch: int):
+    means = data.class_means(epoch)
+    n = len(means)
+    fig, axes = C.figure(min(2.4 * n + 1.0, 14.0), 2.8, ncols=n)
+    axes = np.atleast_1d(axes)
+    for ax, (lab, m) in zip(axes, means.items()):
+        im = ax.imshow(m, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        count = int((data.panel(epoch).label == lab).sum())
+        ax.set_title(f"class {lab} (n={count})\nmean {m.mean():.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), fraction=0.03)
+    fig.suptitle(f"per-class average mean mask α/(α+β), epoch {epoch}")
+    return fig
+
+
+def accuracy_figure(data: NoiseMasks):
+    from matplotlib.ticker import MaxNLocator
+
+    acc = data.accuracy()
+    if acc is None:
+        return C.empty_figure("no accuracy columns in metrics.csv (or no metrics.csv)")
+    fig, ax = C.figure(7.0, 3.4)
+    for c in acc.columns:
+        s = acc[c].dropna()
+        ax.plot(s.index, s.to_numpy(), marker=".", label=c)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=acc.index.name, ylabel="accuracy", title="classifier accuracy (metrics.csv)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def stats_markdown(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int, sigma: float, kernel: int):
+    p = data.panel(epoch)
+    lines = [f"**epoch {epoch}, image {index}** · label **{p.label[index]}** · "
+             f"mean α = **{C.fmt(p.alpha[index].mean())}** · mean β = **{C.fmt(p.beta[index].mean())}** · "
+             f"mean of α/(α+β) = **{C.fmt(p.mean[index].mean())}**"]
+    if mode == SAMPLED or p.mask is None:
+        grid, pix, _ = data.sample(epoch, index, seed, sigma, kernel)
+        lines.append(f"sampled with seed **{seed}** (blur σ {sigma:g}, kernel {kernel}): grid mask mean = "
+                     f"**{C.fmt(grid.mean())}**, pixel mask mean = **{C.fmt(pix.mean())}**")
+    else:
+        lines.append(f"mask saved by the run: pixel mask mean = **{C.fmt(p.mask[index].mean())}**")
+    if p.log_space:
+        lines.append("_α/β maps held values ≤ 0, so they were read as log-concentrations and exponentiated._")
+    return "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- app
+def build_app(run_dir):
+    return C.guarded(TITLE, lambda: _build(NoiseMasks(run_dir)))
+
+
+def _build(data: NoiseMasks):
+    import gradio as gr
+
+    import pfkit.noise.mask  # noqa: F401  (torch + MONAI imported now, not on the first page view)
+
+    e0 = data.epochs[-1]
+    p0 = data.panel(e0)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · epochs with panels: "
+                    f"{', '.join(map(str, data.epochs))} · {len(p0)} images"
+                    + ("" if data.metrics is not None else " · (no metrics.csv: no accuracy curve)"))
+        with gr.Row():
+            epoch = gr.Dropdown(choices=data.epochs, value=e0, label="epoch", elem_id="epoch")
+            index = gr.Slider(0, len(p0) - 1, value=0, step=1, label="image", elem_id="image")
+            mode = gr.Radio([SAVED, SAMPLED], value=SAVED if p0.mask is not None else SAMPLED, label="mask",
+                            elem_id="mode")
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, label="seed", minimum=0, elem_id="seed")
+            sigma = gr.Number(value=data.sigma, label="blur σ (px)", minimum=0.01, elem_id="sigma")
+            kernel = gr.Number(value=data.kernel, precision=0, label="blur kernel (odd)", minimum=1, elem_id="kernel")
+            resample = gr.Button("Resample with seed", elem_id="resample")
+        stats = gr.Markdown(elem_id="stats")
+        fig = gr.Plot(label="image, α, β, mean mask, mask, masked image", elem_id="panel")
+        classes = gr.Plot(label="per-class average masks", elem_id="classes")
+        gr.Plot(value=accuracy_figure(data), label="accuracy over epochs", elem_id="accuracy")
+
+        def show(e, i, m, s, sg, k):
+            if e is None:
+                return gr.skip(), gr.skip()
+            i = min(int(i or 0), len(data.panel(e)) - 1)
+            s, k = int(s or 0), int(k or 1)
+            if k % 2 == 0:
+                k += 1  # the blur needs an odd kernel; say nothing, the stats line shows what was used
+            sg = float(sg) if sg and sg > 0 else DEFAULT_SIGMA
+            return (stats_markdown(data, int(e), i, m, s, sg, k), panel_figure(data, int(e), i, m, s, sg, k))
+
+        def on_epoch(e):
+            n = len(data.panel(e))
+            return gr.Slider(0, n - 1, step=1), class_figure(data, int(e))
+
+        inputs = [epoch, index, mode, seed, sigma, kernel]
+        gr.on([epoch.change, index.change, mode.change, seed.change, sigma.change, kernel.change, demo.load],
+              show, inputs, [stats, fig])
+        gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes])
+        resample.click(lambda: SAMPLED, None, mode).then(show, inputs, [stats, fig])
+    return demo
+
+
+def add_arguments(parser):
+    C.add_arguments(parser, "masks/epoch_XXX.npz (a noise-mask run)")
+
+
+def main(args):
+    return C.launch(build_app(args.run_dir), args)
