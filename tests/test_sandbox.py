@@ -1,0 +1,64 @@
+"""pfkit.sandbox: verdicts for ordinary programs, early exits, limits, and the RL helper check_completions."""
+
+import pytest
+
+from pfkit import sandbox
+from pfkit.sandbox import Job
+from pfkit.tasks import CodeProblem
+
+ADD = "def add(a, b):\n    return a + b\n"
+TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0, 'neg'\n"
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with sandbox.Sandbox(workers=2) as s:
+        yield s
+
+
+def test_pass_fail_and_detail(sb):
+    wrong = "def add(a, b):\n    return a - b\n"
+    out = sb.run([Job(ADD, TESTS, "add"), Job(wrong, TESTS, "add"), Job("x = 1\n", "assert x == 1\n")])
+    assert [v.status for v in out] == ["passed", "failed", "passed"]
+    assert out[0].passed and not out[1].passed
+    assert out[1].detail.startswith("AssertionError") and "candidate(1, 2) == 3" in out[1].detail
+
+
+@pytest.mark.parametrize("early", ["import sys\nsys.exit(0)\n", "raise SystemExit\n", "import os\nos._exit(0)\n",
+                                   "exit()\n", "quit(0)\n"])
+def test_early_exit_is_a_failure(sb, early):
+    v = sb.run([Job(ADD + early, TESTS, "add")])[0]
+    assert v.status == "failed", v
+
+
+def test_printing_a_fake_pass_does_not_pass(sb):
+    prog = ADD + "print('passed')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)\n"
+    v = sb.run([Job(prog, TESTS, "add")])[0]
+    assert v.status == "failed" and v.stdout == "passed\n"
+
+
+def test_timeout_and_memory(sb):
+    out = sb.run([Job("while True:\n    pass\n", ""), Job("x = bytearray(4 << 30)\n", "")], timeout=1.0,
+                 memory_mb=256)
+    assert out[0].status == "timeout" and 1.0 <= out[0].seconds < 3.0
+    assert out[1].status in ("failed", "crashed") and "MemoryError" in out[1].detail
+
+
+def test_output_is_captured_and_capped(sb):
+    v = sb.run([Job("import sys\nprint('x' * 10000)\nprint('err', file=sys.stderr)\n", "")], output_limit=100)[0]
+    assert v.passed and v.stdout == "x" * 100 and v.stderr == "err\n"
+
+
+def test_dedupe_runs_each_distinct_job_once(sb):
+    prog = "import os\nprint(os.getpid())\n"
+    out = sb.run([Job(prog, "")] * 3 + [Job(prog + "\n", "")])
+    assert out[0] is out[1] is out[2] and out[3] is not out[0]
+
+
+def test_check_completions_matches_program_of_each_problem():
+    p = CodeProblem("t/0", "def add(a, b):\n", TESTS, "add", "    return a + b\n")
+    out = sandbox.check_completions([p, p, p], ["    return a + b\n", "    return a * b\n", "    while 1: pass\n"],
+                                    timeout=1.0)
+    assert [v.status for v in out] == ["passed", "failed", "timeout"]
+    with pytest.raises(ValueError, match="2 problems but 1 completions"):
+        sandbox.check_completions([p, p], ["x"])
