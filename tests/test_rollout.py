@@ -1,0 +1,292 @@
+"""pfkit.rollout: sampling, log-probs, stop strings, EOS, determinism, top-p.
+
+Models are built here (tiny random GPT-2 + a quickly trained byte-level BPE; a scripted model over a
+character tokenizer for exact stop/EOS cases), so these tests do not depend on the shipped policy.
+"""
+
+import inspect
+import json
+import math
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from pfkit.rollout import (
+    CODE_STOPS,
+    DEDENT,
+    _sample,  # the per-step sampler, unit-tested below
+    find_stop,
+    generate,
+    sequence_logprobs,
+    top_p_filter,
+)
+
+PROMPTS = [
+    'def add(a, b):\n    """Return a + b."""\n',
+    "def f(x):\n",
+    'def longest(words):\n    """Return the longest word.\n    >>> longest(["a", "bb"])\n    \'bb\'\n    """\n',
+]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    t.train_from_iterator([inspect.getsource(m) for m in (json.decoder, textwrap)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def gpt2(bpe):
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(bpe), n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                     eos_token_id=bpe.eos_token_id, bos_token_id=bpe.eos_token_id, pad_token_id=bpe.eos_token_id)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def plain_logprobs(model, sequences, attention_mask, T):
+    """Independent reference: full forward, full log-softmax, gather."""
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0) * attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos).logits
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
+    return logp[:, -T:] * attention_mask[:, -T:]
+
+
+@pytest.mark.parametrize("backend", ["gpt2", "hf"])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_logprobs_match_teacher_forcing(gpt2, bpe, backend, temperature, top_p):
+    r = generate(gpt2, bpe, PROMPTS, max_new_tokens=12, temperature=temperature, top_p=top_p, seed=1,
+                 backend=backend)
+    lens = [len(bpe(p)["input_ids"]) for p in PROMPTS]
+    assert len(set(lens)) == 3 and r.prompt_len == max(lens)  # really left-padded, different lengths
+    assert r.attention_mask[:, : r.prompt_len].sum(-1).tolist() == lens
+    T = r.response_len
+    lp = sequence_logprobs(gpt2, r.sequences, r.attention_mask, T)
+    torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(plain_logprobs(gpt2, r.sequences, r.attention_mask, T), r.logprobs,
+                               atol=1e-4, rtol=0)
+    # log-probs under the distribution actually sampled from (temperature + top-p)
+    with torch.no_grad():
+        pos = (r.attention_mask.cumsum(-1) - 1).clamp(min=0) * r.attention_mask
+        logits = gpt2(input_ids=r.sequences, attention_mask=r.attention_mask, position_ids=pos).logits
+    logits = logits[:, -T - 1:-1]
+    ref = top_p_filter(logits / temperature, top_p).log_softmax(-1)
+    ref = ref.gather(-1, r.response_ids[..., None]).squeeze(-1) * r.response_mask
+    torch.testing.assert_close(r.sample_logprobs, ref, atol=1e-4, rtol=0)
+    assert r.logprobs.requires_grad is False and len(r.texts) == 3
+
+
+def test_sequence_logprobs_grad_and_entropy(gpt2, bpe):
+    r = generate(gpt2, bpe, PROMPTS[:2], max_new_tokens=6, seed=0)
+    lp, ent = sequence_logprobs(gpt2, r.sequences, r.attention_mask, r.response_len, return_entropy=True)
+    lp.sum().backward()  # rollout tensors are usable under autograd (not inference tensors)
+    assert gpt2.lm_head.weight.grad is not None
+    gpt2.zero_grad()
+    pos = (r.attention_mask.cumsum(-1) - 1).clamp(min=0) * r.attention_mask
+    with torch.no_grad():
+        logits = gpt2(input_ids=r.sequences, attention_mask=r.attention_mask, position_ids=pos).logits
+    p = logits[:, -r.response_len - 1:-1].softmax(-1)
+    ref = -(p * p.log()).sum(-1) * r.response_mask
+    torch.testing.assert_close(ent.detach(), ref, atol=1e-4, rtol=0)
+
+
+def test_n_samples_prompt_major_and_backends_agree(gpt2, bpe):
+    fast = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, n=2, backend="gpt2")
+    slow = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, n=2, backend="hf")
+    assert fast.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert torch.equal(fast.response_ids[0], fast.response_ids[1])  # greedy: both samples equal
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-4, rtol=0)
+
+
+def test_determinism_under_seed(gpt2, bpe):
+    a = generate(gpt2, bpe, PROMPTS, max_new_tokens=10, seed=123)
+    b = generate(gpt2, bpe, PROMPTS, max_new_tokens=10, seed=123)
+    c = generate(gpt2, bpe, PROMPTS, max_new_tokens=10, seed=124)
+    assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
+    assert not torch.equal(a.response_ids, c.response_ids)
+    state = torch.get_rng_state()
+    generate(gpt2, bpe, PROMPTS[:1], max_new_tokens=3, seed=5)
+    assert torch.equal(state, torch.get_rng_state())  # global RNG untouched
+
+
+def test_greedy_equals_hf_generate(gpt2, bpe):
+    r = generate(gpt2, bpe, PROMPTS, max_new_tokens=10, temperature=0.0)
+    enc = bpe(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        hf = gpt2.generate(**enc, do_sample=False, max_new_tokens=10, pad_token_id=bpe.pad_token_id)
+    assert torch.equal(enc["input_ids"], r.sequences[:, : r.prompt_len])
+    hf_resp = hf[:, enc["input_ids"].shape[1]:][:, : r.response_len]
+    m = r.response_mask.bool()
+    assert torch.equal(hf_resp[m], r.response_ids[m])
+
+
+def test_early_finish_and_cache_compaction_keep_logprobs_exact(gpt2, bpe):
+    # many "EOS" ids: rows end at different steps, so the fast path drops rows and compacts its cache
+    eos = list(range(0, 400, 3))
+    r = generate(gpt2, bpe, PROMPTS * 4, max_new_tokens=16, seed=3, eos_token_id=eos)
+    lens = r.response_mask.sum(-1)
+    assert len(set(lens.tolist())) > 2 and "eos" in r.finish_reasons
+    for i, reason in enumerate(r.finish_reasons):
+        L = int(lens[i])
+        if reason == "eos":
+            assert int(r.response_ids[i, L - 1]) in eos  # EOS kept in the mask ...
+            assert not any(int(t) in eos for t in r.response_ids[i, : L - 1])
+        assert (r.response_ids[i, L:] == bpe.pad_token_id).all()  # ... nothing after it
+    lp = sequence_logprobs(gpt2, r.sequences, r.attention_mask, r.response_len)
+    torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
+
+
+def test_min_new_tokens_bans_eos(gpt2, bpe):
+    eos = list(range(0, 400, 3))
+    r = generate(gpt2, bpe, PROMPTS, max_new_tokens=6, min_new_tokens=6, seed=3, eos_token_id=eos)
+    assert r.response_mask.all() and r.finish_reasons == ["length"] * 3
+
+
+# ------------------------------------------------------------------------------ exact stop / EOS cases
+
+PIECES = ["    return", " x", "x\n", "\ndef"]
+
+
+@pytest.fixture(scope="module")
+def chartok():
+    vocab = {"<eos>": 0}
+    for piece in [chr(i) for i in range(32, 127)] + ["\n"] + PIECES:
+        vocab[piece] = len(vocab)
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    t.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    t.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", pad_token="<eos>",
+                                   clean_up_tokenization_spaces=False)
+
+
+class ScriptedLM(torch.nn.Module):
+    """Puts all mass on a fixed token sequence per row (then on 'z'): exact, known outputs."""
+
+    def __init__(self, tok, scripts):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(n_positions=512, model_type="scripted")
+        self.V = len(tok)
+        self.scripts = [[tok.convert_tokens_to_ids(p) for p in s] for s in scripts]
+        self.filler = tok.convert_tokens_to_ids("z")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, past_key_values=None):
+        if past_key_values is None:
+            self.P = input_ids.shape[1]
+        step = attention_mask.shape[1] - self.P
+        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.V)
+        for b, s in enumerate(self.scripts):
+            logits[b, -1, s[step] if step < len(s) else self.filler] = 30.0
+        return SimpleNamespace(logits=logits, past_key_values=object())
+
+
+def run_script(tok, scripts, prompts=None, **kw):
+    model = ScriptedLM(tok, scripts)
+    prompts = prompts or ["def f(x):\n"] * len(scripts)
+    return generate(model, tok, prompts, temperature=0.0, **kw)
+
+
+def test_stop_strings_cut_text_and_mask(chartok):
+    scripts = [
+        ["    return", " x", "\n", "d", "e", "f", " ", "g"],  # stop begins at a token start: token dropped
+        ["    return", " x", "x\n", "d", "e", "f"],  # stop begins mid-token: that token kept, text cut
+        ["    return", " x", "\n", "p", "r"],  # dedent
+        ["    return", " x", "\n", "\n", " ", " ", "y", "\n", "z"],  # blank line is not a dedent
+        ["d", "e", "f", " "],  # prompt ends with "\n": opening "def" cuts at 0
+        ["    return", " x", "\ndef", "z"],  # the stop is one whole token
+    ]
+    r = run_script(chartok, scripts, max_new_tokens=12, stop=("\ndef", DEDENT))
+    assert r.texts == ["    return x", "    return xx", "    return x", "    return x\n\n  y", "", "    return x"]
+    assert r.response_mask.sum(-1).tolist() == [2, 3, 2, 7, 0, 2]
+    assert r.finish_reasons == ["stop"] * 6
+    assert r.response_len == 7  # trimmed to the longest kept response
+    for i in range(6):  # everything past the kept tokens is padding with zero log-prob
+        L = int(r.response_mask[i].sum())
+        assert (r.response_ids[i, L:] == chartok.pad_token_id).all() and (r.logprobs[i, L:] == 0).all()
+        assert (r.attention_mask[i, r.prompt_len + L:] == 0).all()
+    # kept tokens decode to the text, plus at most the stop's first characters inside the last token
+    assert chartok.decode(r.response_ids[1, :3].tolist()) == "    return xx\n"
+
+
+def test_stop_in_mask_keeps_the_stop_tokens(chartok):
+    scripts = [["    return", " x", "\n", "d", "e", "f", " "], ["    return", " x", "\n", "p", "r"]]
+    r = run_script(chartok, scripts, max_new_tokens=10, stop=("\ndef", DEDENT), stop_in_mask=True)
+    assert r.texts == ["    return x", "    return x"]
+    assert r.response_mask.sum(-1).tolist() == [4, 4]  # the dedent "\nd" completes before "\ndef"
+    r = run_script(chartok, scripts, max_new_tokens=10, stop=("\ndef",), stop_in_mask=True)
+    assert r.response_mask.sum(-1).tolist() == [6, 10] and r.finish_reasons == ["stop", "length"]
+
+
+def test_eos_ends_sequence_and_is_kept(chartok):
+    scripts = [["    return", " x", "<eos>", "a"], ["a", "b", "c", "d", "e"]]
+    r = run_script(chartok, scripts, max_new_tokens=5)
+    assert r.texts == ["    return x", "abcde"]
+    assert r.finish_reasons == ["eos", "length"]
+    assert r.response_mask.sum(-1).tolist() == [3, 5]
+    assert int(r.response_ids[0, 2]) == chartok.eos_token_id
+    # the stop beats a later EOS; an EOS before any stop wins
+    r = run_script(chartok, [[" ", "a", "\n", "d", "e", "f", "<eos>"], [" ", "a", "<eos>", "\n", "d", "e", "f"]],
+                   max_new_tokens=8, stop=CODE_STOPS)
+    assert r.finish_reasons == ["stop", "eos"] and r.texts == [" a", " a"]
+    assert r.response_mask.sum(-1).tolist() == [2, 3]
+    # the prompt ends with a newline, so an unindented first line is a dedent: empty response
+    r = run_script(chartok, [["a", "<eos>"]], max_new_tokens=4, stop=CODE_STOPS)
+    assert r.texts == [""] and r.finish_reasons == ["stop"] and r.response_mask.sum() == 0
+
+
+def test_find_stop():
+    assert find_stop("    return 1\ndef g():", CODE_STOPS) == 12
+    assert find_stop("    return 1\n\n    x = 2", CODE_STOPS) is None
+    assert find_stop("    a\nprint(1)\nclass A", ("\nclass", "\nprint")) == 5
+    assert find_stop("def g():", CODE_STOPS, newline_before=True) == 0
+    assert find_stop("def g():", CODE_STOPS) is None
+    assert find_stop("x\n", ("\n",), newline_before=True) == 1  # the virtual newline alone never matches
+
+
+# ------------------------------------------------------------------------------------------------ top-p
+
+
+def test_top_p_filter_hand_made():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p)).nonzero().squeeze(-1).tolist()  # noqa: E731
+    assert kept(0.4) == [1]  # the top token alone has 0.5 >= 0.4
+    assert kept(0.5) == [1]
+    assert kept(0.8) == [1, 3]  # 0.5 + 0.3 reaches 0.8 exactly
+    assert kept(0.81) == [0, 1, 3]
+    assert kept(1.0) == [0, 1, 2, 3]
+    renorm = top_p_filter(logits, 0.8).softmax(-1)
+    torch.testing.assert_close(renorm, torch.tensor([0.0, 0.625, 0.0, 0.375]))
+    with pytest.raises(ValueError):
+        top_p_filter(logits, 0.0)
+
+
+def test_sampler_respects_top_p_and_frequencies():
+    logits = torch.tensor([0.15, 0.5, 0.05, 0.3]).log().expand(20000, 4)
+    g = torch.Generator().manual_seed(0)
+    tok, raw, samp = _sample(logits, 1.0, 0.8, g, None)
+    counts = torch.bincount(tok, minlength=4).float() / tok.numel()
+    assert counts[0] == 0 and counts[2] == 0
+    assert abs(counts[1].item() - 0.625) < 0.02
+    torch.testing.assert_close(raw, logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1))
+    assert torch.allclose(samp[tok == 1], torch.tensor(math.log(0.625)))
+
+
+def test_bad_inputs(gpt2, bpe):
+    with pytest.raises(TypeError, match="list of strings"):
+        generate(gpt2, bpe, "def f():", max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(gpt2, bpe, PROMPTS, max_new_tokens=0)
+    with pytest.raises(ValueError, match="positions"):
+        generate(gpt2, bpe, PROMPTS, max_new_tokens=1000)
+    with pytest.raises(ValueError, match="response_len"):
+        sequence_logprobs(gpt2, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long), 4)
