@@ -1,0 +1,159 @@
+"""GRPO: the GRPO-specific math on hand-computed values, and the Lightning module on a tiny CPU policy."""
+
+import pandas as pd
+import pytest
+import torch
+
+from pfkit.data.prompts import PromptDataModule, verifier_prompt_set
+from pfkit.modules.grpo import GRPOModule, collate_samples
+from pfkit.rl.advantages import group_relative
+from pfkit.rl.losses import policy_loss
+
+# ------------------------------------------------------------------------------------------- pure math
+
+
+def test_group_relative_hand_computed_and_zero_variance_group():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])   # group 1: mean .5, std (n-1) 0.5774
+    adv = group_relative(r, 4)
+    s = (1 / 3) ** 0.5
+    assert adv[:4].tolist() == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s], rel=1e-4)
+    assert adv[4:].tolist() == [0.0] * 4                          # identical rewards: no signal
+    assert group_relative(r, 4, scale="none")[:4].tolist() == [0.5, -0.5, -0.5, 0.5]
+
+
+def test_zero_variance_group_gives_no_policy_gradient_and_positive_adv_raises_logp():
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.5], [0.5, 0.5], [0.5, 0.5]])).requires_grad_()
+    adv = group_relative(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)   # group 0 informative, group 1 not
+    mask = torch.ones(4, 2)
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, clip_low=0.2, clip_high=0.28)
+    loss.backward()
+    g = logp.grad
+    assert torch.all(g[2:] == 0)                                  # zero-variance group: exactly no gradient
+    assert torch.all(g[0] < 0) and torch.all(g[1] > 0)            # descent raises row 0, lowers row 1
+    # token-mean over 8 tokens, ratio 1: d loss / d logp = -A / 8
+    assert g[0, 0].item() == pytest.approx(-adv[0].item() / 8)
+
+
+def test_clip_higher_in_grpo_loss():
+    """A positive-advantage token whose ratio went up 25% is clipped at 1.2 but not at 1.28."""
+    old = torch.zeros(1, 1)
+    new = torch.log(torch.tensor([[1.25]]))
+    a = torch.tensor([1.0])
+    m = torch.ones(1, 1)
+    sym, st_sym = policy_loss(new, old, a, m, clip_low=0.2, clip_high=0.2)
+    hi, st_hi = policy_loss(new, old, a, m, clip_low=0.2, clip_high=0.28)
+    assert sym.item() == pytest.approx(-1.2) and st_sym["clip_frac"].item() == 1.0
+    assert hi.item() == pytest.approx(-1.25) and st_hi["clip_frac"].item() == 0.0
+
+
+def test_collate_left_pads_prompts_right_pads_responses():
+    samples = [{"prompt_ids": torch.tensor([5, 6, 7]), "response_ids": torch.tensor([8]),
+                "logprobs": torch.tensor([-0.5])},
+               {"prompt_ids": torch.tensor([9]), "response_ids": torch.tensor([10, 11]),
+                "logprobs": torch.tensor([-1.0, -2.0])}]
+    d = collate_samples(samples, pad_id=0)
+    assert d["sequences"].tolist() == [[5, 6, 7, 8, 0], [0, 0, 9, 10, 11]]
+    assert d["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
+    assert d["response_mask"].tolist() == [[1, 0], [1, 1]]
+    assert d["old_logprobs"].tolist() == [[-0.5, 0.0], [-1.0, -2.0]]
+
+
+# ----------------------------------------------------------------------------------------- tiny module
+
+PROMPTS = [f"count {i}:" for i in range(12)]
+
+
+def digit_share(prompt, completion):
+    """Continuous reward in [0, 1]: share of digits among the first 8 characters (0 if empty)."""
+    c = completion[:8]
+    return sum(ch.isdigit() for ch in c) / 8 if c else 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    from pfkit.models import build_policy, train_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_tokenizer(PROMPTS * 5 + ["0123456789 abcdef " * 5], vocab_size=300)
+    model = build_policy(tok, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    return model, tok
+
+
+def make_module(tiny_policy, sampler="vade", **kw):
+    model, tok = tiny_policy
+    import copy
+
+    m = GRPOModule(policy=None, sampler=sampler, prompts_per_step=4, group_size=4, max_new_tokens=8, lr=1e-2,
+                   **kw)
+    m.set_policy(copy.deepcopy(model), tok)
+    return m
+
+
+def test_one_grpo_step_changes_the_policy(tiny_policy):
+    m = make_module(tiny_policy)
+    m.attach(verifier_prompt_set(PROMPTS, digit_share)).init_optimizer()
+    before = [p.detach().clone() for p in m.model.parameters()]
+    stats = m.grpo_step()
+    assert stats["rollouts_step"] == 16 and stats["rollouts_spent"] == 16
+    assert stats["effective_samples"] > 0 and stats["loss"] != 0.0
+    changed = [not torch.equal(a, b) for a, b in zip(before, m.model.parameters())]
+    assert sum(changed) >= len(changed) - 1      # (the position table rows past the sequence stay)
+
+
+def test_bad_config_is_reported(tiny_policy):
+    m = make_module(tiny_policy)
+    with pytest.raises(ValueError, match="prompts_per_step"):
+        m.attach(verifier_prompt_set(PROMPTS[:3], digit_share))
+    with pytest.raises(ValueError, match="outside"):
+        verifier_prompt_set(["a"], lambda p, c: 2.0).score([0], ["x"])
+
+
+@pytest.mark.slow
+def test_fit_writes_tables_and_resumes_sampler_state(tiny_policy, tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from pfkit.runs import RunDir
+
+    def fit(module, steps, ckpt=None, run=tmp_path):
+        dm = PromptDataModule.from_sets(verifier_prompt_set(PROMPTS, digit_share), verifier_prompt_set(
+            PROMPTS[:4], digit_share), steps_per_epoch=steps)
+        tr = pl.Trainer(max_steps=steps, logger=CSVLogger(run, name="", version=""),
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=run, enable_checkpointing=False, log_every_n_steps=1)
+        tr.fit(module, datamodule=dm, ckpt_path=ckpt)
+        return tr
+
+    m = make_module(tiny_policy, sampler="vade")
+    tr = fit(m, 3)
+    run = RunDir(tmp_path)
+    diff = run.read("difficulty")
+    assert list(diff.columns) == ["step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes",
+                                  "trials", "sampler"]
+    assert len(diff) == 3 * 12 and diff.groupby("step")["selected"].sum().tolist() == [4, 4, 4]
+    ro = run.read("rollouts")
+    assert {"step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "kept",
+            "advantage"} <= set(ro.columns)
+    assert len(ro) == 3 * 16
+    met = pd.read_csv(tmp_path / "metrics.csv")
+    assert {"train/reward_mean", "train/frac_zero_var", "train/effective_samples",
+            "train/rollouts_spent"} <= set(met.columns)
+    assert met["train/rollouts_spent"].dropna().tolist() == [16.0, 32.0, 48.0]
+    assert "val/pass_rate" in met.columns
+
+    ckpt = tmp_path / "last.ckpt"
+    tr.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=False)
+    assert torch.equal(raw["grpo_sampler"]["tracker"]["alpha"], m.sampler.tracker.alpha)
+    expected = m.sampler.tracker.select(4).tolist()
+    # a fresh module resumed from the checkpoint restores alpha/beta/RNG before its first step
+    m2 = make_module(tiny_policy, sampler="vade")
+    m2.attach(verifier_prompt_set(PROMPTS, digit_share))
+    m2.on_load_checkpoint(raw)
+    assert torch.equal(m2.sampler.tracker.alpha, m.sampler.tracker.alpha)
+    assert m2.sampler.tracker.select(4).tolist() == expected
+    assert m2.sampler.rollouts_spent == 48
+    # and through Lightning's own resume path
+    m3 = make_module(tiny_policy, sampler="vade")
+    fit(m3, 4, ckpt=str(ckpt), run=tmp_path / "resumed")
+    assert m3.sampler.rollouts_spent == 48 + 16
