@@ -9,14 +9,14 @@ from pfkit.tasks import humaneval, mbpp
 
 
 def _verdicts(problems, completions):
-    return sandbox.check_completions(problems, completions, timeout=10.0)
+    return sandbox.check_completions(problems, completions, timeout=30.0)
 
 
 def test_humaneval_has_164_problems_and_every_reference_passes():
     problems = humaneval.load()
     assert len(problems) == 164 and problems[0].task_id == "HumanEval/0"
     assert problems[0].entry_point == "has_close_elements" and "def check(candidate)" in problems[0].tests
-    out = _verdicts(problems, [p.reference for p in problems])
+    out = _verdicts(problems, [p.reference for p in problems])  # (MBPP/123 takes ~2 s alone)
     assert [p.task_id for p, v in zip(problems, out) if not v.passed] == []
     wrong = _verdicts(problems, ["    return None\n"] * len(problems))
     assert [p.task_id for p, v in zip(problems, wrong) if v.passed] == []
@@ -28,7 +28,7 @@ def test_mbpp_sanitized_every_reference_passes(shared_data):
     p = problems[0]
     assert p.task_id == "MBPP/2" and p.entry_point == "similar_elements"
     assert "Write a function to find the shared elements" in p.prompt and "assert set(similar_elements(" in p.prompt
-    out = _verdicts(problems, [p.reference for p in problems])
+    out = _verdicts(problems, [p.reference for p in problems])  # (MBPP/123 takes ~2 s alone)
     assert [p.task_id for p, v in zip(problems, out) if not v.passed] == []
     wrong = _verdicts(problems, [f"def {p.entry_point}(*args, **kwargs):\n    return None\n" for p in problems])
     assert [p.task_id for p, v in zip(problems, wrong) if v.passed] == []
@@ -49,7 +49,7 @@ def test_mbpp_original_jsonl_format_and_ids(tmp_path):
     # a solution that defines its own `check` must not be shadowed by the test wrapper
     assert [p.entry_point for p in problems] == ["remove_Occ", "check"]
     assert problems[1].tests.startswith("import math")
-    out = _verdicts(problems, [p.reference for p in problems])
+    out = _verdicts(problems, [p.reference for p in problems])  # (MBPP/123 takes ~2 s alone)
     assert all(v.passed for v in out), out
     assert mbpp.normalize_task_id("Mbpp/11") == mbpp.normalize_task_id(11) == "MBPP/11"
 

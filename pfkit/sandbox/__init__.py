@@ -90,11 +90,12 @@ class WorkerError(RuntimeError):
 class _Worker:
     """One zygote process and the pipe protocol to it."""
 
-    def __init__(self, isolation: str, tmp_size_mb: int, fsize_mb: int, nproc: int):
-        uid = 100_000 + secrets.randbelow(2**31 - 200_000)  # unique per worker: NPROC and kill scope
+    def __init__(self, isolation: str, slots: int, tmp_size_mb: int, fsize_mb: int, nproc: int):
+        # one random unprivileged uid per job slot: RLIMIT_NPROC and the leftover sweep are per job
+        uids = [100_000 + secrets.randbelow(2**31 - 200_000) for _ in range(slots)]
         base = tempfile.mkdtemp(prefix="pfkit-sandbox-") if isolation == "process" else "/tmp"
-        self.base = base
-        cfg = {"mode": isolation, "uid": uid, "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
+        self.base, self.slots = base, slots
+        cfg = {"mode": isolation, "uids": uids, "slots": slots, "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
                "nproc": nproc, "base": base}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "2", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
@@ -121,13 +122,15 @@ class _Worker:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, msg: dict) -> dict:
+    def send(self, msg: dict) -> None:
         try:
             self.proc.stdin.write((json.dumps(msg) + "\n").encode())
             self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
+        except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerError(f"worker pipe closed: {e}") from None
-        return self._read_line(timeout=float(msg["timeout"]) + 10)
+
+    def receive(self, timeout: float) -> dict:
+        return self._read_line(timeout)
 
     def close(self) -> None:
         try:
@@ -150,18 +153,21 @@ class Sandbox:
     """A reusable pool of sandbox workers. ``Sandbox(workers=None)`` = one per CPU.
 
     ``isolation``: "auto" (namespace when root, else process), "namespace" (raise if unavailable) or
-    "process". ``fsize_mb`` caps every file the program writes, stdout/stderr included; ``nproc`` caps
-    its processes+threads; ``tmp_size_mb`` caps the tmpfs holding job directories (namespace mode).
+    "process". ``jobs_per_worker``: programs each worker keeps in flight (each in its own process), so the
+    CPUs stay busy while a worker forks, waits and cleans up. ``fsize_mb`` caps every file the program
+    writes, stdout/stderr included; ``nproc`` caps its processes+threads; ``tmp_size_mb`` caps the tmpfs
+    holding job directories (namespace mode).
     """
 
-    def __init__(self, workers: int | None = None, isolation: str = "auto", *, fsize_mb: int = 16,
-                 nproc: int = 32, tmp_size_mb: int = 256):
+    def __init__(self, workers: int | None = None, isolation: str = "auto", *, jobs_per_worker: int = 2,
+                 fsize_mb: int = 16, nproc: int = 32, tmp_size_mb: int = 256):
         if isolation not in ("auto", "namespace", "process"):
             raise ValueError(f"isolation must be auto, namespace or process, not {isolation!r}")
         self.size = max(1, int(workers or os.cpu_count() or 1))
         self.isolation = default_isolation() if isolation == "auto" else isolation
         self._auto = isolation == "auto"
-        self._opts = {"tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb, "nproc": nproc}
+        self._opts = {"slots": max(1, int(jobs_per_worker)), "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
+                      "nproc": nproc}
         self._workers: list[_Worker | None] = [None] * self.size
         self._lock = threading.Lock()
 
@@ -231,20 +237,15 @@ class Sandbox:
         tick_lock = threading.Lock()
         errors: list[BaseException] = []
 
+        def done(n: int, verdict: Verdict) -> None:
+            results[n] = verdict
+            if tick is not None:
+                with tick_lock:
+                    tick(copies[n])
+
         def drive(slot: int) -> None:
             try:
-                while True:
-                    try:
-                        n = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    j = unique[n]
-                    msg = {"id": n, "program": j.program, "tests": j.tests, "entry_point": j.entry_point,
-                           "timeout": float(timeout), "memory_mb": int(memory_mb), "output_limit": output_limit}
-                    results[n] = self._run_one(slot, msg)
-                    if tick is not None:
-                        with tick_lock:
-                            tick(copies[n])
+                self._drive(slot, unique, todo, done, timeout, memory_mb, output_limit)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
 
@@ -264,24 +265,46 @@ class Sandbox:
         return [results[key_of[(j.program, j.tests, j.entry_point) if dedupe else i]]
                 for i, j in enumerate(jobs)]
 
-    def _run_one(self, slot: int, msg: dict) -> Verdict:
-        if True:
-            w = self._workers[slot]
-            if w is None or w.proc.poll() is not None:
-                if w is not None:
-                    w.close()
-                w = self._workers[slot] = self._spawn()
+    def _drive(self, slot, unique, todo, done, timeout, memory_mb, output_limit) -> None:
+        """Keep ``jobs_per_worker`` jobs in flight on worker ``slot`` until the queue is empty."""
+        inflight: dict[int, int] = {}  # job index -> attempts
+        attempts: dict[int, int] = {}
+        w = None
+        while True:
+            if w is None:
+                w = self._workers[slot]
+                if w is None or w.proc.poll() is not None:
+                    if w is not None:
+                        w.close()
+                    w = self._workers[slot] = self._spawn()
             try:
-                r = w.run(msg)
-                return Verdict(r["status"], r["detail"], r["stdout"], r["stderr"], r["seconds"],
-                               {"truncated": r["truncated"], "isolation": w.mode})
+                while len(inflight) < w.slots:
+                    try:
+                        n = todo.get_nowait()
+                    except queue.Empty:
+                        break
+                    j = unique[n]
+                    inflight[n] = attempts.get(n, 0)
+                    w.send({"id": n, "program": j.program, "tests": j.tests, "entry_point": j.entry_point,
+                            "timeout": float(timeout), "memory_mb": int(memory_mb), "output_limit": output_limit})
+                if not inflight:
+                    return
+                r = w.receive(timeout=float(timeout) + 10)
+                inflight.pop(r["id"])
+                done(r["id"], Verdict(r["status"], r["detail"], r["stdout"], r["stderr"], r["seconds"],
+                                      {"truncated": r["truncated"], "isolation": w.mode}))
             except WorkerError as e:
-                # A job cost its worker (only possible in process mode, or a sandbox bug): respawn; the job
-                # itself is reported as crashed rather than retried, so a program that kills workers gets
-                # no second chance to do it.
+                # A worker died (only possible in process mode, or a sandbox bug). Respawn it; the jobs it
+                # had in flight are retried once, and a job that loses a worker twice is reported as crashed.
                 w.close()
-                self._workers[slot] = None
-                return Verdict("crashed", f"sandbox worker lost: {e}", meta={"isolation": self.isolation})
+                self._workers[slot] = w = None
+                for n, tries in inflight.items():
+                    attempts[n] = tries + 1
+                    if attempts[n] >= 2:
+                        done(n, Verdict("crashed", f"sandbox worker lost: {e}", meta={"isolation": self.isolation}))
+                    else:
+                        todo.put(n)
+                inflight.clear()
 
 
 _DEFAULT: dict[tuple, Sandbox] = {}

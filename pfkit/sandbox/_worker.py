@@ -38,15 +38,14 @@ import time
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x20000000, 0x40000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SETUP_FAILED = 70
 
-# Imported once here so forked children don't pay for them (HumanEval/MBPP programs use these).
-PRELOAD = (
-    "math re string typing collections itertools functools heapq bisect operator copy random statistics "
-    "fractions decimal hashlib datetime json array cmath numbers enum dataclasses textwrap unicodedata "
-    "traceback io contextlib resource secrets shutil tempfile subprocess"
-).split()
+# Imported once here so forked children don't pay for them (HumanEval/MBPP programs use these). Kept to
+# small pure-Python modules: every extra shared library (hashlib's libcrypto, shutil's bz2/lzma) makes each
+# fork and exit slower, which costs more than the occasional import in a child.
+PRELOAD = "typing math re collections itertools functools heapq bisect string operator traceback resource".split()
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -80,13 +79,14 @@ def _enter_namespaces(tmp_size_mb: int) -> None:
     # Private propagation first: nothing below may ever reach the host's mount table.
     _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
+    _expose_python()
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4].encode() for line in f]
     for mp in points:
         if mp == b"/proc":
             continue
         # MS_BIND makes this a per-mount (per-namespace) flag change; the superblock is untouched.
-        if _libc.mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
+        if _libc.mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None) != 0:
             _libc.mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
                        f"size={tmp_size_mb}m,mode=0711".encode()), "mount tmpfs /tmp")
@@ -97,57 +97,134 @@ def _enter_namespaces(tmp_size_mb: int) -> None:
         raise OSError(f"mounts still writable inside the sandbox namespace: {writable}")
 
 
-def _kill_namespace() -> None:
-    """PID 1 only: SIGKILL every other process of this PID namespace and reap them."""
-    assert os.getpid() == 1  # kill(-1) outside a private PID namespace would hit the whole machine
-    for _ in range(1000):
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-        _reap(block_ms=2)
-    _reap(block_ms=0)
-
-
-def _reap(block_ms: int) -> None:
-    deadline = time.monotonic() + block_ms / 1000
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.0002)
-
-
-def _kill_descendants(job_pid: int) -> None:
-    """Process mode: kill the job's group, then every process re-parented to us (we are a subreaper)."""
+def _rmtree(path: str) -> None:
+    """Remove a job directory (never following symlinks), restoring permissions a program may have removed."""
     try:
-        os.killpg(job_pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        os.rmdir(path)
+        return
+    except OSError:
         pass
-    me = str(os.getpid())
-    for _ in range(100):
+    for _ in range(2):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+            for name in dirs:
+                p = os.path.join(root, name)
+                try:
+                    os.unlink(p) if os.path.islink(p) else os.rmdir(p)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            for root, dirs, _ in os.walk(path):
+                for name in dirs:
+                    p = os.path.join(root, name)
+                    if not os.path.islink(p):
+                        try:
+                            os.chmod(p, 0o700)
+                        except OSError:
+                            pass
+            try:
+                os.chmod(path, 0o700)
+            except OSError:
+                pass
+
+
+def _blocked_ancestor(path: str) -> tuple[str, str] | None:
+    """(first ancestor of ``path`` that others cannot traverse, the child of it on the way) or None."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    cur = "/"
+    for i, part in enumerate(parts[:-1]):
+        cur = os.path.join(cur, part)
+        try:
+            if not os.stat(cur).st_mode & 0o001:
+                return cur, os.path.join(cur, parts[i + 1])
+        except OSError:
+            return None
+    return None
+
+
+def _expose_python() -> None:
+    """Let the unprivileged job uid import the interpreter's own library, nothing more.
+
+    The interpreter may live under a private directory (e.g. ``/root/.pyenv``, /root being 0700). In this
+    mount namespace only, cover such a directory with an empty tmpfs and bind back just the subdirectory
+    that holds Python, so the job can import the standard library and site-packages but still sees
+    nothing else of /root.
+    """
+    needed = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
+              *(p for p in sys.path if os.path.isdir(p))}
+    blocked: dict[str, set[str]] = {}
+    for path in needed:
+        hit = _blocked_ancestor(path)
+        if hit:
+            blocked.setdefault(hit[0], set()).add(hit[1])
+    if not blocked:
+        return
+    stage = b"/tmp"  # a scratch tmpfs, replaced by the job tmpfs later
+    _check(_libc.mount(b"tmpfs", stage, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0700"), "mount stage")
+    for i, (top, children) in enumerate(sorted(blocked.items())):
+        staged = f"/tmp/{i}"
+        os.mkdir(staged)
+        _check(_libc.mount(top.encode(), staged.encode(), None, MS_BIND, None), f"bind {top}")
+        _check(_libc.mount(b"tmpfs", top.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"),
+               f"cover {top}")
+        for child in sorted(children):
+            os.mkdir(child, 0o755)
+            src = os.path.join(staged, os.path.relpath(child, top))
+            _check(_libc.mount(src.encode(), child.encode(), None, MS_BIND | MS_REC, None), f"bind {child}")
+        _check(_libc.umount2(staged.encode(), MNT_DETACH), f"umount {staged}")
+    _check(_libc.umount2(stage, MNT_DETACH), "umount stage")
+
+
+def _proc_stat(pid: str) -> tuple[int, int] | None:
+    """(parent pid, uid) of a process from /proc, None if it is gone."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[1]), uid
+
+
+def _sweep(uid: int | None, keep: set[int]) -> None:
+    """Kill what a finished job left behind, until nothing is left.
+
+    Targets: every process running as the job's private ``uid`` (namespace mode; a job cannot change uid:
+    NO_NEW_PRIVS and nosuid mounts), and every orphan re-parented to us (we are PID 1 of the namespace, or
+    a child subreaper) that is not the main process of a job still running (``keep``). Only processes we
+    found are reaped, never ``waitpid(-1)``, so another running job's exit status is not stolen.
+    """
+    me = os.getpid()
+    for _ in range(200):
         found = []
         for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat", "rb") as f:
-                        stat = f.read().decode(errors="replace")
-                except OSError:
-                    continue
-                if stat[stat.rfind(")") + 2:].split()[1] == me:
-                    found.append(int(name))
+            if not name.isdigit() or int(name) == me or int(name) in keep:
+                continue
+            st = _proc_stat(name)
+            if st is not None and (st[0] == me or (uid is not None and st[1] == uid)):
+                found.append((int(name), st[0] == me))
         if not found:
             return
-        for pid in found:
+        for pid, _ in found:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        _reap(block_ms=5)
+        for pid, mine in found:
+            if mine:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        if not any(mine for _, mine in found):
+            time.sleep(0.001)  # others' children: give the kernel a moment to tear them down
 
 
 # ------------------------------------------------------------------------------------------- the child
@@ -193,10 +270,10 @@ def _guard(jobdir: str) -> None:
         sys.modules[mod] = None
 
 
-def _child(job: dict, jobdir: str, cfg: dict, out_fd: int, err_fd: int, wfd: int, nonce: str) -> None:
+def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_fd: int, wfd: int,
+           nonce: str) -> None:
     """Runs in the forked child: limits, privileges, I/O, then the program and its tests."""
     import resource
-    import secrets
 
     os.setsid()
     os.chdir(jobdir)
@@ -204,7 +281,7 @@ def _child(job: dict, jobdir: str, cfg: dict, out_fd: int, err_fd: int, wfd: int
     os.dup2(null, 0)
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
-    hi = 100 + secrets.randbelow(800)  # the result pipe sits at an fd number the program cannot predict
+    hi = 100 + int.from_bytes(os.urandom(2), 'little') % 800  # the result pipe sits at an fd number the program cannot predict
     os.dup2(wfd, hi)
     os.closerange(3, hi)
     os.closerange(hi + 1, 1 << 16)
@@ -220,8 +297,8 @@ def _child(job: dict, jobdir: str, cfg: dict, out_fd: int, err_fd: int, wfd: int
     ]
     for which, value in limits:
         resource.setrlimit(which, (value, value + (1 if which == resource.RLIMIT_CPU else 0)))
-    if cfg["mode"] == "namespace":
-        uid = int(cfg["uid"])
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binaries
+    if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -229,9 +306,7 @@ def _child(job: dict, jobdir: str, cfg: dict, out_fd: int, err_fd: int, wfd: int
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir, "LANG": "C.UTF-8",
                        "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     import io as _io
-    import tempfile
 
-    tempfile.tempdir = jobdir
     sys.stdin = _io.TextIOWrapper(_io.FileIO(0, "r", closefd=False))
     sys.stdout = _io.TextIOWrapper(_io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = _io.TextIOWrapper(_io.FileIO(2, "w", closefd=False), write_through=True)
@@ -279,103 +354,150 @@ def _describe(exc: BaseException, source: str) -> str:
     return text[:1000]
 
 
-# ------------------------------------------------------------------------------------------- one job
-def _run_job(job: dict, cfg: dict) -> dict:
-    import shutil
-    import tempfile
+# ------------------------------------------------------------------------------------------- jobs
+class _Running:
+    """One job in flight: its child, pipes, directory and deadline."""
 
-    start = time.monotonic()
-    jobdir = tempfile.mkdtemp(prefix="job-", dir=cfg["base"])
-    if cfg["mode"] == "namespace":
-        os.chown(jobdir, cfg["uid"], cfg["uid"])
-    out_fd, err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
-    rfd, wfd = os.pipe()
-    nonce = os.urandom(16).hex()
-    pid = os.fork()
-    if pid == 0:
+    def __init__(self, job: dict, cfg: dict, uid: int | None):
+        self.job, self.uid, self.start = job, uid, time.monotonic()
+        self.deadline = self.start + float(job["timeout"])
+        self.jobdir = os.path.join(cfg["base"], f"job-{os.urandom(8).hex()}")
+        os.mkdir(self.jobdir, 0o700)
+        if uid is not None:
+            os.chown(self.jobdir, uid, uid)
+        self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        self.rfd, wfd = os.pipe()
+        self.nonce = os.urandom(16).hex()
+        self.buf, self.rfd_open = b"", True
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(job, self.jobdir, cfg, uid, self.out_fd, self.err_fd, wfd, self.nonce)
+            except BaseException as e:  # noqa: BLE001 - setup failed before the program ran
+                os.write(2, f"sandbox setup error: {type(e).__name__}: {e}\n".encode())
+                os._exit(SETUP_FAILED)
+            finally:
+                os._exit(SETUP_FAILED)
+        os.close(wfd)
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+
+    def read_result_pipe(self) -> bool:
+        """Read what the child wrote (capped); False at EOF."""
         try:
-            _child(job, jobdir, cfg, out_fd, err_fd, wfd, nonce)
-        except BaseException as e:  # noqa: BLE001 - setup failed before the program ran
-            os.write(2, f"sandbox setup error: {type(e).__name__}: {e}\n".encode())
-            os._exit(SETUP_FAILED)
-        finally:
-            os._exit(SETUP_FAILED)
-    os.close(wfd)
-    pidfd = os.pidfd_open(pid)
-    deadline = start + float(job["timeout"])
-    buf, timed_out, status = b"", False, None
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.register(rfd, select.POLLIN)
-    rfd_open = True
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            os.kill(pid, signal.SIGKILL)
-            break
-        events = dict(poller.poll(max(1, int(left * 1000))))
-        if rfd_open and rfd in events:
-            chunk = os.read(rfd, 65536)
-            if chunk:
-                buf = (buf + chunk)[:8192]
+            chunk = os.read(self.rfd, 65536)
+        except BlockingIOError:
+            return True
+        self.buf = (self.buf + chunk)[:8192]
+        self.rfd_open = bool(chunk)
+        return self.rfd_open
+
+    def finish(self, cfg: dict, timed_out: bool, running: dict) -> dict:
+        if timed_out:
+            os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        elapsed = time.monotonic() - self.start
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _sweep(self.uid, keep={r.pid for r in running.values() if r is not self})
+        os.set_blocking(self.rfd, False)
+        self.read_result_pipe()
+        os.close(self.rfd)
+        os.close(self.pidfd)
+        job = self.job
+        limit = int(job.get("output_limit", 2000))
+        outs = [os.pread(fd, limit + 1, 0).decode(errors="replace") for fd in (self.out_fd, self.err_fd)]
+        os.close(self.out_fd)
+        os.close(self.err_fd)
+        _rmtree(self.jobdir)
+
+        line = self.buf.split(b"\n", 1)[0].decode(errors="replace")
+        verdict, detail = None, ""
+        if timed_out:
+            verdict, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
+        elif line.startswith(self.nonce + "\t"):
+            _, kind, detail = line.split("\t", 2)
+            ok = kind == "passed" and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            verdict = "passed" if ok else "failed"
+        if verdict is None:
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                why = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "output/file size limit",
+                       signal.SIGKILL: "killed (memory limit?)",
+                       signal.SIGSEGV: "segmentation fault (stack overflow?)"}.get(sig, "")
+                verdict, detail = "crashed", f"killed by {signal.Signals(sig).name}" + (f": {why}" if why else "")
             else:
-                poller.unregister(rfd)
-                rfd_open = False
-        if pidfd in events:
-            break
-    _, status = os.waitpid(pid, 0)
-    elapsed = time.monotonic() - start
-    if cfg["mode"] == "namespace":
-        _kill_namespace()
-    else:
-        _kill_descendants(pid)
-    os.set_blocking(rfd, False)
-    try:
-        buf = (buf + os.read(rfd, 65536))[:8192]
-    except (BlockingIOError, OSError):
-        pass
-    os.close(rfd)
-    os.close(pidfd)
-    limit = int(job.get("output_limit", 2000))
-    outs = [os.pread(fd, limit + 1, 0).decode(errors="replace") for fd in (out_fd, err_fd)]
-    os.close(out_fd)
-    os.close(err_fd)
-    shutil.rmtree(jobdir, ignore_errors=True)
-    if os.path.exists(jobdir):  # process mode: the program may have removed our permissions
-        os.system(f"chmod -R u+rwx {jobdir!r} 2>/dev/null; rm -rf {jobdir!r}")
-
-    line = buf.split(b"\n", 1)[0].decode(errors="replace")
-    verdict, detail = None, ""
-    if timed_out:
-        verdict, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
-    elif line.startswith(nonce + "\t"):
-        _, kind, detail = line.split("\t", 2)
-        if kind == "passed" and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            verdict = "passed"
-        else:
-            verdict = "failed"
-    if verdict is None:
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            why = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "output/file size limit",
-                   signal.SIGKILL: "killed (memory limit?)", signal.SIGSEGV: "segmentation fault "
-                   "(stack overflow?)"}.get(sig, "")
-            verdict, detail = "crashed", f"killed by {signal.Signals(sig).name}" + (f": {why}" if why else "")
-        else:
-            code = os.WEXITSTATUS(status)
-            verdict, detail = "failed", f"exited with status {code} before the tests completed"
-            if code == SETUP_FAILED and outs[1].startswith("sandbox setup error"):
-                verdict, detail = "crashed", outs[1].strip()[:500]
-    return {"id": job["id"], "status": verdict, "detail": detail, "stdout": outs[0][:limit],
-            "stderr": outs[1][:limit], "seconds": round(elapsed, 4),
-            "truncated": any(len(o) > limit for o in outs)}
+                code = os.WEXITSTATUS(status)
+                verdict, detail = "failed", f"exited with status {code} before the tests completed"
+                if code == SETUP_FAILED and outs[1].startswith("sandbox setup error"):
+                    verdict, detail = "crashed", outs[1].strip()[:500]
+        return {"id": job["id"], "status": verdict, "detail": detail, "stdout": outs[0][:limit],
+                "stderr": outs[1][:limit], "seconds": round(elapsed, 4),
+                "truncated": any(len(o) > limit for o in outs)}
 
 
-# ------------------------------------------------------------------------------------------- main loop
+def _serve(inp_fd: int, out, cfg: dict) -> None:
+    """Event loop: up to ``slots`` jobs in flight, each with its own uid; results sent as they finish."""
+    uids = list(cfg["uids"]) if cfg["mode"] == "namespace" else [None] * int(cfg["slots"])
+    free = list(range(len(uids)))
+    pending: list[dict] = []
+    running: dict[int, _Running] = {}  # slot -> job
+    inbuf, eof = b"", False
+    os.set_blocking(inp_fd, False)
+    while not (eof and not pending and not running):
+        while pending and free:
+            slot = free.pop()
+            job = pending.pop(0)
+            try:
+                running[slot] = _Running(job, cfg, uids[slot])
+            except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's: reported as crashed
+                free.append(slot)
+                _send(out, {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "seconds": 0.0,
+                            "detail": f"sandbox error: {type(e).__name__}: {e}", "truncated": False})
+        poller = select.poll()
+        if not eof:
+            poller.register(inp_fd, select.POLLIN)
+        for r in running.values():
+            poller.register(r.pidfd, select.POLLIN)
+            if r.rfd_open:
+                poller.register(r.rfd, select.POLLIN)
+        now = time.monotonic()
+        wait = min((r.deadline - now for r in running.values()), default=3600.0)
+        events = dict(poller.poll(max(0, int(wait * 1000) + 1)))
+        if inp_fd in events:
+            try:
+                chunk = os.read(inp_fd, 1 << 20)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                eof = True
+            elif chunk:
+                inbuf += chunk
+                *lines, inbuf = inbuf.split(b"\n")
+                pending.extend(json.loads(line) for line in lines if line.strip())
+        now = time.monotonic()
+        for slot, r in list(running.items()):
+            if r.rfd in events:
+                r.read_result_pipe()
+            exited = r.pidfd in events
+            if exited or now >= r.deadline:
+                try:
+                    result = r.finish(cfg, timed_out=not exited, running=running)
+                except Exception as e:  # noqa: BLE001
+                    result = {"id": r.job.get("id"), "status": "crashed", "stdout": "", "stderr": "",
+                              "seconds": 0.0, "detail": f"sandbox error: {type(e).__name__}: {e}",
+                              "truncated": False}
+                del running[slot]
+                free.append(slot)
+                _send(out, result)
+
+
+# ------------------------------------------------------------------------------------------- main
 def main() -> None:
     cfg = json.loads(sys.argv[1])
-    inp = os.fdopen(os.dup(0), "rb")
+    inp = os.dup(0)
     out = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)
     try:
@@ -395,14 +517,7 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     _send(out, {"ready": True, "mode": cfg["mode"], "pid": os.getpid()})
-    for raw in inp:
-        job = json.loads(raw)
-        try:
-            result = _run_job(job, cfg)
-        except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's: reported as crashed
-            result = {"id": job.get("id"), "status": "crashed", "detail": f"sandbox error: {type(e).__name__}: {e}",
-                      "stdout": "", "stderr": "", "seconds": 0.0, "truncated": False}
-        _send(out, result)
+    _serve(inp, out, cfg)
 
 
 def _owned(pid: str) -> bool:
