@@ -1,0 +1,210 @@
+"""Data for the reward model and PF-PPO on code: policy samples labelled by unit tests, preference pairs,
+and prompt batches.
+
+Reward-model data follows the paper's recipe with the labelling made explicit: the SFT policy samples
+several responses per prompt, the sandbox runs each against the prompt's tests, and for every prompt with
+both outcomes a *passing* response is preferred to a *failing* one (the paper pairs the two responses with
+the largest edit distance and does not state the labels; "passes the tests" is the natural label).
+Held-out pairs come from held-out *prompts*, so pairwise accuracy measures generalisation to new problems.
+
+Text -> ids for a (prompt, response) is :func:`encode`: prompt and response tokenised separately (the
+way sampling sees them), then EOS, left-padded. The reward model scores the hidden state of the last
+token, which with left padding is always the last position.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from pfkit.tasks import CodeProblem
+
+__all__ = ["encode", "collect_samples", "make_pairs", "split_by_prompt", "PreferenceDataModule",
+           "CodePromptDataModule"]
+
+
+def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = 384,
+           add_eos: bool = True) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids``/``attention_mask`` of prompt + response (+ EOS), truncated from the left."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    seqs = [(p + r + eos)[-max_length:] for p, r in zip(p_ids, r_ids)]
+    L = max((len(s) for s in seqs), default=1)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, L - len(s):] = torch.tensor(s)
+            mask[i, L - len(s):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def collect_samples(model, tokenizer, problems: Sequence[CodeProblem], n: int, *, max_new_tokens: int = 96,
+                    temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_prompts: int = 16,
+                    timeout: float = 3.0, progress: bool = False) -> pd.DataFrame:
+    """``n`` sampled responses per problem, each run against the problem's tests.
+
+    Columns: prompt_id, sample_idx, prompt, response, passed (0/1), status (the sandbox verdict).
+    """
+    from pfkit.rollout import CODE_STOPS, generate
+    from pfkit.sandbox import check_completions
+
+    problems = list(problems)
+    rows = []
+    chunks = range(0, len(problems), batch_prompts)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="sampling (RM data)", unit="batch")
+    for start in chunks:
+        batch = problems[start:start + batch_prompts]
+        out = generate(model, tokenizer, [p.prompt for p in batch], n=n, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, stop=CODE_STOPS, seed=seed + start)
+        flat = [p for p in batch for _ in range(n)]
+        verdicts = check_completions(flat, out.texts, timeout=timeout)
+        for j, (p, text, v) in enumerate(zip(flat, out.texts, verdicts)):
+            rows.append({"prompt_id": p.task_id, "sample_idx": j % n, "prompt": p.prompt, "response": text,
+                         "passed": int(v.passed), "status": v.status})
+    return pd.DataFrame(rows)
+
+
+def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0) -> pd.DataFrame:
+    """(prompt, chosen=passing, rejected=failing) pairs per prompt, distinct texts, at most
+    ``max_pairs_per_prompt`` per prompt (a seeded random subset of all pass x fail combinations)."""
+    rng = random.Random(seed)
+    rows = []
+    for pid, g in samples.groupby("prompt_id", sort=False):
+        good = list(dict.fromkeys(g.loc[g["passed"] > 0, "response"]))
+        bad = [r for r in dict.fromkeys(g.loc[g["passed"] <= 0, "response"]) if r not in good]
+        combos = [(c, r) for c in good for r in bad]
+        rng.shuffle(combos)
+        prompt = g["prompt"].iloc[0]
+        rows += [{"prompt_id": pid, "prompt": prompt, "chosen": c, "rejected": r}
+                 for c, r in combos[:max_pairs_per_prompt]]
+    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "chosen", "rejected"])
+
+
+def split_by_prompt(frame: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) with every prompt's rows on one side."""
+    ids = sorted(frame["prompt_id"].unique())
+    random.Random(seed).shuffle(ids)
+    n_val = max(1, round(len(ids) * val_fraction)) if len(ids) > 1 and val_fraction > 0 else 0
+    val_ids = set(ids[:n_val])
+    is_val = frame["prompt_id"].isin(val_ids)
+    return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Bradley-Terry pairs from policy samples labelled by unit tests.
+
+    ``samples``: a parquet file (or DataFrame) with columns prompt_id, prompt, response, passed; when None,
+    the policy at ``policy`` samples ``n_samples`` responses for each of ``n_prompts`` training problems of
+    the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
+    """
+
+    def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 384,
+                 n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 1.0,
+                 max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
+                 max_length: int = 384, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["samples"] if isinstance(samples, pd.DataFrame) else [])
+        self._samples_arg = samples
+        self.tokenizer = None
+        self.samples: pd.DataFrame | None = None
+        self.train_pairs = self.val_pairs = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_pairs is not None:
+            return
+        from pfkit import models
+
+        h = self.hparams
+        if self.tokenizer is None or self._samples_arg is None:
+            model, tokenizer = models.load_policy(h.policy)
+            self.tokenizer = self.tokenizer or tokenizer
+        if isinstance(self._samples_arg, pd.DataFrame):
+            self.samples = self._samples_arg
+        elif self._samples_arg is not None:
+            self.samples = pd.read_parquet(self._samples_arg)
+        else:
+            from pfkit.tasks import codegen
+
+            problems = codegen.splits(h.seed)["train"][: h.n_prompts]
+            self.samples = collect_samples(model, tokenizer, problems, h.n_samples, max_new_tokens=h.max_new_tokens,
+                                           temperature=h.temperature, top_p=h.top_p, seed=h.seed, progress=True)
+        missing = {"prompt_id", "prompt", "response", "passed"} - set(self.samples.columns)
+        if missing:
+            raise ValueError(f"samples lack column(s) {sorted(missing)}; need prompt_id, prompt, response, passed")
+        train_s, val_s = split_by_prompt(self.samples, h.val_fraction, h.seed)
+        self.train_samples, self.val_samples = train_s, val_s
+        self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed)
+        self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
+        if self.train_pairs.empty:
+            raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
+                             "sample more responses per prompt (n_samples) or use a policy with pass@1 in 0.2..0.8")
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [r["prompt"] for r in rows]
+        c = encode(self.tokenizer, prompts, [r["chosen"] for r in rows], self.hparams.max_length)
+        r = encode(self.tokenizer, prompts, [r["rejected"] for r in rows], self.hparams.max_length)
+        return {"chosen_ids": c["input_ids"], "chosen_mask": c["attention_mask"],
+                "rejected_ids": r["input_ids"], "rejected_mask": r["attention_mask"]}
+
+    def train_dataloader(self):
+        return DataLoader(self.train_pairs.to_dict("records"), batch_size=self.hparams.batch_size, shuffle=True,
+                          collate_fn=self.collate, generator=torch.Generator().manual_seed(self.hparams.seed))
+
+    def val_dataloader(self):
+        return DataLoader(self.val_pairs.to_dict("records"), batch_size=64, collate_fn=self.collate)
+
+
+class _Problems(torch.utils.data.Dataset):
+    def __init__(self, problems):
+        self.problems = list(problems)
+
+    def __len__(self):
+        return len(self.problems)
+
+    def __getitem__(self, i):
+        return self.problems[i]
+
+
+class CodePromptDataModule(LightningDataModule):
+    """Batches of ``CodeProblem`` (lists, not tensors) for RL on the embedded code task.
+
+    Train: ``n_train`` problems of ``codegen.splits(seed)["train"]`` starting at ``offset`` (so RL prompts
+    can be kept apart from the reward model's), shuffled with ``seed``; val: the val split.
+    """
+
+    def __init__(self, seed: int = 0, prompts_per_step: int = 8, n_train: int = 512, offset: int = 0,
+                 n_val: int = 64):
+        super().__init__()
+        self.save_hyperparameters()
+        self.problems = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.problems is None:
+            from pfkit.tasks import codegen
+
+            h = self.hparams
+            sp = codegen.splits(h.seed)
+            self.problems = {"train": sp["train"][h.offset:h.offset + h.n_train], "val": sp["val"][: h.n_val],
+                             "test": sp["test"]}
+
+    def train_dataloader(self):
+        return DataLoader(_Problems(self.problems["train"]), batch_size=self.hparams.prompts_per_step, shuffle=True,
+                          drop_last=True, collate_fn=list,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))
+
+    def val_dataloader(self):
+        return DataLoader(_Problems(self.problems["val"]), batch_size=len(self.problems["val"]), collate_fn=list)
