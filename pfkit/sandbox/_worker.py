@@ -261,12 +261,14 @@ def _guard(jobdir: str) -> None:
     for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
                  "fork", "forkpty", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
                  "chmod", "chown", "chroot", "lchown", "execv", "execve", "execvp", "execvpe", "spawnv",
-                 "spawnve", "posix_spawn", "posix_spawnp", "setsid", "setpgid", "link", "symlink", "mkfifo"):
+                 "spawnve", "posix_spawn", "posix_spawnp", "setsid", "setpgid", "link", "symlink", "mkfifo",
+                 "pidfd_open"):
         if hasattr(os, name):
             setattr(os, name, None)
     shutil.rmtree = shutil.move = shutil.chown = None
     subprocess.Popen = None
-    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter", "multiprocessing", "ctypes", "_ctypes"):
+    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter", "multiprocessing", "ctypes", "_ctypes", "posix",
+                "_posixsubprocess", "pty"):
         sys.modules[mod] = None
 
 

@@ -1,0 +1,118 @@
+"""Adversarial programs: none passes, each ends within timeout + 2 s, the evaluator and its workers survive,
+no process is left behind and no file appears outside the job directory."""
+
+import os
+import time
+import uuid
+
+import psutil
+import pytest
+
+from pfkit import sandbox
+from pfkit.sandbox import Job
+
+TIMEOUT = 2.0
+F = "def f():\n    return 1\n"
+T = "def check(candidate):\n    assert candidate() == 2\n"
+
+
+def programs(marker_dir: str, tag: str) -> dict[str, str]:
+    outside = [f"{marker_dir}/escape-{tag}", f"/work/escape-{tag}", f"/var/tmp/escape-{tag}",
+               f"/dev/shm/escape-{tag}", f"/tmp/escape-{tag}"]
+    return {
+        "infinite loop": "while True:\n    pass\n",
+        "sleep": "import time\ntime.sleep(60)\n",
+        "sys.exit(0)": "import sys\nsys.exit(0)\n",
+        "os._exit(0)": "import os\nos._exit(0)\n",
+        "raise SystemExit": "raise SystemExit(0)\n",
+        "memory bomb": "x = []\nwhile True:\n    x.append(bytearray(50 << 20))\n",
+        "fork bomb": "import os, posix\nwhile True:\n    try:\n        posix.fork()\n    except Exception:\n        pass\n",
+        "recursion": "def g(n):\n    return g(n + 1)\ng(0)\n",
+        "deep C recursion": "import sys\nsys.setrecursionlimit(10**7)\ndef g(n):\n    return g(n + 1)\ng(0)\n",
+        "stdout flood": "while True:\n    print('x' * 10000)\n",
+        "SIGTERM ignored": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n"
+                           "    time.sleep(0.01)\n",
+        "kill the parent": "import os, posix, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
+                           "        posix.kill(pid, signal.SIGKILL)\n    except Exception:\n        pass\n",
+        "kill everything": "import os, posix, signal\nfor pid in range(2, 4000):\n    try:\n"
+                           "        posix.kill(pid, signal.SIGKILL)\n    except Exception:\n        pass\n",
+        "orphan in new session": "import os, posix, time\nif posix.fork() == 0:\n    os.setsid()\n"
+                                 "    if posix.fork() == 0:\n        time.sleep(120)\n    os._exit(0)\n"
+                                 "time.sleep(0.2)\n",
+        "write outside": f"import os\nfor p in {outside!r}:\n    try:\n        open(p, 'w').write('x')\n"
+                         f"    except Exception:\n        pass\nassert any(os.path.exists(p) for p in {outside!r})\n",
+        "spinning threads": "import threading\ndef spin():\n    while True:\n        pass\n"
+                            "for _ in range(64):\n    try:\n        threading.Thread(target=spin, daemon=True).start()\n"
+                            "    except Exception:\n        break\nwhile True:\n    pass\n",
+        "fake pass line": "import sys\nprint('passed')\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
+    }, outside
+
+
+def _leftovers(sb: sandbox.Sandbox, uids: set[int]) -> list:
+    """Processes that belong to a job: running as a job uid, or below a worker other than its zygote."""
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
+    for w in sb._workers:
+        if w is None:
+            continue
+        kids = psutil.Process(w.proc.pid).children(recursive=True)
+        allowed = 1 if w.mode == "namespace" else 0  # the launcher's only child is the zygote (PID 1 inside)
+        left += kids[allowed:]
+    return left
+
+
+@pytest.mark.parametrize("isolation", ["namespace", "process"])
+def test_adversarial_programs(isolation, tmp_path):
+    if isolation == "namespace" and sandbox.default_isolation() != "namespace":
+        pytest.skip("namespace isolation needs root on Linux")
+    tag = uuid.uuid4().hex[:8]
+    progs, outside = programs(str(tmp_path), tag)
+    if isolation == "process":
+        # the weaker mode guards Python's own APIs only (documented): leave out the ones that need real isolation
+        for name in ("kill everything", "kill the parent", "write outside"):
+            progs.pop(name)
+        progs["write outside (open)"] = (f"import os\np = {outside[0]!r}\ntry:\n    open(p, 'w').write('x')\nexcept Exception:\n"
+                                         "    pass\nassert os.path.exists(p)\n")
+    with sandbox.Sandbox(workers=2, isolation=isolation) as sb:
+        pids_before = sorted(w.proc.pid for w in sb._workers)
+        jobs = [Job(F + src, T, "f") for src in progs.values()]
+        t = time.monotonic()
+        out = sb.run(jobs, timeout=TIMEOUT, memory_mb=512)
+        wall = time.monotonic() - t
+        verdicts = dict(zip(progs, out))
+        assert [k for k, v in verdicts.items() if v.passed] == [], verdicts
+        slow = {k: v.seconds for k, v in verdicts.items() if v.seconds > TIMEOUT + 2}
+        assert not slow, slow
+        assert wall < len(jobs) * (TIMEOUT + 2) / 2  # two workers, nothing serialised behind a hung job
+        for name in ("infinite loop", "sleep", "SIGTERM ignored"):
+            assert verdicts[name].status == "timeout", verdicts[name]
+        for name in ("sys.exit(0)", "os._exit(0)", "raise SystemExit", "fake pass line"):
+            assert verdicts[name].status == "failed", verdicts[name]
+        assert verdicts["recursion"].status == "failed" and "RecursionError" in verdicts["recursion"].detail
+        # the evaluator's workers are the same processes: no job could kill or replace one
+        assert sorted(w.proc.pid for w in sb._workers) == pids_before
+        assert all(w.proc.poll() is None for w in sb._workers)
+        time.sleep(0.2)
+        uids = set()
+        if isolation == "namespace":
+            import json
+
+            for w in sb._workers:
+                uids.update(json.loads(w.proc.args[-1])["uids"])
+        assert _leftovers(sb, uids) == []
+        # the pool still works after all that
+        assert sb.run([Job(F, "def check(c):\n    assert c() == 1\n", "f")])[0].passed
+    assert [p for p in outside if os.path.exists(p)] == []
+    assert os.getpid() == psutil.Process().pid  # we are alive to check
+
+
+def test_orphan_is_killed_even_while_other_jobs_run():
+    """A job's escaped daemon dies when its job ends, while the worker's other slot keeps running."""
+    if sandbox.default_isolation() != "namespace":
+        pytest.skip("needs root")
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        while True:\n            time.sleep(0.05)\n    os._exit(0)\n")
+    with sandbox.Sandbox(workers=1, jobs_per_worker=2) as sb:
+        out = sb.run([Job(daemon, ""), Job("import time\ntime.sleep(1.0)\n", "")], timeout=3.0)
+        assert [v.status for v in out] == ["passed", "passed"]
+        zygote = psutil.Process(sb._workers[0].proc.pid).children()[0]
+        assert zygote.children(recursive=True) == []
