@@ -281,15 +281,15 @@ def _build(data: Rollouts):
                     sample_table(data, int(step_v), str(prompt_v), strategy_v, seed_i),
                     scatter_figure(data, int(step_v), strategy_v, seed_i, b))
 
-        def refresh_curves(step_v, strategy_v, seed_v, bins_v):
-            return curves_figure(data, strategy_v, int(seed_v or 0), nbins(bins_v), current=step_v)
+        def refresh_curves(strategy_v, seed_v, bins_v):  # all steps: independent of the chosen step
+            return curves_figure(data, strategy_v, int(seed_v or 0), nbins(bins_v))
 
         inputs = [step, prompt, strategy, seed, bins]
         outs = [summary, prompt_code, table, scatter]
         step.change(on_step, step, prompt).then(refresh, inputs, outs)
-        gr.on([prompt.change, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs)
-        gr.on([step.change, strategy.change, seed.change, bins.change, demo.load], refresh_curves,
-              [step, strategy, seed, bins], curves)
+        # prompt.input (a user's pick), not .change: a step change updates the prompt and refreshes itself
+        gr.on([prompt.input, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs)
+        gr.on([strategy.change, seed.change, bins.change, demo.load], refresh_curves, [strategy, seed, bins], curves)
     return demo
 
 

@@ -10,12 +10,16 @@ accuracy curves come from metrics.csv.
 
 α/β are stored as concentrations (the contract). A map with a value <= 0 cannot be a concentration,
 so it is read as the heads' raw log-concentration and exponentiated; the page says when that happened.
+A redrawn mask multiplies the image *around the panel's mean intensity*: the run multiplies the
+normalised image (pulling pixels toward the dataset mean) but stores the panel in pixel space.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
 import re
+import threading
 
 import numpy as np
 import pandas as pd
@@ -83,13 +87,22 @@ class Panel:
         self.log_space = bool((alpha <= 0).any() or (beta <= 0).any())
         self.alpha, self.beta = (np.exp(alpha), np.exp(beta)) if self.log_space else (alpha, beta)
         self.label = np.asarray(arrays["label"]).reshape(len(self.image), -1)[:, 0]
-        self.mask = arrays.get("mask")
-        self.masked = arrays.get("masked")
-        if self.mask is not None:
-            m = np.asarray(self.mask, dtype=np.float64)
-            self.mask = m.reshape(len(self.image), *m.shape[-2:])
-        if self.masked is not None:
-            self.masked = _images(self.masked)
+        self.pred = np.asarray(arrays["pred"]).reshape(-1) if "pred" in arrays else None
+        # the run's drawn mask at pixel resolution: ``pixel_mask``, else ``mask`` when it is pixel-sized
+        # (the grid-sized ``mask`` is only the draw before upsampling and blur)
+        hw = tuple(self.image.shape[-2:])
+        self.mask = None
+        for key in ("pixel_mask", "mask"):
+            if key in arrays:
+                m = np.asarray(arrays[key], dtype=np.float64)
+                m = m.reshape(len(self.image), *m.shape[-2:])
+                if tuple(m.shape[-2:]) == hw:
+                    self.mask = m
+                    break
+        self.masked = _images(arrays["masked"]) if "masked" in arrays else None
+        # The run multiplies the *normalised* image, pulling pixels toward the dataset mean; the panel is
+        # stored in pixel space, so a redrawn mask pulls toward the panel's mean (the dataset mean's estimate)
+        self.pixel_mean = float(self.image.mean())
         if not (len(self.alpha) == len(self.beta) == len(self.label) == len(self.image)):
             raise C.NoData(f"{path}: image, alpha, beta and label have different panel sizes")
         self.mean = self.alpha / (self.alpha + self.beta)
@@ -103,12 +116,18 @@ class NoiseMasks:
         self.run = C.open_run(run_dir, "masks")
         self.epochs = self.run.mask_epochs()
         self._panels: dict[int, Panel] = {}
+        # Beta sampling has no generator argument: a seeded draw re-seeds torch's global RNG. Gradio runs
+        # event handlers in threads, so two draws at once would interleave and give the wrong masks.
+        self._rng_lock = threading.Lock()
         self.sigma, self.kernel = DEFAULT_SIGMA, DEFAULT_KERNEL
-        if self.run.config_path.is_file():  # the run's blur, if its config names it (an npz key wins)
-            text = self.run.config_path.read_text(errors="replace")
+        for cfg in (self.run.config_path, self.run.path / "hparams.yaml"):  # the run's blur (an npz key wins)
+            if not cfg.is_file():
+                continue
+            text = cfg.read_text(errors="replace")
             self.sigma = _find_in_config(text, ("blur_sigma", "sigma")) or self.sigma
             k = _find_in_config(text, ("blur_kernel", "kernel_size", "kernel"))
             self.kernel = int(k) if k else self.kernel
+            break
         self.panel(self.epochs[-1])  # fail now, with the page's banner, if the newest panel is unreadable
         try:
             self.metrics = self.run.metrics()
@@ -134,10 +153,12 @@ class NoiseMasks:
         p = self.panel(epoch)
         la = torch.log(torch.as_tensor(p.alpha[index : index + 1]))
         lb = torch.log(torch.as_tensor(p.beta[index : index + 1]))
-        grid, _, _ = sample_mask(la, lb, seed=int(seed))
+        with self._rng_lock:
+            grid, _, _ = sample_mask(la, lb, seed=int(seed))
         pix = upsample_blur(grid, tuple(p.image.shape[-2:]), sigma=float(sigma), kernel_size=int(kernel))
         pix = pix[0, 0].double().numpy()
-        return grid[0].double().numpy(), pix, p.image[index] * pix[None]
+        m = p.pixel_mean
+        return grid[0].double().numpy(), pix, (p.image[index] - m) * pix[None] + m
 
     def class_means(self, epoch: int) -> dict:
         p = self.panel(epoch)
@@ -163,7 +184,7 @@ def panel_figure(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int,
         what = f"sampled mask (seed {seed})"
     else:
         pix = p.mask[index]
-        masked = p.masked[index] if p.masked is not None else p.image[index] * pix[None]
+        masked = p.masked[index] if p.masked is not None else (p.image[index] - p.pixel_mean) * pix[None] + p.pixel_mean
         what = "mask saved by the run"
     fig, axes = C.figure(10.5, 6.6, ncols=3, nrows=2)
     panels = [
@@ -220,7 +241,8 @@ def accuracy_figure(data: NoiseMasks):
 
 def stats_markdown(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int, sigma: float, kernel: int):
     p = data.panel(epoch)
-    lines = [f"**epoch {epoch}, image {index}** · label **{p.label[index]}** · "
+    pred = "" if p.pred is None else f" · predicted **{p.pred[index]}**"
+    lines = [f"**epoch {epoch}, image {index}** · label **{p.label[index]}**{pred} · "
              f"mean α = **{C.fmt(p.alpha[index].mean())}** · mean β = **{C.fmt(p.beta[index].mean())}** · "
              f"mean of α/(α+β) = **{C.fmt(p.mean[index].mean())}**"]
     if mode == SAMPLED or p.mask is None:
@@ -242,7 +264,9 @@ def build_app(run_dir):
 def _build(data: NoiseMasks):
     import gradio as gr
 
-    import pfkit.noise.mask  # noqa: F401  (torch + MONAI imported now, not on the first page view)
+    # torch + MONAI take seconds to import: start now in the background so the page is up at once and
+    # "Resample" is ready when first pressed (the import lock makes the later import wait, not race)
+    threading.Thread(target=importlib.import_module, args=("pfkit.noise.mask",), daemon=True).start()
 
     e0 = data.epochs[-1]
     p0 = data.panel(e0)
@@ -279,11 +303,14 @@ def _build(data: NoiseMasks):
             n = len(data.panel(e))
             return gr.Slider(0, n - 1, step=1), class_figure(data, int(e))
 
+        def show_if_sampled(e, i, m, s, sg, k):  # seed and blur only matter for a drawn mask
+            return show(e, i, m, s, sg, k) if m == SAMPLED else (gr.skip(), gr.skip())
+
         inputs = [epoch, index, mode, seed, sigma, kernel]
-        gr.on([epoch.change, index.change, mode.change, seed.change, sigma.change, kernel.change, demo.load],
-              show, inputs, [stats, fig])
+        gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig])
+        gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig])
         gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes])
-        resample.click(lambda: SAMPLED, None, mode).then(show, inputs, [stats, fig])
+        resample.click(lambda *v: (SAMPLED, *show(*v[:2], SAMPLED, *v[3:])), inputs, [mode, stats, fig])
     return demo
 
 

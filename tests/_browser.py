@@ -1,0 +1,87 @@
+"""Browser-test helpers: serve a Gradio app on 127.0.0.1 in a background thread, drive Debian's Chromium.
+
+Playwright's own browser download needs the network, so the tests use the distribution's Chromium
+(``apt-get install chromium``; CI's .ci/run installs it) and skip, saying so, when it is absent.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(demo):
+    """Launch ``demo`` without blocking; yield its URL; close the server afterwards."""
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium (session-wide: starting it is the slow part)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) to run browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("gradio-app, .gradio-container").first.wait_for()
+
+
+def wait_text(page, selector: str, text: str, timeout: int = TIMEOUT_MS) -> str:
+    """Wait until the element's visible text contains ``text``; return that text (or fail showing it)."""
+    loc = page.locator(selector)
+    try:
+        page.wait_for_function(
+            "([sel, t]) => { const e = document.querySelector(sel); return e && e.innerText.includes(t); }",
+            arg=[selector, text], timeout=timeout,
+        )
+    except Exception as e:  # show what the page had instead
+        have = loc.inner_text() if loc.count() else "<element missing>"
+        raise AssertionError(f"{selector!r} never showed {text!r}; it shows:\n{have}") from e
+    return loc.inner_text()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the Gradio dropdown labelled ``label``."""
+    box = page.get_by_label(label, exact=True)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()

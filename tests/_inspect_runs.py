@@ -1,0 +1,107 @@
+"""Small run folders for the inspector tests, written through RunDir exactly as the modules write them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pfkit.runs import RunDir
+
+
+def filtration_run(path, *, steps: int = 3, prompts: int = 4, n: int = 5, seed: int = 0) -> RunDir:
+    """rollouts.parquet (one part per step, the logged filter = best-worst) + metrics.csv.
+
+    Rewards are distinct within a prompt (so every strategy's choice is unambiguous); the test score
+    is a noisy function of the reward, so R² is strictly between 0 and 1.
+    """
+    rng = np.random.default_rng(seed)
+    run = RunDir(path)
+    for step in range(steps):
+        rows = []
+        for p in range(prompts):
+            rewards = rng.permutation(n) + rng.uniform(0, 0.5, n) + p * 0.1
+            scores = np.clip(np.round((rewards / n + rng.normal(0, 0.3, n)) * 3) / 3, 0, 1)
+            kept = np.zeros(n, bool)
+            kept[[np.argmax(rewards), np.argmin(rewards)]] = True
+            for i in range(n):
+                rows.append({
+                    "step": step, "prompt_id": p * 7, "sample_idx": i,
+                    "prompt": f"def f{p}(x):\n    \"\"\"Return x plus {p}.\"\"\"\n",
+                    "response": f"    return x + {i}  # s{step} p{p} i{i}\n",
+                    "reward": float(rewards[i]), "score": float(scores[i]), "kept": bool(kept[i]),
+                    "advantage": float(rewards[i] - rewards[kept].mean()) if kept[i] else float("nan"),
+                })
+        run.append("rollouts", rows, step=step)
+    pd.DataFrame({"step": range(steps), "train/reward": rng.uniform(0, 1, steps)}).to_csv(run.metrics_path,
+                                                                                            index=False)
+    return run
+
+
+def big_filtration_run(path, rows: int = 10_000, n: int = 5) -> RunDir:
+    prompts = 20
+    steps = rows // (prompts * n)
+    return filtration_run(path, steps=steps, prompts=prompts, n=n, seed=1)
+
+
+def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group: int = 4, seed: int = 0,
+                   samplers=("vade", "uniform"), rollouts: bool = False) -> RunDir:
+    """difficulty.parquet for each sampler (one row per prompt per step, as samplers.difficulty_rows).
+
+    Binary rewards from fixed true success rates; "vade" picks the k prompts whose posterior mean is
+    nearest 0.5, "uniform" a seeded random k. With ``rollouts`` (one sampler only) the groups are
+    also logged to rollouts.parquet.
+    """
+    rng = np.random.default_rng(seed)
+    true_p = np.linspace(0.0, 1.0, prompts)
+    run = RunDir(path)
+    for name in samplers:
+        alpha, beta = np.ones(prompts), np.ones(prompts)
+        for step in range(steps):
+            mean = alpha / (alpha + beta)
+            if name == "vade":
+                chosen = np.argsort(np.abs(mean - 0.5), kind="stable")[:k]
+            else:
+                chosen = rng.choice(prompts, k, replace=False)
+            succ = np.zeros(prompts)
+            trials = np.zeros(prompts)
+            ro = []
+            for i in chosen:
+                r = (rng.uniform(size=group) < true_p[i]).astype(float)
+                succ[i], trials[i] = r.sum(), group
+                ro += [{"step": step, "prompt_id": f"task/{i}", "sample_idx": j, "prompt": "p", "response": "r",
+                        "reward": r[j], "score": r[j], "kept": True, "advantage": 0.0} for j in range(group)]
+            alpha, beta = alpha + succ, beta + trials - succ
+            run.append("difficulty", [
+                {"step": step, "prompt_id": f"task/{i}", "alpha": alpha[i], "beta": beta[i],
+                 "p_mean": alpha[i] / (alpha[i] + beta[i]), "selected": bool(i in chosen),
+                 "successes": succ[i], "trials": trials[i], "sampler": name} for i in range(prompts)
+            ], step=step)
+            if rollouts:
+                run.append("rollouts", ro, step=step)
+    return run
+
+
+def noisemask_run(path, *, epochs=(0, 1), images: int = 6, classes: int = 3, grid: int = 4, size: int = 16,
+                  seed: int = 0, metrics: bool = True) -> RunDir:
+    """masks/epoch_XXX.npz panels shaped as pfkit.modules.noisemask writes them (image [K, H, W] in [0, 1],
+    alpha/beta grid×grid concentrations, grid ``mask``, ``pixel_mask``, ``masked``, label, pred) and a
+    Lightning-style metrics.csv with train/acc and val/acc logged on separate rows."""
+    rng = np.random.default_rng(seed)
+    run = RunDir(path)
+    label = np.arange(images) % classes
+    image = rng.uniform(size=(images, size, size)).astype(np.float32)
+    for e in epochs:
+        alpha = rng.uniform(0.5, 4.0, (images, grid, grid)).astype(np.float32)
+        beta = rng.uniform(0.5, 4.0, (images, grid, grid)).astype(np.float32)
+        mask = rng.uniform(0, 1, (images, grid, grid)).astype(np.float32)
+        pixel = np.kron(mask, np.ones((size // grid, size // grid), np.float32))
+        run.save_masks(e, image=image, alpha=alpha, beta=beta, mask=mask, pixel_mask=pixel,
+                       masked=(image - 0.5) * pixel + 0.5, label=label, pred=(label + e) % classes)
+    if metrics:
+        n = max(epochs) + 1
+        rows = []
+        for e in range(n):
+            rows.append({"epoch": e, "step": 10 * e + 9, "train/acc": 0.5 + 0.05 * e, "val/acc": None})
+            rows.append({"epoch": e, "step": 10 * e + 9, "train/acc": None, "val/acc": 0.4 + 0.1 * e})
+        pd.DataFrame(rows).to_csv(run.metrics_path, index=False)
+    return run

@@ -1,0 +1,269 @@
+"""Inspectors without a browser: their numbers against independent numpy/torch, bad input, CLI, speed."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _inspect_runs import big_filtration_run, difficulty_run, filtration_run, noisemask_run
+
+from pfkit.inspect import _common as C
+from pfkit.inspect import difficulty as D
+from pfkit.inspect import filtration as F
+from pfkit.inspect import noisemask as N
+from pfkit.runs import RunDir
+
+APPS = {"filtration": F, "difficulty": D, "noisemask": N}
+
+
+def r2(x, y) -> float:
+    return float(np.corrcoef(x, y)[0, 1] ** 2)
+
+
+def expected_kept(frame: pd.DataFrame, strategy: str) -> np.ndarray:
+    """Per prompt, by hand: none = all, bon = the top reward, bw = the top and the bottom."""
+    out = np.zeros(len(frame), bool)
+    for _, g in frame.groupby("prompt_id"):
+        r = g["reward"].to_numpy()
+        pos = frame.index.get_indexer(g.index)
+        if strategy == "none":
+            out[pos] = True
+        else:
+            out[pos[np.argmax(r)]] = True
+            if strategy == "bw":
+                out[pos[np.argmin(r)]] = True
+    return out
+
+
+# ------------------------------------------------------------------------------------------ filtration
+def test_filtration_strategies_and_r2_match_numpy(tmp_path):
+    filtration_run(tmp_path, steps=3, prompts=4, n=5)
+    raw = pd.read_parquet(tmp_path / "rollouts.parquet").sort_values(["step", "prompt_id", "sample_idx"])
+    data = F.Rollouts(tmp_path)
+    assert data.steps == [0, 1, 2]
+    for step, frame in raw.groupby("step"):
+        frame = frame.reset_index(drop=True)
+        r, s = frame["reward"].to_numpy(), frame["score"].to_numpy()
+        assert (data.kept(step, "logged") == frame["kept"].to_numpy()).all()
+        for strategy in ("none", "bon", "bw"):
+            want = expected_kept(frame, strategy)
+            assert (data.kept(step, strategy) == want).all(), (step, strategy)
+            st = data.step_stats(step, strategy)
+            assert st["n_kept"] == want.sum()
+            assert st["r2_all"] == pytest.approx(r2(r, s))
+            if np.ptp(s[want]) > 0:
+                assert st["r2_kept"] == pytest.approx(r2(r[want], s[want]))
+            else:  # every kept sample has the same score: no line to fit, shown as n/a
+                assert np.isnan(st["r2_kept"])
+        assert data.step_stats(step, "logged")["pass_rate"] == pytest.approx((s >= 1).mean())
+        # best-random: the best of each prompt plus one random other, reproducible by seed
+        br = data.kept(step, "br", seed=3)
+        top = expected_kept(frame, "bon")
+        assert (br[top]).all() and br.sum() == 2 * frame["prompt_id"].nunique()
+        assert (data.kept(step, "br", seed=3) == br).all()
+    draws = {tuple(data.kept(s, "br", seed=k)) for s in data.steps for k in range(6)}
+    assert len(draws) > 3  # the seed changes the random pick
+
+
+def test_filtration_summary_table_and_curves(tmp_path):
+    filtration_run(tmp_path, steps=2, prompts=3, n=4)
+    data = F.Rollouts(tmp_path)
+    raw = pd.read_parquet(tmp_path / "rollouts.parquet")
+    g = raw[(raw.step == 1) & (raw.prompt_id == 7)].sort_values("sample_idx")
+    kept = ", ".join(str(i) for i in g.loc[g.kept, "sample_idx"])
+    md = F.summary_markdown(data, 1, "7", "bw", 0, None)
+    assert f"kept (logged): **{kept}**" in md and "strategy **bw** would keep" in md
+    t = F.sample_table(data, 1, "7", "bw", 0)
+    assert list(t["sample_idx"]) == list(g["sample_idx"]) and list(t["kept"]) == list(g["kept"])
+    assert t["reward_rank"].tolist() == (-g["reward"]).rank().astype(int).tolist()
+    cur = data.curves("bon")
+    assert list(cur["step"]) == [0, 1] and cur["pass_rate"].between(0, 1).all()
+    # paper form of R²: bins>=2 groups the samples by reward first (differs from per-sample R²)
+    st_b = data.step_stats(1, "none", bins=3)
+    assert 0 <= st_b["r2_all"] <= 1
+
+
+# ------------------------------------------------------------------------------------------ difficulty
+def test_difficulty_views_match_numpy(tmp_path):
+    difficulty_run(tmp_path, steps=6, prompts=8, samplers=("vade", "uniform"))
+    raw = pd.read_parquet(tmp_path / "difficulty.parquet")
+    data = D.Difficulty(tmp_path)
+    assert data.samplers == ["uniform", "vade"] and data.steps("vade") == list(range(6))
+
+    v = raw[raw.sampler == "vade"]
+    last = v[v.step == 5].copy()
+    a, b = last["alpha"].to_numpy(), last["beta"].to_numpy()
+    last["sd"] = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    table = data.prompt_table("vade", 5, "most uncertain first (posterior sd)")
+    order = last.sort_values(["sd", "prompt_id"], ascending=[False, True])["prompt_id"].tolist()
+    assert table["prompt_id"].tolist() == order
+    counts = v.groupby("prompt_id")["selected"].sum()
+    assert (table.set_index("prompt_id")["times_selected"] == counts.loc[table["prompt_id"]].to_numpy()).all()
+    hardest = data.prompt_table("vade", 5, "hardest first (lowest p)")
+    assert hardest["p_mean"].is_monotonic_increasing
+
+    zv = data.zero_variance()
+    for sampler, d in raw.groupby("sampler"):
+        gen = d[d.trials > 0]
+        want = ((gen.successes == 0) | (gen.successes == gen.trials)).groupby(gen.step).mean()
+        got = zv[(zv.sampler == sampler) & (zv.source.str.startswith("generated"))].set_index("step")["fraction"]
+        assert np.allclose(got.loc[want.index], want.to_numpy())
+    md = D.stats_markdown(data, "vade", 5)
+    sel = v[v.selected]
+    assert f"**{C.fmt((sel.p_mean - 0.5).abs().mean())}**" in md
+
+
+def test_difficulty_zero_variance_from_rollouts(tmp_path):
+    """With one sampler the logged groups are attributed to it; binary rewards: both counts agree."""
+    difficulty_run(tmp_path, samplers=("vade",), rollouts=True)
+    zv = D.Difficulty(tmp_path).zero_variance()
+    gen = zv[zv.source.str.startswith("generated")].set_index("step")["fraction"]
+    log = zv[zv.source.str.startswith("logged")].set_index("step")["fraction"]
+    assert len(log) == len(gen) and np.allclose(gen, log.loc[gen.index])
+    ro = pd.read_parquet(tmp_path / "rollouts.parquet")
+    want = ro.groupby(["step", "prompt_id"])["reward"].nunique().eq(1).groupby("step").mean()
+    assert np.allclose(log.loc[want.index], want.to_numpy())
+
+
+# ------------------------------------------------------------------------------------------- noisemask
+def test_noisemask_maps_sampling_and_classes(tmp_path):
+    noisemask_run(tmp_path, epochs=(0, 2), images=6, classes=3, grid=4, size=16)
+    data = N.NoiseMasks(tmp_path)
+    assert data.epochs == [0, 2]
+    z = np.load(tmp_path / "masks" / "epoch_002.npz")
+    alpha, beta = z["alpha"].astype(np.float64), z["beta"].astype(np.float64)
+    p = data.panel(2)
+    assert np.allclose(p.mean, alpha / (alpha + beta)) and not p.log_space
+
+    # the seeded draw is torch.distributions.Beta on the saved maps
+    grid, pix, masked = data.sample(2, 3, seed=11, sigma=1.0, kernel=1)
+    torch.manual_seed(11)
+    want = torch.distributions.Beta(torch.as_tensor(alpha[3:4]), torch.as_tensor(beta[3:4])).sample()[0].numpy()
+    assert np.allclose(grid, np.clip(want, 1e-6, 1 - 1e-6), atol=1e-6)
+    assert np.allclose(pix, np.kron(grid, np.ones((4, 4))), atol=1e-6)  # kernel 1 = nearest upsampling only
+    m = z["image"].mean()  # a redrawn mask pulls pixels toward the panel mean (the run: the dataset mean)
+    assert np.allclose(masked, (z["image"][3] - m) * pix[None] + m, atol=1e-5)
+    assert np.allclose(p.mask, z["pixel_mask"]) and p.pred.tolist() == ((z["label"] + 2) % 3).tolist()
+    assert not np.allclose(data.sample(2, 3, seed=12, sigma=1.0, kernel=1)[0], grid)
+    _, blurred, _ = data.sample(2, 3, seed=11, sigma=1.0, kernel=5)
+    assert blurred.shape == (16, 16) and blurred.std() < pix.std()  # the blur smooths the patch edges
+
+    means = data.class_means(2)
+    labels = z["label"]
+    for lab in range(3):
+        assert np.allclose(means[lab], (alpha / (alpha + beta))[labels == lab].mean(0))
+
+    acc = data.accuracy()
+    assert acc["train/acc"].tolist() == pytest.approx([0.5, 0.55, 0.6])
+    assert acc["val/acc"].tolist() == pytest.approx([0.4, 0.5, 0.6])
+    md = N.stats_markdown(data, 2, 3, N.SAMPLED, 11, 1.0, 1)
+    assert f"grid mask mean = **{C.fmt(grid.mean())}**" in md
+
+
+def test_noisemask_reads_log_concentrations(tmp_path):
+    run = RunDir(tmp_path)
+    la = np.full((2, 2, 2), -1.0)
+    run.save_masks(0, image=np.zeros((2, 8, 8)), alpha=la, beta=np.zeros((2, 2, 2)), label=np.array([0, 1]))
+    data = N.NoiseMasks(tmp_path)
+    p = data.panel(0)
+    assert p.log_space and np.allclose(p.alpha, np.exp(-1.0)) and np.allclose(p.mean, np.exp(-1) / (np.exp(-1) + 1))
+    assert "log-concentrations" in N.stats_markdown(data, 0, 0, N.SAMPLED, 0, 1.0, 1)
+    assert data.accuracy() is None  # no metrics.csv: the page says so instead of failing
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def error_text(demo) -> str | None:
+    for block in demo.blocks.values():
+        if getattr(block, "elem_id", None) == C.ERROR_ELEM_ID:
+            return block.value
+    return None
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_bad_folders_give_a_page_message_and_a_terminal_line(name, tmp_path, capsys):
+    mod = APPS[name]
+    cases = {
+        tmp_path / "nowhere": "is not a folder",
+        tmp_path: "is missing",  # an empty folder
+    }
+    other = tmp_path / "other"
+    if name == "filtration":
+        noisemask_run(other)
+    else:
+        filtration_run(other, steps=1)
+    cases[other] = "is missing"
+    for path, words in cases.items():
+        demo = mod.build_app(path)
+        text = error_text(demo)
+        assert text is not None and words in text and str(path) in text, text
+        err = capsys.readouterr().err
+        assert "pfkit inspect: error:" in err and words in err
+
+
+def test_wrong_columns_and_panel_keys_are_named(tmp_path, capsys):
+    RunDir(tmp_path / "f").append("rollouts", [{"step": 0, "prompt_id": 0, "reward": 1.0}])
+    text = error_text(F.build_app(tmp_path / "f"))
+    assert "lacks column(s) sample_idx, prompt, response, score, kept, advantage" in text
+    RunDir(tmp_path / "n").save_masks(0, image=np.zeros((1, 4, 4)), label=np.zeros(1))
+    text = error_text(N.build_app(tmp_path / "n"))
+    assert "lacks alpha, beta" in text
+    assert "lacks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_cli_arguments_and_main(name, tmp_path, monkeypatch, capsys):
+    from pfkit.cli import build_parser
+
+    args = build_parser().parse_args(["inspect", name, str(tmp_path), "--port", "7999"])
+    assert (args.run_dir, args.port, args.host) == (str(tmp_path), 7999, "127.0.0.1")
+    launched = {}
+    import gradio as gr
+
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw))
+    assert args._main(args) == 0  # an empty folder: serves the error page, does not crash
+    assert launched == {"server_name": "127.0.0.1", "server_port": 7999}
+    assert "pfkit inspect: error:" in capsys.readouterr().err
+    p = argparse.ArgumentParser()
+    APPS[name].add_arguments(p)
+    assert p.parse_args(["R"]).host == "127.0.0.1"
+
+
+# ------------------------------------------------------------------------------------------------ speed
+def test_filtration_10k_rows_renders_in_seconds(tmp_path):
+    big_filtration_run(tmp_path, rows=10_000)
+    F.build_app(filtration_run(tmp_path / "warm", steps=1).path)  # imports (gradio, torch, seaborn) not timed
+    t0, c0 = time.perf_counter(), time.process_time()
+    F.build_app(tmp_path)
+    data = F.Rollouts(tmp_path)
+    assert len(data.df) == 10_000
+    step, pid = data.steps[-1], data.prompts(data.steps[-1])[0][1]
+    for strategy in ("logged", "bw"):
+        F.summary_markdown(data, step, pid, strategy, 0, None)
+        F.sample_table(data, step, pid, strategy, 0)
+        F.scatter_figure(data, step, strategy, 0, None).savefig(tmp_path / "s.png")
+        F.curves_figure(data, strategy, 0, None, step).savefig(tmp_path / "c.png")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"filtration, 10k rows: build + two full renders in {elapsed:.2f} s wall, {cpu:.2f} s CPU")
+    assert cpu < 5.0  # CPU time, not wall: the CI/dev machines are shared and wall time depends on load
+
+
+def test_difficulty_10k_rows_renders_in_seconds(tmp_path):
+    difficulty_run(tmp_path, steps=100, prompts=100, k=16, samplers=("vade",), rollouts=True)
+    D.build_app(difficulty_run(tmp_path / "warm", steps=2, prompts=4).path)
+    t0, c0 = time.perf_counter(), time.process_time()
+    D.build_app(tmp_path)
+    data = D.Difficulty(tmp_path)
+    assert len(data.df) == 10_000
+    ps = data.default_prompts("vade", 99)
+    for fig in (D.posterior_figure(data, "vade", 99, ps), D.trajectory_figure(data, "vade", ps, 99),
+                D.selection_figure(data, "vade"), D.zero_variance_figure(data)):
+        fig.savefig(tmp_path / "f.png")
+    D.stats_markdown(data, "vade", 99)
+    data.prompt_table("vade", 99, "most uncertain first (posterior sd)")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"difficulty, 10k rows: build + full render in {elapsed:.2f} s wall, {cpu:.2f} s CPU")
+    assert cpu < 5.0
