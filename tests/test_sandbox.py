@@ -62,3 +62,26 @@ def test_check_completions_matches_program_of_each_problem():
     assert [v.status for v in out] == ["passed", "failed", "timeout"]
     with pytest.raises(ValueError, match="2 problems but 1 completions"):
         sandbox.check_completions([p, p], ["x"])
+
+
+def test_forked_process_gets_its_own_workers(sb):
+    """A fork of the owner (e.g. a DataLoader worker) must not talk over the owner's worker pipes."""
+    import os
+
+    assert sb.run([Job(ADD, TESTS, "add")])[0].passed
+    owner_pids = [w.proc.pid for w in sb._workers]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            v = sb.run([Job(ADD, TESTS, "add")])[0]
+            ok = v.passed and all(x is None or x.proc.pid not in owner_pids for x in sb._workers)
+            sb.close()
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert [x.proc.pid for x in sb._workers] == owner_pids and all(x.proc.poll() is None for x in sb._workers)
+    assert sb.run([Job(ADD, TESTS, "add")])[0].passed

@@ -44,6 +44,9 @@ def programs(marker_dir: str, tag: str) -> dict[str, str]:
         "spinning threads": "import threading\ndef spin():\n    while True:\n        pass\n"
                             "for _ in range(64):\n    try:\n        threading.Thread(target=spin, daemon=True).start()\n"
                             "    except Exception:\n        break\nwhile True:\n    pass\n",
+        "network": "import socket\nok = False\nfor addr in [('1.1.1.1', 53), ('127.0.0.1', 22), ('10.0.0.1', 80)]:\n"
+                   "    try:\n        socket.create_connection(addr, timeout=0.5).close()\n        ok = True\n"
+                   "    except OSError:\n        pass\nassert ok\n",
         "fake pass line": "import sys\nprint('passed')\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
     }, outside
 
@@ -68,7 +71,7 @@ def test_adversarial_programs(isolation, tmp_path):
     progs, outside = programs(str(tmp_path), tag)
     if isolation == "process":
         # the weaker mode guards Python's own APIs only (documented): leave out the ones that need real isolation
-        for name in ("kill everything", "kill the parent", "write outside"):
+        for name in ("kill everything", "kill the parent", "write outside", "network"):
             progs.pop(name)
         progs["write outside (open)"] = (f"import os\np = {outside[0]!r}\ntry:\n    open(p, 'w').write('x')\nexcept Exception:\n"
                                          "    pass\nassert os.path.exists(p)\n")
@@ -88,6 +91,8 @@ def test_adversarial_programs(isolation, tmp_path):
         for name in ("sys.exit(0)", "os._exit(0)", "raise SystemExit", "fake pass line"):
             assert verdicts[name].status == "failed", verdicts[name]
         assert verdicts["recursion"].status == "failed" and "RecursionError" in verdicts["recursion"].detail
+        if isolation == "namespace":
+            assert "AssertionError" in verdicts["network"].detail  # every connection failed: no network
         # the evaluator's workers are the same processes: no job could kill or replace one
         assert sorted(w.proc.pid for w in sb._workers) == pids_before
         assert all(w.proc.poll() is None for w in sb._workers)

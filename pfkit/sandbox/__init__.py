@@ -170,6 +170,14 @@ class Sandbox:
                       "nproc": nproc}
         self._workers: list[_Worker | None] = [None] * self.size
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a forked copy of the owner (DataLoader worker, multiprocessing), never share the owner's pipes."""
+        if self._pid != os.getpid():
+            self._workers = [None] * self.size
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
 
     # --------------------------------------------------------------------------------------- workers
     def _spawn(self) -> _Worker:
@@ -185,12 +193,15 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         """Start all workers now (otherwise they start on the first run)."""
+        self._after_fork()
         for i, w in enumerate(self._workers):
             if w is None or w.proc.poll() is not None:
                 self._workers[i] = self._spawn()
         return self
 
     def close(self) -> None:
+        if self._pid != os.getpid():  # a forked copy: the workers belong to the parent
+            return
         for i, w in enumerate(self._workers):
             if w is not None:
                 w.close()
@@ -209,6 +220,7 @@ class Sandbox:
         jobs = list(jobs)
         if not jobs:
             return []
+        self._after_fork()
         if timeout <= 0 or memory_mb < 64:
             raise ValueError("timeout must be > 0 and memory_mb >= 64")
         key_of = {}
