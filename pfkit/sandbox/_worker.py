@@ -287,8 +287,6 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
     os.dup2(wfd, hi)
     os.closerange(3, hi)
     os.closerange(hi + 1, 1 << 16)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU):
-        signal.signal(sig, signal.SIG_DFL)
 
     mem = int(job["memory_mb"]) << 20
     cpu = int(job["timeout"]) + 2
@@ -304,14 +302,7 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    os.environ.clear()
-    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir, "LANG": "C.UTF-8",
-                       "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
-    import io as _io
-
-    sys.stdin = _io.TextIOWrapper(_io.FileIO(0, "r", closefd=False))
-    sys.stdout = _io.TextIOWrapper(_io.FileIO(1, "w", closefd=False), write_through=True)
-    sys.stderr = _io.TextIOWrapper(_io.FileIO(2, "w", closefd=False), write_through=True)
+    os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the (minimal) environment: _prepare_zygote
     if cfg["mode"] != "namespace":
         _guard(jobdir)
 
@@ -329,6 +320,23 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
         report(False, _describe(e, source))
     else:
         report(True, "")
+
+
+def _prepare_zygote() -> None:
+    """Per-process state every child needs, set once here instead of after each fork (fewer page copies)."""
+    import gc
+    import io
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU):
+        signal.signal(sig, signal.SIG_DFL)  # a limit hit kills the child (crashed), as for any process
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+                       "MALLOC_ARENA_MAX": "2", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"})
+    # fds 0/1/2 are /dev/null in the zygote and become /dev/null + the capture memfds in each child
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) the zygote's objects
 
 
 def _reporter(fd: int, nonce: str):
@@ -511,11 +519,11 @@ def main() -> None:
             os.makedirs(cfg["base"], exist_ok=True)
             mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
             cfg["nproc"] = int(cfg["nproc"]) + mine + 64
+            import shutil  # noqa: F401 - the guard patches these in every child; importing them there costs more
+            import subprocess  # noqa: F401
         for name in PRELOAD:
             __import__(name)
-        import gc
-
-        gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) the zygote's objects
+        _prepare_zygote()
     except Exception as e:  # noqa: BLE001 - reported to the pool, which falls back or raises
         _send(out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
         return
