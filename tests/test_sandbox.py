@@ -85,3 +85,18 @@ def test_forked_process_gets_its_own_workers(sb):
     os.waitpid(pid, 0)
     assert [x.proc.pid for x in sb._workers] == owner_pids and all(x.proc.poll() is None for x in sb._workers)
     assert sb.run([Job(ADD, TESTS, "add")])[0].passed
+
+
+@pytest.mark.skipif(sandbox.default_isolation() != "namespace", reason="needs root")
+def test_auto_isolation_degrades_to_process_with_a_warning():
+    """If the namespace worker cannot start (here: an invalid tmpfs size), "auto" falls back and says so."""
+    sb = sandbox.Sandbox(workers=1, isolation="auto", tmp_size_mb=-1)
+    with pytest.warns(RuntimeWarning, match="falling back to process isolation"):
+        out = sb.run([Job(ADD, TESTS, "add"), Job(ADD, TESTS.replace("== 3", "== 4"), "add")])
+    sb.close()
+    assert sb.isolation == "process" and [v.status for v in out] == ["passed", "failed"]
+    assert out[0].meta["isolation"] == "process"
+    with pytest.raises(sandbox.WorkerError):  # asked for explicitly: no silent downgrade
+        sandbox.Sandbox(workers=1, isolation="namespace", tmp_size_mb=-1).start()
+    with pytest.warns(RuntimeWarning, match="process isolation as root"):
+        sandbox.Sandbox(workers=1, isolation="process")

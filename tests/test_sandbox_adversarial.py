@@ -75,7 +75,13 @@ def test_adversarial_programs(isolation, tmp_path):
             progs.pop(name)
         progs["write outside (open)"] = (f"import os\np = {outside[0]!r}\ntry:\n    open(p, 'w').write('x')\nexcept Exception:\n"
                                          "    pass\nassert os.path.exists(p)\n")
-    with sandbox.Sandbox(workers=2, isolation=isolation) as sb:
+    import contextlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "process isolation as root" is expected here
+        sb = sandbox.Sandbox(workers=2, isolation=isolation)
+    with contextlib.closing(sb.start()):
         pids_before = sorted(w.proc.pid for w in sb._workers)
         jobs = [Job(F + src, T, "f") for src in progs.values()]
         t = time.monotonic()

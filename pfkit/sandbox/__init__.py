@@ -166,6 +166,9 @@ class Sandbox:
         self.size = max(1, int(workers or os.cpu_count() or 1))
         self.isolation = default_isolation() if isolation == "auto" else isolation
         self._auto = isolation == "auto"
+        if self.isolation == "process" and os.geteuid() == 0:
+            warnings.warn("pfkit.sandbox: process isolation as root runs programs as root behind a Python-level "
+                          "guard only; use isolation='namespace' (the default for root)", RuntimeWarning, stacklevel=2)
         self._opts = {"slots": max(1, int(jobs_per_worker)), "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
                       "nproc": nproc}
         self._workers: list[_Worker | None] = [None] * self.size
