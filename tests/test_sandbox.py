@@ -100,3 +100,11 @@ def test_auto_isolation_degrades_to_process_with_a_warning():
         sandbox.Sandbox(workers=1, isolation="namespace", tmp_size_mb=-1).start()
     with pytest.warns(RuntimeWarning, match="process isolation as root"):
         sandbox.Sandbox(workers=1, isolation="process")
+
+
+def test_patching_the_harness_functions_cannot_turn_a_failure_into_a_pass(sb):
+    prog = ADD.replace("a + b", "a - b") + (
+        "import os\n_w = os.write\n"
+        "os.write = lambda fd, data: _w(fd, data.replace(b'\\tfailed\\t', b'\\tpassed\\t'))\n")
+    v = sb.run([Job(prog, TESTS, "add")])[0]
+    assert v.status == "failed" and "AssertionError" in v.detail

@@ -71,19 +71,19 @@ def _enter_namespaces(tmp_size_mb: int) -> None:
     if child:
         # Launcher: hold nothing, wait, exit with the zygote's status. If the pool kills the launcher, the
         # zygote gets SIGKILL (PDEATHSIG) and with it every process of the namespace dies.
-        for fd in (0, 1):
-            os.close(fd)
+        os.closerange(0, 2)
+        os.closerange(3, 1 << 16)  # incl. our copies of the protocol pipes: EOF must follow the zygote's death
         _, status = os.waitpid(child, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-    if os.getppid() == 0 and os.getpid() != 1:  # pragma: no cover - defensive
+    if os.getpid() != 1:  # pragma: no cover - defensive: the cleanup relies on being the namespace's init
         raise OSError("not PID 1 of a new PID namespace")
     # Private propagation first: nothing below may ever reach the host's mount table.
     _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
     _expose_python()
     with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode() for line in f]
+        points = [_unescape(line.split()[4]).encode() for line in f]
     for mp in points:
         if mp == b"/proc":
             continue
@@ -93,10 +93,17 @@ def _enter_namespaces(tmp_size_mb: int) -> None:
     _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
                        f"size={tmp_size_mb}m,mode=0711".encode()), "mount tmpfs /tmp")
     with open("/proc/self/mountinfo") as f:  # prove the read-only view is in place before any job runs
-        top = {p[4]: p[5] for p in (line.split() for line in f)}  # later entries are mounted on top
+        top = {_unescape(p[4]): p[5] for p in (line.split() for line in f)}  # later entries are mounted on top
     writable = [mp for mp, opts in top.items() if "rw" in opts.split(",") and mp not in ("/proc", "/tmp")]
     if writable:  # pragma: no cover - would mean the kernel refused a remount
         raise OSError(f"mounts still writable inside the sandbox namespace: {writable}")
+
+
+def _unescape(field: str) -> str:
+    """Mount points in mountinfo escape space, tab, newline and backslash as octal (``\\040``)."""
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _rmtree(path: str) -> None:
@@ -285,7 +292,7 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
     os.dup2(null, 0)
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
-    hi = 100 + int.from_bytes(os.urandom(2), 'little') % 800  # the result pipe sits at an fd number the program cannot predict
+    hi = 100 + int.from_bytes(os.urandom(2), "little") % 800  # the result pipe: an fd number nobody can predict
     os.dup2(wfd, hi)
     os.closerange(3, hi)
     os.closerange(hi + 1, 1 << 16)
@@ -298,7 +305,13 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, int(cfg["nproc"])),
     ]
     for which, value in limits:
-        resource.setrlimit(which, (value, value + (1 if which == resource.RLIMIT_CPU else 0)))
+        hard = resource.getrlimit(which)[1]
+
+        def cap(v: int, hard=hard) -> int:  # never above a cap that is already there (non-root cannot raise it)
+            return v if hard == resource.RLIM_INFINITY else min(v, hard)
+
+        extra = 1 if which == resource.RLIMIT_CPU else 0  # SIGXCPU at the soft limit, SIGKILL a second later
+        resource.setrlimit(which, (cap(value), cap(value + extra)))
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binaries
     if uid is not None:
         os.setgroups([])
@@ -342,10 +355,13 @@ def _prepare_zygote() -> None:
 
 
 def _reporter(fd: int, nonce: str):
+    # bound now, before the program runs: a program that patches os.write/os._exit cannot see or edit the line
+    write, exit_ = os.write, os._exit
+
     def report(ok: bool, detail: str) -> None:
         msg = (nonce + ("\tpassed\t" if ok else "\tfailed\t") + detail.replace("\n", " ")[:2000] + "\n").encode()
-        os.write(fd, msg)
-        os._exit(0)
+        write(fd, msg)
+        exit_(0)
 
     return report
 
