@@ -120,8 +120,9 @@ def test_orphan_is_killed_even_while_other_jobs_run():
     """A job's escaped daemon dies when its job ends, while the worker's other slot keeps running."""
     if sandbox.default_isolation() != "namespace":
         pytest.skip("needs root")
-    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-              "        while True:\n            time.sleep(0.05)\n    os._exit(0)\n")
+    daemon = ("import ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
+              "    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n"  # PR_SET_DUMPABLE 0: its /proc entry now shows root
+              "    if os.fork() == 0:\n        while True:\n            time.sleep(0.05)\n    os._exit(0)\n")
     with sandbox.Sandbox(workers=1, jobs_per_worker=2) as sb:
         out = sb.run([Job(daemon, ""), Job("import time\ntime.sleep(1.0)\n", "")], timeout=3.0)
         assert [v.status for v in out] == ["passed", "passed"]

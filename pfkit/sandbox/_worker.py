@@ -192,14 +192,18 @@ def _expose_python() -> None:
 
 
 def _proc_stat(pid: str) -> tuple[int, int] | None:
-    """(parent pid, uid) of a process from /proc, None if it is gone."""
+    """(parent pid, real uid) of a process from /proc/PID/status, None if it is gone.
+
+    Not the owner of /proc/PID: a process can make itself non-dumpable, and its /proc entry then shows root.
+    """
     try:
-        uid = os.stat(f"/proc/{pid}").st_uid
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+        ppid = int(text.split(b"\nPPid:", 1)[1].split(None, 1)[0])
+        uid = int(text.split(b"\nUid:", 1)[1].split(None, 1)[0])
+    except (OSError, IndexError, ValueError):
         return None
-    return int(stat[stat.rfind(")") + 2:].split()[1]), uid
+    return ppid, uid
 
 
 def _sweep(uid: int | None, keep: set[int]) -> None:
