@@ -104,6 +104,8 @@ class _Worker:
                "nproc": nproc, "base": base}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "2", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        if "LD_LIBRARY_PATH" in os.environ:  # some interpreter builds need it to start at all
+            env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
         self.proc = subprocess.Popen([sys.executable, "-I", _WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/")
         self._buf = b""
@@ -115,10 +117,12 @@ class _Worker:
 
     def _read_line(self, timeout: float) -> dict:
         fd = self.proc.stdout.fileno()
+        poller = select.poll()  # not select(): a training process may hold more than 1024 fds
+        poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(int(left * 1000) + 1):
                 raise WorkerError("worker did not answer in time")
             chunk = os.read(fd, 1 << 16)
             if not chunk:
