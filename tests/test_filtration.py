@@ -118,3 +118,15 @@ def test_filtering_on_a_noisy_middle_raises_r2():
     r_all = r_squared(reward, score)
     r_bw = r_squared(reward[keep_bw], score[keep_bw])
     assert r_bw > r_all
+
+
+def test_paper_weight_form_by_name():
+    from pfkit.rl.filtration import resolve
+
+    s = resolve("paper-br")
+    assert isinstance(s, RankWeights) and s.draws == 2
+    # two draws from (1/2, 1/8 x 4): the best is kept with prob 1 - (1/2)^2, each other 1 - (7/8)^2
+    p = inclusion_probs(R, "paper-br")[0]
+    assert p[1].item() == pytest.approx(0.75) and p[0].item() == pytest.approx(1 - (7 / 8) ** 2)
+    assert select(R, "paper-bw", torch.Generator().manual_seed(1)).sum(1).le(2).all()
+    assert inclusion_probs(R, "paper-bw").bool().equal(select(R, "bw"))

@@ -17,7 +17,15 @@ One training batch of ``P`` prompts is one PPO iteration (the paper's Algorithm 
 Dropped samples feed neither actor nor critic, so PF-PPO does ~2/5 of PPO-M's policy/critic work per
 iteration at equal sampling and RM cost (paper Table 4). Every sample is logged to
 ``RUN_DIR/rollouts.parquet`` (step, prompt_id, sample_idx, prompt, response, reward, score, kept,
-advantage) and the step's metrics to metrics.csv. Run length: one training batch = one PPO iteration, so
+advantage) and the step's metrics to metrics.csv.
+
+Paper vs official code (research/pfppo.md §5): the paper's form is implemented; the code's forms are options.
+- ``strategy: br`` / ``bw`` are the authors' *filter* version (best + one uniformly random other / best +
+  worst, per prompt); ``paper-br`` / ``paper-bw`` draw twice from the paper's weight vector instead.
+- The authors' *reweight* version resamples micro-batches with replacement from the whole buffer using
+  weights and whitens advantages before filtering; the verl port picks max/min over the whole batch, not
+  per prompt (so it is not BR/BW). Neither is reproduced here.
+- Ties: stable rank order (first maximum is "best", last minimum is "worst"), see ``pfkit.rl.filtration``. Run length: one training batch = one PPO iteration, so
 set ``trainer.max_epochs`` / ``trainer.limit_train_batches`` (``max_steps`` counts optimiser updates).
 """
 

@@ -15,8 +15,10 @@ bw         (1/2, 0, ..., 0, 1/2)                                the best and the
 The kept sets are the authors' "filter" implementation (about 2 of N=5 kept; dropped samples feed
 neither actor nor critic). The general forms are :class:`RankWindow` (fixed ranks + k uniformly random
 others; all four strategies are instances) and :class:`RankWeights` (the paper's Categorical(w) over
-ranks, drawn ``draws`` times with replacement per prompt; the authors' "reweight" code resamples the
-buffer this way). Filtering is per prompt; the verl port's ``max_min``/``max_random`` rank over the whole
+ranks, drawn ``draws`` times with replacement per prompt; strategy names ``paper-br``/``paper-bw``/
+``paper-bon``). Paper vs code: the paper defines BR as drawing from w, so the best is *likely* but not
+certain to be used; the authors' filter code keeps the best plus one uniformly random other (``br``); their
+reweight code instead resamples the whole buffer with replacement using the weights (0.4 best / 0.1 others). Filtering is per prompt; the verl port's ``max_min``/``max_random`` rank over the whole
 batch instead and are not BR/BW.
 
 **Ties** (the paper does not discuss them): ranks come from a stable descending sort, so among equal
@@ -62,15 +64,21 @@ class RankWindow:
 @dataclass(frozen=True)
 class RankWeights:
     """The paper's form: per prompt draw a rank ``draws`` times from Categorical(``weights``) (best rank
-    first, length N, normalised here) with replacement and keep the responses drawn at least once."""
+    first, length N, normalised here) with replacement and keep the responses drawn at least once.
 
-    weights: tuple[float, ...]
+    ``weights`` may also be a strategy name (``"br"``, ``"bw"``, ``"bon"``): the paper's vector for that
+    strategy at whatever N the rewards have. The strategy names ``paper-br``, ``paper-bw``, ``paper-bon``
+    resolve to ``RankWeights(name, draws=2)``.
+    """
+
+    weights: tuple[float, ...] | str
     draws: int = 2
 
     def probs(self, n: int) -> torch.Tensor:
-        w = torch.tensor(self.weights, dtype=torch.float64)
+        weights = paper_weights(self.weights, n) if isinstance(self.weights, str) else self.weights
+        w = torch.tensor(weights, dtype=torch.float64)
         if w.numel() != n or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"RankWeights needs {n} non-negative weights with a positive sum, got {self.weights}")
+            raise ValueError(f"RankWeights needs {n} non-negative weights with a positive sum, got {weights}")
         return w / w.sum()
 
 
@@ -88,6 +96,8 @@ def resolve(strategy) -> RankWindow | RankWeights:
         return strategy
     key = str(strategy).lower().replace("-", "").replace("_", "")
     key = {"ppom": "none", "bestofn": "bon", "bestrandom": "br", "bestworst": "bw"}.get(key, key)
+    if key.startswith("paper") and key[5:] in ("bon", "br", "bw"):
+        return RankWeights(key[5:], draws=2)
     if key not in NAMED:
         raise ValueError(f"unknown filtration strategy {strategy!r}; use one of {', '.join(STRATEGIES)} "
                          f"or a RankWindow/RankWeights object")
@@ -97,6 +107,8 @@ def resolve(strategy) -> RankWindow | RankWeights:
 def paper_weights(strategy: str, n: int) -> tuple[float, ...]:
     """The paper's weight vector over the N reward ranks (best first) for bon, br, bw (none: uniform)."""
     s = resolve(strategy)
+    if isinstance(s, RankWeights):
+        raise ValueError(f"{strategy!r} is already a weight vector form")
     if s is NAMED["none"]:
         return tuple([1.0 / n] * n)
     if s is NAMED["bon"]:
