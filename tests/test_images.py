@@ -86,6 +86,10 @@ def test_not_an_npz_and_missing_file(tmp_path):
     p.write_text("hello")
     with pytest.raises(NpzFormatError, match="not a readable .npz"):
         load_npz(p)
+    npy = tmp_path / "one.npy"
+    np.save(npy, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(NpzFormatError, match="single array"):
+        load_npz(npy)
     with pytest.raises(FileNotFoundError, match="nope.npz not found"):
         load_npz(tmp_path / "nope.npz")
 

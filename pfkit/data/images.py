@@ -101,10 +101,10 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise NpzFormatError(f"{path} is not a readable .npz file ({e}). {_FORMAT_HINT}") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise NpzFormatError(f"{path} holds a single array (.npy), not an npz archive. {_FORMAT_HINT}")
     with z:
         keys = set(z.files)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise NpzFormatError(f"{path} holds a single array, not an npz archive. {_FORMAT_HINT}")
         missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in keys]
         if missing:
             raise NpzFormatError(f"{path} is missing key(s) {', '.join(missing)} (it has: "
