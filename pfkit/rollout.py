@@ -34,6 +34,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -118,22 +119,47 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def _sample(logits, temperature, top_p, generator, banned):
-    """One decoding step: returns (tokens, raw log-prob, sampling log-prob), all ``[b]``."""
+def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64):
+    """One decoding step: returns (tokens, raw log-prob, sampling log-prob), all ``[b]``.
+
+    Draws one uniform per row and inverts the CDF (``searchsorted``) instead of ``multinomial``, which
+    draws one exponential per vocabulary entry. Top-p first tries the ``top_k_first`` most probable
+    tokens (a partial sort) and falls back to a full sort only when they hold less than ``top_p`` mass.
+    The kept set is exactly :func:`top_p_filter`'s.
+    """
     logits = logits.float()
-    raw_logp = logits.log_softmax(-1)
+    raw = logits
     if banned is not None:
         logits = logits.index_fill(-1, banned, float("-inf"))
+    b, V = logits.shape
     if temperature == 0.0:
         tokens = logits.argmax(-1)
-        samp = torch.zeros(tokens.shape, dtype=raw_logp.dtype, device=logits.device)
+        samp = torch.zeros(b, dtype=logits.dtype, device=logits.device)
     else:
-        scaled = logits / temperature if temperature != 1.0 else logits
-        scaled = top_p_filter(scaled, top_p)
-        samp_logp = scaled.log_softmax(-1)
-        tokens = torch.multinomial(samp_logp.exp(), 1, generator=generator).squeeze(-1)
-        samp = samp_logp.gather(-1, tokens[:, None]).squeeze(-1)
-    return tokens, raw_logp.gather(-1, tokens[:, None]).squeeze(-1), samp
+        probs = (logits / temperature if temperature != 1.0 else logits).softmax(-1)
+        u = torch.rand(b, 1, generator=generator, device=logits.device, dtype=probs.dtype)
+        if top_p >= 1.0:
+            cum = probs.cumsum(-1)
+            tokens = torch.searchsorted(cum, u * cum[:, -1:], right=True).clamp_(max=V - 1)
+            p = probs.gather(-1, tokens)
+            if bool((p == 0).any()):  # float rounding landed on a zero-probability tail: take the mode
+                tokens = torch.where(p > 0, tokens, probs.argmax(-1, keepdim=True))
+                p = probs.gather(-1, tokens)
+            tokens, samp = tokens.squeeze(-1), p.squeeze(-1).log()
+        else:
+            vals, idx = probs.topk(min(top_k_first, V), dim=-1)
+            cum = vals.cumsum(-1)
+            if bool((cum[:, -1] < top_p).any()):
+                vals, idx = probs.sort(dim=-1, descending=True)
+                cum = vals.cumsum(-1)
+            n_keep = ((cum - vals) < top_p).sum(-1, keepdim=True)  # kept tokens form a prefix
+            z = cum.gather(-1, n_keep - 1)
+            pos = torch.searchsorted(cum, u * z, right=True)
+            pos = torch.minimum(pos, n_keep - 1)
+            tokens = idx.gather(-1, pos).squeeze(-1)
+            samp = (vals.gather(-1, pos) / z).log().squeeze(-1)
+    lse = torch.logsumexp(raw, dim=-1)
+    return tokens, raw.gather(-1, tokens[:, None]).squeeze(-1) - lse, samp
 
 
 # ------------------------------------------------------------------------------------------- stop strings
@@ -213,7 +239,7 @@ class _HFRunner:
         self.model = model
         self.cache_kw = _cache_kwarg(model)
 
-    def prefill(self, ids, mask, pos, max_len):
+    def prefill(self, ids, mask, pos, max_new):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         self.cache = getattr(out, "cache", None) or out.past_key_values
         self.mask = mask
@@ -270,7 +296,14 @@ class _GPT2Runner:
         self.n_head = cfg.n_head
         self.d = cfg.n_embd
         self.dh = self.d // self.n_head
-        self.act = ACT2FN[cfg.activation_function]
+        act = cfg.activation_function
+        # one fused kernel instead of the formula's tanh/pow/mul chain (same function)
+        if act in ("gelu_new", "gelu_pytorch_tanh"):
+            self.act = lambda x: F.gelu(x, approximate="tanh")
+        elif act == "gelu":
+            self.act = F.gelu
+        else:
+            self.act = ACT2FN[act]
         self.layers = []
         for i, block in enumerate(tr.h):
             scale = 1.0 / math.sqrt(self.dh) if cfg.scale_attn_weights else 1.0
@@ -287,7 +320,27 @@ class _GPT2Runner:
     def _heads(self, t, b, s):
         return t.view(b, s, self.n_head, self.dh).transpose(1, 2)
 
-    def prefill(self, ids, mask, pos, max_len):
+    def prefill(self, ids, mask, pos, max_new):
+        """Prompts in groups of similar length (rows are sorted by length by :func:`generate`).
+
+        Each group is trimmed to its own longest prompt and keeps its own KV cache, so neither the
+        prefill nor the per-step attention spends time on padding of much longer prompts elsewhere in
+        the batch. The dense layers of a decoding step still run over the whole batch at once.
+        """
+        b = ids.shape[0]
+        lens = mask.sum(-1).tolist()
+        size = max(8, -(-b // 4))
+        self.groups, logits = [], []
+        for start in range(0, b, size):
+            end = min(b, start + size)
+            P = max(lens[start:end])
+            g = SimpleNamespace(n=end - start, P=P, slot=P)
+            logits.append(self._prefill_group(g, ids[start:end, -P:], mask[start:end, -P:],
+                                              pos[start:end, -P:], P + max_new))
+            self.groups.append(g)
+        return torch.cat(logits)
+
+    def _prefill_group(self, g, ids, mask, pos, max_len):
         b, s = ids.shape
         dev = ids.device
         x = F.embedding(ids, self.wte) + F.embedding(pos, self.wpe)
@@ -296,18 +349,17 @@ class _GPT2Runner:
         # a left-pad query attends only to itself, so no row is fully masked (NaN-free pads)
         attn_mask = (causal & keymask[:, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
         attn_mask = attn_mask[:, None]
-        self.k = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
-        self.v = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
-        self.keymask = torch.zeros(b, 1, 1, max_len, dtype=torch.bool, device=dev)
-        self.keymask[:, 0, 0, :s] = keymask
-        self.keymask[:, 0, 0, s:] = True
-        self.cur = s
+        g.k = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
+        g.v = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
+        # additive key bias for decoding: -inf on left pads, 0 on real and generated tokens
+        g.bias = torch.zeros(b, 1, 1, max_len, dtype=x.dtype, device=dev)
+        g.bias[:, 0, 0, :s].masked_fill_(~keymask, float("-inf"))
         for li, (ln1, c_attn, c_proj, scale, ln2, c_fc, m_proj) in enumerate(self.layers):
             h = ln1(x).view(b * s, self.d)
             q, k, v = self._lin(c_attn, h).view(b, s, 3 * self.d).split(self.d, dim=-1)
             q, k, v = self._heads(q, b, s), self._heads(k, b, s), self._heads(v, b, s)
-            self.k[li][:, :, :s] = k
-            self.v[li][:, :, :s] = v
+            g.k[li][:, :, :s] = k
+            g.v[li][:, :, :s] = v
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
             a = a.transpose(1, 2).reshape(b * s, self.d)
             x = x + self._lin(c_proj, a).view(b, s, self.d)
@@ -317,36 +369,53 @@ class _GPT2Runner:
 
     def step(self, tokens, pos):
         b = tokens.shape[0]
-        t = self.cur
+        H, dh = self.n_head, self.dh
         x = F.embedding(tokens, self.wte) + F.embedding(pos, self.wpe)  # [b, d]
-        mask = self.keymask[:, :, :, : t + 1]
         for li, (ln1, c_attn, c_proj, scale, ln2, c_fc, m_proj) in enumerate(self.layers):
             q, k, v = self._lin(c_attn, ln1(x)).split(self.d, dim=-1)
-            self.k[li][:, :, t] = k.view(b, self.n_head, self.dh)
-            self.v[li][:, :, t] = v.view(b, self.n_head, self.dh)
-            a = F.scaled_dot_product_attention(
-                q.view(b, self.n_head, 1, self.dh),
-                self.k[li][:, :, : t + 1],
-                self.v[li][:, :, : t + 1],
-                attn_mask=mask,
-                scale=scale,
-            )
-            x = x + self._lin(c_proj, a.view(b, self.d))
+            q = (q * scale).view(b, H, 1, dh)
+            k, v = k.view(b, H, dh), v.view(b, H, dh)
+            a = x.new_empty(b, self.d)
+            start = 0
+            for g in self.groups:
+                end, t = start + g.n, g.slot
+                K, V = g.k[li], g.v[li]
+                K[:, :, t] = k[start:end]
+                V[:, :, t] = v[start:end]
+                # one query per row: plain matmul-softmax-matmul beats the SDPA kernels here
+                scores = torch.matmul(q[start:end], K[:, :, : t + 1].transpose(-1, -2)) + g.bias[..., : t + 1]
+                a[start:end] = torch.matmul(scores.softmax(-1), V[:, :, : t + 1]).view(g.n, self.d)
+                start = end
+            x = x + self._lin(c_proj, a)
             x = x + self._lin(m_proj, self.act(self._lin(c_fc, ln2(x))))
-        self.cur = t + 1
+        for g in self.groups:
+            g.slot += 1
         return F.linear(self.ln_f(x), self.head)
 
     def select(self, rows):
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
-        self.keymask = self.keymask[rows]
+        groups, start = [], 0
+        for g in self.groups:
+            end = start + g.n
+            local = rows[(rows >= start) & (rows < end)] - start
+            start = end
+            if local.numel() == 0:
+                continue
+            if local.numel() < g.n:
+                g.k = [k[local] for k in g.k]
+                g.v = [v[local] for v in g.v]
+                g.bias = g.bias[local]
+                g.n = local.numel()
+            groups.append(g)
+        self.groups = groups
         return True
 
     def expand(self, repeats):
         """Repeat every row ``repeats`` times (prompt shared by ``n`` samples is prefilled once)."""
-        self.k = [k.repeat_interleave(repeats, 0) for k in self.k]
-        self.v = [v.repeat_interleave(repeats, 0) for v in self.v]
-        self.keymask = self.keymask.repeat_interleave(repeats, 0)
+        for g in self.groups:
+            g.k = [k.repeat_interleave(repeats, 0) for k in g.k]
+            g.v = [v.repeat_interleave(repeats, 0) for v in g.v]
+            g.bias = g.bias.repeat_interleave(repeats, 0)
+            g.n *= repeats
         return True
 
 
@@ -450,11 +519,17 @@ def generate(
             f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"{n_pos} positions; shorten the prompts or lower max_new_tokens"
         )
+    # rows are processed sorted by prompt length (the fast path groups similar lengths), then unsorted
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    rank = [0] * len(prompts)
+    for r, i in enumerate(order):
+        rank[i] = r
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     pmask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, P - len(e):] = torch.tensor(e)
-        pmask[i, P - len(e):] = 1
+    for r, i in enumerate(order):
+        e = encoded[i]
+        ids[r, P - len(e):] = torch.tensor(e)
+        pmask[r, P - len(e):] = 1
     ids, pmask = ids.to(device), pmask.to(device)
 
     if generator is None:
@@ -474,12 +549,11 @@ def generate(
             ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
         prompt_lens = pmask.sum(-1)
         if n > 1 and use_fast:  # prefill each distinct prompt once, then share its cache
-            logits = runner.prefill(ids_u, pmask_u, _positions(pmask_u), P + max_new_tokens)
+            logits = runner.prefill(ids_u, pmask_u, _positions(pmask_u), max_new_tokens)
             runner.expand(n)
             logits = logits.repeat_interleave(n, 0)
         else:
-            logits = runner.prefill(ids, pmask, _positions(pmask), P + max_new_tokens)
-        prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(n)
+            logits = runner.prefill(ids, pmask, _positions(pmask), max_new_tokens)
 
         resp = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         raw_lp = torch.zeros((B, max_new_tokens), device=device)
@@ -487,7 +561,7 @@ def generate(
         done = torch.zeros(B, dtype=torch.bool, device=device)
         active = torch.arange(B, device=device)  # global row of each runner row
         eos_t = torch.tensor(eos, device=device) if eos else None
-        newline_before = [prompts[i // n].endswith("\n") for i in range(B)]
+        newline_before = [prompts[order[r // n]].endswith("\n") for r in range(B)]
         pieces = _piece_table(tokenizer) if stop else None
         approx = [""] * B
         search_from = [0] * B
@@ -530,8 +604,11 @@ def generate(
             pos = prompt_lens[active] + t
             logits = runner.step(tok, pos)
     # inference tensors cannot enter autograd (sequence_logprobs under grad): clone them out
-    ids, pmask, resp, raw_lp, samp_lp = (x.clone() for x in (ids, pmask, resp, raw_lp, samp_lp))
-    prompt_index = prompt_index.clone()
+    # ... and back to input order (row i*n + j = prompt i, sample j)
+    back = torch.tensor([rank[i] * n + j for i in range(len(prompts)) for j in range(n)], device=device)
+    ids, pmask, resp, raw_lp, samp_lp = (x[back] for x in (ids, pmask, resp, raw_lp, samp_lp))
+    newline_before = [newline_before[r] for r in back.tolist()]
+    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(n)
 
     # --- exact ends: EOS, stop patterns (on the real decode), length
     resp, raw_lp, samp_lp = resp[:, :steps], raw_lp[:, :steps], samp_lp[:, :steps]
