@@ -267,3 +267,27 @@ def test_difficulty_10k_rows_renders_in_seconds(tmp_path):
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"difficulty, 10k rows: build + full render in {elapsed:.2f} s wall, {cpu:.2f} s CPU")
     assert cpu < 5.0
+
+
+def test_a_step_logged_twice_is_flagged_not_merged(tmp_path, capsys):
+    """A reused folder (or a step counter that does not advance) repeats (step, prompt, sample) keys."""
+    run = filtration_run(tmp_path, steps=1, prompts=2, n=3)
+    again = pd.read_parquet(tmp_path / "rollouts.parquet").assign(reward=lambda t: -t.reward)
+    run.append("rollouts", again, step=0)
+    data = F.Rollouts(tmp_path)
+    assert data.repeated == 6 and [p for _, p in data.prompts(0)] == ["0", "0 #1", "7", "7 #1"]
+    for pid in ("0", "0 #1"):  # best-of-N picks within each logged group, not across the two
+        g = data.step(0)[data.step(0)["pid"] == pid]
+        kept = data.kept(0, "bon")[(data.step(0)["pid"] == pid).to_numpy()]
+        assert kept.sum() == 1 and g["reward"].to_numpy()[kept][0] == g["reward"].max()
+    assert error_text(F.build_app(tmp_path)) is None
+    assert "warning: 6 rows repeat" in capsys.readouterr().err
+
+    difficulty_run(tmp_path / "d", steps=2, prompts=4, samplers=("vade",))
+    rows = pd.read_parquet(tmp_path / "d" / "difficulty.parquet")
+    RunDir(tmp_path / "d").append("difficulty", rows[rows.step == 1].assign(alpha=50.0), step=1)
+    d = D.Difficulty(tmp_path / "d")
+    assert d.repeated == 4 and len(d.at("vade", 1)) == 4  # one row per prompt (parts of a step have no order)
+    assert set(d.at("vade", 1)["alpha"]) <= set(rows.loc[rows.step == 1, "alpha"]) | {50.0}
+    gen = rows[rows.trials > 0]
+    assert d.zero_variance()["groups"].sum() == len(gen) + (gen.step == 1).sum()

@@ -44,6 +44,12 @@ def banner(message: str) -> str:
     return f"## ⚠️ Cannot show this run\n\n{message}"
 
 
+def warning(message: str) -> str:
+    """A banner for data the app can show but the user should know is odd (also said in the terminal)."""
+    print(f"pfkit inspect: warning: {message}", file=sys.stderr, flush=True)
+    return f"**⚠️ Warning:** {message}"
+
+
 def open_run(run_dir, *artifacts: str) -> RunDir:
     """``RunDir(run_dir).require(*artifacts)``; raises RunFolderError with a message fit for the page."""
     if run_dir is None or str(run_dir).strip() == "":

@@ -55,7 +55,13 @@ class Difficulty:
         df["selected"] = df["selected"].astype(bool)
         for c in ("alpha", "beta", "p_mean", "successes", "trials"):
             df[c] = df[c].astype(np.float64)
-        self.df = df.sort_values(["sampler", "step", "pid"], kind="stable").reset_index(drop=True)
+        # every row with trials > 0 is a generated group (zero-variance counts use them all); the posterior
+        # views keep one row of a (sampler, step, prompt) logged more than once (part files of one step
+        # carry no write order, so which one is arbitrary), and the page says so
+        self.raw = df
+        dup = df.duplicated(["sampler", "step", "pid"], keep="last")
+        self.repeated = int(dup.sum())
+        self.df = df[~dup].sort_values(["sampler", "step", "pid"], kind="stable").reset_index(drop=True)
         self.samplers = sorted(self.df["sampler"].unique())
         self.rollouts = None
         self._zero = None
@@ -108,7 +114,7 @@ class Difficulty:
         return self._zero
 
     def _zero_variance(self) -> pd.DataFrame:
-        d = self.df[self.df["trials"] > 0]
+        d = self.raw[self.raw["trials"] > 0]
         zv = (d["successes"] <= 1e-9) | (d["successes"] >= d["trials"] - 1e-9)
         gen = (d.assign(zero=zv).groupby(["sampler", "step"], as_index=False)
                .agg(fraction=("zero", "mean"), groups=("zero", "size")))
@@ -248,6 +254,11 @@ def _build(data: Difficulty):
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · samplers: {', '.join(data.samplers)}"
                     + ("" if data.rollouts is not None else " · (no rollouts.parquet: zero-variance from difficulty only)"))
+        if data.repeated:
+            gr.Markdown(C.warning(
+                f"{data.repeated} rows repeat a (sampler, step, prompt_id) already logged: the run wrote the same "
+                "step more than once (a reused run folder, or a step counter that did not advance). Posteriors "
+                "show one of the repeated rows; zero-variance counts use every generated group."), elem_id="pfkit-warning")
         with gr.Row():
             sampler = gr.Dropdown(choices=data.samplers, value=s0, label="sampler", elem_id="sampler")
             step = gr.Dropdown(choices=steps0, value=steps0[-1], label="step", elem_id="step")

@@ -40,12 +40,17 @@ class Rollouts:
         C.require_columns(df, COLUMNS, "rollouts", self.run)
         if df.empty:
             raise C.NoData(f"{self.run.table_path('rollouts')} has no rows yet; reload once the run has logged a step.")
-        df = df.sort_values(["step", "prompt_id", "sample_idx"], kind="stable").reset_index(drop=True)
+        # A (step, prompt, sample) logged more than once (a reused folder, a step counter that did not
+        # advance) would merge groups; each repeat becomes its own group "<prompt_id> #k" and is flagged.
+        df["round"] = df.groupby(["step", "prompt_id", "sample_idx"], sort=False).cumcount()
+        self.repeated = int((df["round"] > 0).sum())
+        df = df.sort_values(["step", "prompt_id", "round", "sample_idx"], kind="stable").reset_index(drop=True)
         df["reward"] = df["reward"].astype(np.float64)
         df["score"] = df["score"].astype(np.float64)
         df["kept"] = df["kept"].astype(bool)
         df["passed"] = df["score"] >= PASS_AT
         df["pid"] = df["prompt_id"].astype(str)  # ids may be ints or task-id strings; the UI keys on text
+        df.loc[df["round"] > 0, "pid"] += " #" + df["round"].astype(str)
         self.df = df
         self.steps = [int(s) for s in df["step"].unique()]
         self._by_step = {int(s): g for s, g in df.groupby("step", sort=True)}
@@ -77,7 +82,7 @@ class Rollouts:
         k_log = g["kept"].to_numpy()
         k = self.kept(step, strategy, seed)
         return {
-            "step": int(step), "samples": len(g), "prompts": int(g["prompt_id"].nunique()),
+            "step": int(step), "samples": len(g), "prompts": int(g["pid"].nunique()),
             "r2_all": _r2(r, s, bins), "r2_kept_logged": _r2(r[k_log], s[k_log], bins),
             "r2_kept": _r2(r[k], s[k], bins), "n_kept": int(k.sum()),
             "pass_rate": float(g["passed"].mean()), "pass_rate_kept": float(g["passed"][k].mean()) if k.any() else float("nan"),
@@ -99,9 +104,9 @@ def _reselect(data: Rollouts, step: int, strategy: str, seed: int) -> np.ndarray
     g = data.step(step)
     out = np.zeros(len(g), dtype=bool)
     pos = np.arange(len(g))
-    sizes = g.groupby("prompt_id", sort=False)["sample_idx"].transform("size").to_numpy()
+    sizes = g.groupby("pid", sort=False)["sample_idx"].transform("size").to_numpy()
     for n in np.unique(sizes):
-        rows = pos[sizes == n]  # rows are sorted by (prompt_id, sample_idx): contiguous groups of n
+        rows = pos[sizes == n]  # sorted by (prompt_id, round, sample_idx): contiguous groups
         rewards = torch.from_numpy(g["reward"].to_numpy()[rows].reshape(-1, int(n)).copy())
         mask = select(rewards, strategy, generator=torch.Generator().manual_seed(seed))
         out[rows] = np.asarray(mask, dtype=bool).reshape(-1)
@@ -232,6 +237,11 @@ def _build(data: Rollouts):
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · {len(data.df)} samples, "
                     f"{len(data.steps)} steps (steps {data.steps[0]}–{data.steps[-1]})")
+        if data.repeated:
+            gr.Markdown(C.warning(
+                f"{data.repeated} rows repeat a (step, prompt_id, sample_idx) already logged: the run wrote the "
+                "same step more than once (a reused run folder, or a step counter that did not advance). "
+                "Each repeat is shown as its own group, `<prompt_id> #k`."), elem_id="pfkit-warning")
         with gr.Row():
             step = gr.Dropdown(choices=data.steps, value=first, label="step", elem_id="step")
             prompt = gr.Dropdown(choices=prompts0, value=prompts0[0][1], label="prompt", elem_id="prompt")
