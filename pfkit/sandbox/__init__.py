@@ -142,6 +142,12 @@ class _Worker:
         return self._read_line(timeout)
 
     def close(self) -> None:
+        """EOF first (the zygote exits after its jobs, and is reaped up the chain), then SIGKILL if need be."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
         try:
             self.proc.kill()
             self.proc.wait(timeout=5)
