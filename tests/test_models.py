@@ -44,7 +44,7 @@ def test_tokenizer_round_trips_code_exactly(tokenizer):
 def test_build_policy_default_size(tokenizer):
     model = models.build_policy(tokenizer)
     n = models.num_parameters(model)
-    assert 1_000_000 <= n <= 5_000_000
+    assert 800_000 <= n <= 5_000_000  # ~1 M with the task's 1k vocabulary; this fixture's is 400
     assert model.config.vocab_size == len(tokenizer) and model.config.model_type == "gpt2"
 
 

@@ -1,0 +1,113 @@
+"""SFT data for the embedded code task: prompt + reference completion, loss on the completion only."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from pfkit.tasks import CodeProblem, codegen
+
+
+class Problems:
+    """The problems of a batch. Opaque to Lightning's batch transfer, which rejects frozen dataclasses."""
+
+    def __init__(self, items: list[CodeProblem]):
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class CodeSFTDataModule(LightningDataModule):
+    """Train on (prompt, completion) pairs from ``codegen.splits(seed)``; validate on the val problems.
+
+    ``wrong_fraction`` of the training pairs get a plausible *wrong* completion (one step or constant
+    changed, guaranteed to fail the tests), so the policy learns a distribution that is only partly right;
+    that keeps per-problem success rates spread out even where the model fits its data well.
+
+    The tokenizer belongs to the policy: ``SFTModule`` sets ``self.tokenizer`` in its ``setup`` (training a
+    new one on ``corpus()`` when it starts from scratch), before any batch is built.
+    """
+
+    def __init__(self, seed: int = 0, n_train: int = 3000, n_val: int = 64, n_test: int = 256,
+                 batch_size: int = 32, wrong_fraction: float = 0.0, max_length: int = 384,
+                 val_batch_size: int = 16, num_workers: int = 0):
+        super().__init__()
+        if not 0.0 <= wrong_fraction < 1.0:
+            raise ValueError(f"wrong_fraction must be in [0, 1), got {wrong_fraction}")
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.max_length = max_length  # the policy module lowers this to its context size
+        self.problems: dict[str, list[CodeProblem]] | None = None
+        self.train_pairs: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ data
+    def setup(self, stage: str | None = None) -> None:
+        if self.problems is not None:
+            return
+        h = self.hparams
+        self.problems = codegen.splits(h.seed, n_train=h.n_train, n_val=h.n_val, n_test=h.n_test)
+        rng = random.Random(f"sft-wrong-{h.seed}")
+        pairs = []
+        for p in self.problems["train"]:
+            completion = p.reference
+            if h.wrong_fraction and rng.random() < h.wrong_fraction:
+                completion = codegen.wrong_completion(p, rng) or completion
+            pairs.append((p.prompt, completion))
+        self.train_pairs = pairs
+
+    def corpus(self) -> list[str]:
+        """Texts a tokenizer for this task is trained on (train prompts + references)."""
+        self.setup()
+        return [p.prompt + p.reference for p in self.problems["train"]]
+
+    # ------------------------------------------------------------------ batches
+    def collate(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``/``attention_mask`` with ``labels`` = -100 outside the completion.
+
+        Prompt and completion are tokenized separately (the same way sampling sees the prompt), and the
+        completion is closed with EOS so the policy learns where to stop.
+        """
+        tok = self.tokenizer
+        if tok is None:
+            raise RuntimeError("CodeSFTDataModule.tokenizer is not set; the policy module sets it in setup()")
+        rows, labels = [], []
+        for prompt, completion in pairs:
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = (p + c)[: self.max_length]
+            rows.append(ids)
+            labels.append(([-100] * len(p) + c)[: self.max_length])
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (r, lb) in enumerate(zip(rows, labels)):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attn[i, : len(r)] = 1
+            lab[i, : len(lb)] = torch.tensor(lb)
+        return {"input_ids": input_ids, "attention_mask": attn, "labels": lab}
+
+    def _collate_problems(self, problems: list[CodeProblem]) -> dict:
+        batch = self.collate([(p.prompt, p.reference) for p in problems])
+        batch["problems"] = Problems(problems)
+        return batch
+
+    def train_dataloader(self):
+        return DataLoader(self.train_pairs, batch_size=self.hparams.batch_size, shuffle=True,
+                          collate_fn=self.collate, num_workers=self.hparams.num_workers, drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.problems["val"], batch_size=self.hparams.val_batch_size, shuffle=False,
+                          collate_fn=self._collate_problems)
+
+    def test_dataloader(self):
+        return DataLoader(self.problems["test"], batch_size=self.hparams.val_batch_size, shuffle=False,
+                          collate_fn=self._collate_problems)
