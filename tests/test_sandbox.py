@@ -108,3 +108,15 @@ def test_patching_the_harness_functions_cannot_turn_a_failure_into_a_pass(sb):
         "os.write = lambda fd, data: _w(fd, data.replace(b'\\tfailed\\t', b'\\tpassed\\t'))\n")
     v = sb.run([Job(prog, TESTS, "add")])[0]
     assert v.status == "failed" and "AssertionError" in v.detail
+
+
+def test_child_runs_unprivileged_with_limits(sb):
+    prog = ("import os, resource\n"
+            "status = open('/proc/self/status').read()\n"
+            "nnp = [l for l in status.splitlines() if l.startswith('NoNewPrivs:')][0].split()[1]\n"
+            "print(os.getuid() != 0, nnp, resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,\n"
+            "      resource.getrlimit(resource.RLIMIT_CORE)[0], os.path.basename(os.getcwd()).startswith('job-'))\n")
+    v = sb.run([Job(prog, "")], memory_mb=300)[0]
+    assert v.passed, v
+    root = sb.isolation == "namespace"
+    assert v.stdout.split() == [str(root), "1", "300", "0", "True"]

@@ -316,7 +316,6 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
 
         extra = 1 if which == resource.RLIMIT_CPU else 0  # SIGXCPU at the soft limit, SIGKILL a second later
         resource.setrlimit(which, (cap(value), cap(value + extra)))
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binaries
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -355,6 +354,9 @@ def _prepare_zygote() -> None:
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    # inherited by every child and irreversible: exec of a setuid binary cannot regain privileges (root's own
+    # setuid() calls, which the children use to drop to their uid, are unaffected)
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) the zygote's objects
 
 
