@@ -128,3 +128,18 @@ def test_orphan_is_killed_even_while_other_jobs_run():
         assert [v.status for v in out] == ["passed", "passed"]
         zygote = psutil.Process(sb._workers[0].proc.pid).children()[0]
         assert zygote.children(recursive=True) == []
+
+
+def test_ipc_objects_do_not_outlive_their_job():
+    if sandbox.default_isolation() != "namespace":
+        pytest.skip("needs root")
+    make = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+            "assert libc.shmget(0, 4096, 0o1000 | 0o600) >= 0\n"  # IPC_PRIVATE, IPC_CREAT
+            "assert libc.msgget(0, 0o1000 | 0o600) >= 0\nassert libc.semget(0, 1, 0o1000 | 0o600) >= 0\n"
+            "print(sum(len(open('/proc/sysvipc/' + k).read().splitlines()) - 1 for k in ('shm', 'msg', 'sem')))\n")
+    count = ("print(sum(len(open('/proc/sysvipc/' + k).read().splitlines()) - 1 for k in ('shm', 'msg', 'sem')))\n")
+    with sandbox.Sandbox(workers=1, jobs_per_worker=1) as sb:
+        made = sb.run([Job(make, "")])[0]
+        after = sb.run([Job(count, "")])[0]
+    assert made.passed and made.stdout.strip() == "3", made
+    assert after.passed and after.stdout.strip() == "0", after

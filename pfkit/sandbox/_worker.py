@@ -206,6 +206,26 @@ def _proc_stat(pid: str) -> tuple[int, int] | None:
     return ppid, uid
 
 
+def _remove_ipc(uid: int) -> None:
+    """Namespace mode: remove System V IPC objects (shm, queues, semaphores) the job's uid created.
+
+    They would outlive the job inside the worker's IPC namespace (never on the host's).
+    """
+    ipc_rmid = 0
+    for kind, call in (("shm", _libc.shmctl), ("msg", _libc.msgctl), ("sem", _libc.semctl)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        cols = header.split()
+        for row in rows:
+            fields = row.split()
+            if len(fields) == len(cols) and int(fields[cols.index("cuid")]) == uid:
+                ident = int(fields[1])
+                call(ident, 0, ipc_rmid, None) if kind == "sem" else call(ident, ipc_rmid, None)
+
+
 def _sweep(uid: int | None, keep: set[int]) -> None:
     """Kill what a finished job left behind, until nothing is left.
 
@@ -436,6 +456,8 @@ class _Running:
         except (ProcessLookupError, PermissionError):
             pass
         _sweep(self.uid, keep={r.pid for r in running.values() if r is not self})
+        if self.uid is not None:
+            _remove_ipc(self.uid)
         os.set_blocking(self.rfd, False)
         self.read_result_pipe()
         os.close(self.rfd)
