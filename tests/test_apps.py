@@ -291,3 +291,23 @@ def test_a_step_logged_twice_is_flagged_not_merged(tmp_path, capsys):
     assert set(d.at("vade", 1)["alpha"]) <= set(rows.loc[rows.step == 1, "alpha"]) | {50.0}
     gen = rows[rows.trials > 0]
     assert d.zero_variance()["groups"].sum() == len(gen) + (gen.step == 1).sum()
+
+
+def test_reload_reads_a_run_that_is_still_going(tmp_path, capsys):
+    run = filtration_run(tmp_path / "f", steps=2, prompts=2, n=3)
+    data = F.Rollouts(run.path)
+    extra = pd.read_parquet(run.table_path("rollouts")).query("step == 1").assign(step=2)
+    run.append("rollouts", extra, step=2)
+    assert C.reload(data) is None and data.steps == [0, 1, 2] and len(data.df) == 18
+
+    nm = noisemask_run(tmp_path / "n", epochs=(0,))
+    masks = N.NoiseMasks(nm.path)
+    nm.save_masks(1, **np.load(nm.mask_path(0)))
+    assert C.reload(masks) is None and masks.epochs == [0, 1]
+
+    import shutil
+
+    shutil.rmtree(run.path)  # gone under the app: keep showing what was read, say why
+    msg = C.reload(data)
+    assert "reload failed" in msg and data.steps == [0, 1, 2]
+    assert "pfkit inspect: warning: reload failed" in capsys.readouterr().err

@@ -95,6 +95,13 @@ def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
         assert first_prompt() == first.prompt_id
         assert f"{first.p_mean:.4f}".rstrip("0") in page.locator("#prompt-table").inner_text()
         page.locator("#posteriors img, #posteriors canvas, #posteriors svg").first.wait_for()
+
+        # the run goes on: a new step appears after "Reload run"
+        run = D.Difficulty(tmp_path / "run").run
+        run.append("difficulty", raw[raw.step == 5].assign(step=6), step=6)
+        page.locator("#reload").click()
+        wait_text(page, "#status", "newest step 6")
+        wait_text(page, "#stats", "vade: 8 prompts, 7 steps")
         page.screenshot(path=tmp_path / "difficulty.png", full_page=True)
 
 

@@ -87,6 +87,20 @@ def guarded(title: str, build: Callable[[], object]):
         return error_app(title, f"could not read the run: {type(e).__name__}: {e}")
 
 
+def reload(data) -> str | None:
+    """Re-read a run that is still going into ``data`` in place (the app's handlers hold that object).
+
+    The new object is built first and swapped in whole, so a failed read (say a folder deleted under the
+    app) keeps showing the earlier data; returns None on success, else the warning for the page.
+    """
+    try:
+        fresh = type(data)(data.run.path)
+    except (RunFolderError, OSError, ValueError, KeyError) as e:
+        return warning(f"reload failed, still showing the earlier data: {e}")
+    data.__dict__.update(fresh.__dict__)
+    return None
+
+
 def launch(demo, args) -> int:
     demo.launch(server_name=args.host, server_port=args.port)
     return 0

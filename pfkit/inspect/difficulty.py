@@ -17,6 +17,7 @@ zero-variance groups after generating them, so only the first count shows what i
 from __future__ import annotations
 
 import html
+import time
 
 import numpy as np
 import pandas as pd
@@ -265,6 +266,9 @@ def _build(data: Difficulty):
             prompts = gr.Dropdown(choices=sorted(data.of(s0)["pid"].unique()),
                                   value=data.default_prompts(s0, steps0[-1]), multiselect=True,
                                   label=f"prompts to plot (≤ {MAX_PROMPTS_PLOTTED})", elem_id="prompts")
+        with gr.Row():
+            reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
+            status = gr.Markdown(elem_id="status")
         stats = gr.Markdown(elem_id="stats")
         with gr.Row():
             post = gr.Plot(label="Beta posteriors at the step", elem_id="posteriors")
@@ -292,7 +296,16 @@ def _build(data: Difficulty):
                 return gr.skip()
             return data.prompt_table(s, int(st), srt)
 
+        def on_reload(s):
+            msg = C.reload(data)
+            s = s if s in data.samplers else data.samplers[0]
+            st = data.steps(s)
+            msg = msg or f"Reloaded at {time.strftime('%H:%M:%S')}: {len(data.df)} rows, newest step {st[-1]}."
+            return gr.Dropdown(choices=data.samplers, value=s), gr.Dropdown(choices=st, value=st[-1]), msg
+
         sampler.change(on_sampler, sampler, [step, prompts])
+        (reload_btn.click(on_reload, sampler, [sampler, step, status])
+         .then(views, [sampler, step, prompts], [stats, post, traj, sel, zero]).then(tab, [sampler, step, sort], table))
         gr.on([sampler.change, step.change, prompts.change, demo.load], views, [sampler, step, prompts],
               [stats, post, traj, sel, zero])
         gr.on([sampler.change, step.change, sort.change, demo.load], tab, [sampler, step, sort], table)

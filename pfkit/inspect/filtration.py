@@ -12,6 +12,7 @@ another strategy would have trained on and whether its kept samples' rewards tra
 from __future__ import annotations
 
 import html
+import time
 
 import numpy as np
 import pandas as pd
@@ -250,6 +251,9 @@ def _build(data: Rollouts):
                                 elem_id="strategy")
             seed = gr.Number(value=0, precision=0, label="seed (br)", elem_id="seed", minimum=0)
             bins = gr.Number(value=0, precision=0, label="R² bins (0 = per sample; paper: groups of similar reward)", elem_id="bins", minimum=0)
+        with gr.Row():
+            reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
+            status = gr.Markdown(elem_id="status")
         summary = gr.Markdown(elem_id="summary")
         prompt_code = gr.Code(language="python", label="prompt", interactive=False, elem_id="prompt-code")
 
@@ -294,12 +298,19 @@ def _build(data: Rollouts):
         def refresh_curves(strategy_v, seed_v, bins_v):  # all steps: independent of the chosen step
             return curves_figure(data, strategy_v, int(seed_v or 0), nbins(bins_v))
 
+        def on_reload():
+            msg = C.reload(data) or (f"Reloaded at {time.strftime('%H:%M:%S')}: {len(data.df)} samples, "
+                                     f"steps {data.steps[0]}–{data.steps[-1]}.")
+            return gr.Dropdown(choices=data.steps, value=data.steps[-1]), msg
+
         inputs = [step, prompt, strategy, seed, bins]
         outs = [summary, prompt_code, table, scatter]
         step.change(on_step, step, prompt).then(refresh, inputs, outs)
         # prompt.input (a user's pick), not .change: a step change updates the prompt and refreshes itself
         gr.on([prompt.input, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs)
         gr.on([strategy.change, seed.change, bins.change, demo.load], refresh_curves, [strategy, seed, bins], curves)
+        (reload_btn.click(on_reload, None, [step, status]).then(on_step, step, prompt).then(refresh, inputs, outs)
+         .then(refresh_curves, [strategy, seed, bins], curves))
     return demo
 
 

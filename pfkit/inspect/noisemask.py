@@ -20,6 +20,7 @@ import html
 import importlib
 import re
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -284,10 +285,13 @@ def _build(data: NoiseMasks):
             sigma = gr.Number(value=data.sigma, label="blur σ (px)", minimum=0.01, elem_id="sigma")
             kernel = gr.Number(value=data.kernel, precision=0, label="blur kernel (odd)", minimum=1, elem_id="kernel")
             resample = gr.Button("Resample with seed", elem_id="resample")
+        with gr.Row():
+            reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
+            status = gr.Markdown(elem_id="status")
         stats = gr.Markdown(elem_id="stats")
         fig = gr.Plot(label="image, α, β, mean mask, mask, masked image", elem_id="panel")
         classes = gr.Plot(label="per-class average masks", elem_id="classes")
-        gr.Plot(value=accuracy_figure(data), label="accuracy over epochs", elem_id="accuracy")
+        acc = gr.Plot(value=accuracy_figure(data), label="accuracy over epochs", elem_id="accuracy")
 
         def show(e, i, m, s, sg, k):
             if e is None:
@@ -306,10 +310,17 @@ def _build(data: NoiseMasks):
         def show_if_sampled(e, i, m, s, sg, k):  # seed and blur only matter for a drawn mask
             return show(e, i, m, s, sg, k) if m == SAMPLED else (gr.skip(), gr.skip())
 
+        def on_reload():
+            msg = C.reload(data) or (f"Reloaded at {time.strftime('%H:%M:%S')}: epochs "
+                                     f"{', '.join(map(str, data.epochs))}.")
+            return gr.Dropdown(choices=data.epochs, value=data.epochs[-1]), accuracy_figure(data), msg
+
         inputs = [epoch, index, mode, seed, sigma, kernel]
         gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig])
         gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig])
         gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes])
+        (reload_btn.click(on_reload, None, [epoch, acc, status]).then(on_epoch, epoch, [index, classes])
+         .then(show, inputs, [stats, fig]))
         resample.click(lambda *v: (SAMPLED, *show(*v[:2], SAMPLED, *v[3:])), inputs, [mode, stats, fig])
     return demo
 
