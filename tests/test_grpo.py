@@ -100,6 +100,19 @@ def test_one_grpo_step_changes_the_policy(tiny_policy):
     assert sum(changed) >= len(changed) - 1      # (the position table rows past the sequence stay)
 
 
+def test_all_zero_variance_step_leaves_policy_unchanged(tiny_policy):
+    m = make_module(tiny_policy, sampler="uniform")
+    m.attach(verifier_prompt_set(PROMPTS, lambda p, c: 0.0)).init_optimizer()
+    m.grpo_step()  # momentum exists only after a real step; make one first with a useful reward
+    m.prompt_set = verifier_prompt_set(PROMPTS, digit_share)
+    m.grpo_step()
+    m.prompt_set = verifier_prompt_set(PROMPTS, lambda p, c: 1.0)
+    before = [p.detach().clone() for p in m.model.parameters()]
+    stats = m.grpo_step()
+    assert stats["frac_zero_var"] == 1.0 and stats["effective_samples"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, m.model.parameters()))
+
+
 def test_bad_config_is_reported(tiny_policy):
     m = make_module(tiny_policy)
     with pytest.raises(ValueError, match="prompts_per_step"):
@@ -157,3 +170,32 @@ def test_fit_writes_tables_and_resumes_sampler_state(tiny_policy, tmp_path):
     m3 = make_module(tiny_policy, sampler="vade")
     fit(m3, 4, ckpt=str(ckpt), run=tmp_path / "resumed")
     assert m3.sampler.rollouts_spent == 48 + 16
+
+
+@pytest.mark.slow
+def test_cli_config_runs_on_the_code_task(tmp_path):
+    """configs/grpo_codegen.yaml through `pfkit fit` (tiny saved policy, sandbox reward, 2 steps)."""
+    from pathlib import Path
+
+    from pfkit.cli import main
+    from pfkit.models import build_policy, train_tokenizer
+    from pfkit.runs import RunDir
+    from pfkit.tasks import codegen
+
+    probs = codegen.generate(20, seed=1)
+    tok = train_tokenizer([p.prompt + p.reference for p in probs], vocab_size=400)
+    torch.manual_seed(0)
+    build_policy(tok, n_layer=1, n_embd=32, n_head=2, n_positions=512).save_pretrained(tmp_path / "pol")
+    tok.save_pretrained(tmp_path / "pol")
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "grpo_codegen.yaml"
+    run = tmp_path / "run"
+    rc = main(["fit", "-c", str(cfg), "--run_dir", str(run), "--model.init_args.policy", str(tmp_path / "pol"),
+               "--model.init_args.prompts_per_step", "2", "--model.init_args.group_size", "2",
+               "--model.init_args.max_new_tokens", "8", "--data.init_args.n_train", "6",
+               "--data.init_args.n_val", "2", "--data.init_args.steps_per_epoch", "2", "--trainer.max_steps", "2"])
+    assert rc in (0, None)
+    d = RunDir(run).read("difficulty")
+    assert len(d) == 2 * 6 and set(d["sampler"]) == {"vade"}
+    assert len(RunDir(run).read("rollouts")) == 2 * 2 * 2
+    ck = torch.load(next((run / "checkpoints").glob("last*.ckpt")), weights_only=False)
+    assert ck["grpo_sampler"]["tracker"]["step_count"] == 2

@@ -106,6 +106,7 @@ class GRPOModule(LightningModule):
         self.gen = torch.Generator().manual_seed(seed)
         self.effective_total = 0
         self.step_times: list[float] = []
+        self.step_cpu_times: list[float] = []
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------------------------------ setup
@@ -180,10 +181,11 @@ class GRPOModule(LightningModule):
     def grpo_step(self) -> dict[str, float]:
         """One GRPO step outside Lightning's loop too (benchmarks call it directly after ``attach``)."""
         h = self.hparams
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = self.sampler.collect(h.prompts_per_step, self._rollout)
         stats = self._update(batch)
         stats["step_time"] = time.perf_counter() - t0
+        stats["step_cpu_time"] = time.process_time() - c0  # this process's CPU seconds (all threads)
         return stats
 
     def _update(self, batch: GroupBatch) -> dict[str, float]:
@@ -202,6 +204,7 @@ class GRPOModule(LightningModule):
         if not samples:  # a filter sampler that found nothing useful this step
             stats.update(reward_mean=0.0, effective_samples=0.0, loss=0.0)
             self._last_batch, self._last_adv = batch, torch.zeros(0)
+            self._noop_step()
             return stats
         rewards = batch.rewards.reshape(-1)
         adv = group_relative(rewards, G, scale=h.adv_scale)
@@ -214,6 +217,7 @@ class GRPOModule(LightningModule):
         rows = torch.arange(len(samples)) if h.kl_coef > 0 else torch.nonzero(effective).flatten()
         if rows.numel() == 0:
             stats["loss"] = 0.0
+            self._noop_step()
             return stats
         lens = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float)
         full_norm = lens.clamp_min(0).sum().clamp_min(1.0) if h.agg == "token-mean" else float(len(samples))
@@ -264,6 +268,14 @@ class GRPOModule(LightningModule):
         stats.update({k: sum(v) / len(v) for k, v in logs.items()})
         return stats
 
+    def _noop_step(self) -> None:
+        """A step with nothing to learn from: no parameter moves (every grad is None, which torch
+        optimizers skip, so no Adam momentum drift), but Lightning still counts the step, so
+        ``max_steps`` is reached even when every group was zero-variance."""
+        opt = self.optimizers() if self._trainer is not None else self._opt
+        opt.zero_grad(set_to_none=True)
+        opt.step()
+
     def training_step(self, batch: Any, batch_idx: int):
         h = self.hparams
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
@@ -271,6 +283,7 @@ class GRPOModule(LightningModule):
             return None
         stats = self.grpo_step()
         self.step_times.append(stats["step_time"])
+        self.step_cpu_times.append(stats["step_cpu_time"])
         self.history.append({"step": self.global_step, **stats})
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, prog_bar=False, batch_size=1)
         self._write_tables(self.global_step)
