@@ -119,13 +119,14 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64):
+def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64, state: dict | None = None):
     """One decoding step: returns (tokens, raw log-prob, sampling log-prob), all ``[b]``.
 
     Draws one uniform per row and inverts the CDF (``searchsorted``) instead of ``multinomial``, which
     draws one exponential per vocabulary entry. Top-p first tries the ``top_k_first`` most probable
     tokens (a partial sort) and falls back to a full sort only when they hold less than ``top_p`` mass.
-    The kept set is exactly :func:`top_p_filter`'s.
+    The kept set is exactly :func:`top_p_filter`'s. ``state`` (a dict kept across the steps of one
+    call) remembers a fallback, so flat distributions (e.g. an untrained model) skip the partial sort.
     """
     logits = logits.float()
     raw = logits
@@ -147,9 +148,14 @@ def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64
                 p = probs.gather(-1, tokens)
             tokens, samp = tokens.squeeze(-1), p.squeeze(-1).log()
         else:
-            vals, idx = probs.topk(min(top_k_first, V), dim=-1)
-            cum = vals.cumsum(-1)
-            if bool((cum[:, -1] < top_p).any()):
+            full = state is not None and state.get("full_sort", False)
+            if not full:
+                vals, idx = probs.topk(min(top_k_first, V), dim=-1)
+                cum = vals.cumsum(-1)
+                full = bool((cum[:, -1] < top_p).any())
+                if full and state is not None:
+                    state["full_sort"] = True
+            if full:
                 vals, idx = probs.sort(dim=-1, descending=True)
                 cum = vals.cumsum(-1)
             n_keep = ((cum - vals) < top_p).sum(-1, keepdim=True)  # kept tokens form a prefix
@@ -559,6 +565,7 @@ def generate(
         raw_lp = torch.zeros((B, max_new_tokens), device=device)
         samp_lp = torch.zeros((B, max_new_tokens), device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        gen_len = torch.zeros(B, dtype=torch.long, device=device)  # tokens really sampled per row
         active = torch.arange(B, device=device)  # global row of each runner row
         eos_t = torch.tensor(eos, device=device) if eos else None
         newline_before = [prompts[order[r // n]].endswith("\n") for r in range(B)]
@@ -566,9 +573,12 @@ def generate(
         approx = [""] * B
         search_from = [0] * B
         steps = 0
+        sample_state: dict = {}
         for t in range(max_new_tokens):
-            tok, lp, slp = _sample(logits, temperature, top_p, generator, banned if t < min_new_tokens else None)
+            tok, lp, slp = _sample(logits, temperature, top_p, generator, banned if t < min_new_tokens else None,
+                                   state=sample_state)
             resp[active, t] = tok
+            gen_len[active] = t + 1
             raw_lp[active, t] = lp
             samp_lp[active, t] = slp
             steps = t + 1
@@ -606,7 +616,7 @@ def generate(
     # inference tensors cannot enter autograd (sequence_logprobs under grad): clone them out
     # ... and back to input order (row i*n + j = prompt i, sample j)
     back = torch.tensor([rank[i] * n + j for i in range(len(prompts)) for j in range(n)], device=device)
-    ids, pmask, resp, raw_lp, samp_lp = (x[back] for x in (ids, pmask, resp, raw_lp, samp_lp))
+    ids, pmask, resp, raw_lp, samp_lp, gen_len = (x[back] for x in (ids, pmask, resp, raw_lp, samp_lp, gen_len))
     newline_before = [newline_before[r] for r in back.tolist()]
     prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(n)
 
@@ -616,7 +626,8 @@ def generate(
     keep_len = []
     texts = []
     reasons = []
-    for row, toks in enumerate(resp_list):
+    for row, (toks, n_gen) in enumerate(zip(resp_list, gen_len.tolist())):
+        toks = toks[:n_gen]  # a row dropped from the batch early holds padding after its end
         end = len(toks)
         reason = "length"
         for j, tk in enumerate(toks):

@@ -290,3 +290,19 @@ def test_bad_inputs(gpt2, bpe):
         generate(gpt2, bpe, PROMPTS, max_new_tokens=1000)
     with pytest.raises(ValueError, match="response_len"):
         sequence_logprobs(gpt2, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long), 4)
+
+
+def test_many_rows_grouped_by_length_come_back_in_input_order(gpt2, bpe):
+    # 20 prompts of very different lengths, 2 samples each: the fast path splits 40 rows into 4 length groups
+    prompts = [PROMPTS[i % 3] * (1 + i % 4) if i % 5 else "x" for i in range(20)]
+    fast = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, n=2, backend="gpt2")
+    slow = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, n=2, backend="hf")
+    assert torch.equal(fast.sequences, slow.sequences)
+    for i, p in enumerate(prompts):
+        ids = bpe(p)["input_ids"]
+        for row in (2 * i, 2 * i + 1):
+            assert fast.sequences[row, fast.prompt_len - len(ids): fast.prompt_len].tolist() == ids
+            assert int(fast.attention_mask[row, : fast.prompt_len].sum()) == len(ids)
+    sampled = generate(gpt2, bpe, prompts, max_new_tokens=6, n=2, seed=0, eos_token_id=list(range(0, 400, 4)))
+    lp = sequence_logprobs(gpt2, sampled.sequences, sampled.attention_mask, sampled.response_len)
+    torch.testing.assert_close(lp, sampled.logprobs, atol=1e-4, rtol=0)
