@@ -306,3 +306,24 @@ def test_many_rows_grouped_by_length_come_back_in_input_order(gpt2, bpe):
     sampled = generate(gpt2, bpe, prompts, max_new_tokens=6, n=2, seed=0, eos_token_id=list(range(0, 400, 4)))
     lp = sequence_logprobs(gpt2, sampled.sequences, sampled.attention_mask, sampled.response_len)
     torch.testing.assert_close(lp, sampled.logprobs, atol=1e-4, rtol=0)
+
+
+def test_other_architectures_use_their_own_forward(bpe):
+    # any causal LM works through its forward + DynamicCache (here a tiny Llama: rotary positions, GQA)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(bpe), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=bpe.eos_token_id, pad_token_id=bpe.eos_token_id, bos_token_id=bpe.eos_token_id)
+    llama = LlamaForCausalLM(cfg).eval()
+    eos = list(range(0, 400, 4))  # rows end at different steps: the cache drops finished rows
+    r = generate(llama, bpe, PROMPTS * 3, max_new_tokens=8, seed=0, eos_token_id=eos)
+    assert len(set(r.response_mask.sum(-1).tolist())) > 1
+    lp = sequence_logprobs(llama, r.sequences, r.attention_mask, r.response_len)
+    torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
+    greedy = generate(llama, bpe, PROMPTS, max_new_tokens=6, temperature=0.0, eos_token_id=[])
+    enc = bpe(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        hf = llama.generate(**enc, do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+    assert torch.equal(hf[:, enc["input_ids"].shape[1]:], greedy.response_ids)
