@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="faithful", choices=MODES, help="REINFORCE form (default: faithful)")
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (baseline gets + fine-tune)")
     parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning lr (paper: 1e-3)")
     parser.add_argument("--widths", default="8,16,32,64",
                         help="classifier ResNet stage widths (CPU-sized default; configs use 16,32,64,128)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -112,7 +113,7 @@ def run_dataset(name: str, path: str, out: Path, cfg: dict, args) -> dict:
     print(f"[{name}] noise-mask pretrain ({args.mode}) {E} epochs: {t_pre:.0f}s "
           f"(val masked acc {float(tr.callback_metrics.get('val/masked_acc', float('nan'))):.3f})", flush=True)
 
-    ft = NoiseMaskFinetune(checkpoint=str(ckpt), arch="resnet", widths=widths, lr=1e-3,
+    ft = NoiseMaskFinetune(checkpoint=str(ckpt), arch="resnet", widths=widths, lr=args.finetune_lr,
                            warmup_epochs=max(1, F_ // 2), lr_step=lr_step)
     _, t_ft = _fit(ft, datamodule(), out / name / "finetune", F_, args.seed)
     models["heated+finetune"] = ft.classifier
@@ -135,12 +136,13 @@ def run_dataset(name: str, path: str, out: Path, cfg: dict, args) -> dict:
 
 
 def _table(results: list[dict]) -> str:
-    lines = [f"{'dataset':<14}{'model':<18}{'test acc':>9}{'macro-F1':>10}{'train s':>9}"]
+    w = max(9, *(len(r["dataset"]) + 2 for r in results))
+    lines = [f"{'dataset':<{w}}{'model':<18}{'test acc':>9}{'macro-F1':>10}{'train s':>9}"]
     for r in results:
         secs = {"baseline": r["seconds"]["baseline"], "heated": r["seconds"]["pretrain"],
                 "heated+finetune": r["seconds"]["pretrain"] + r["seconds"]["finetune"]}
         for k, v in r["test"].items():
-            lines.append(f"{r['dataset']:<14}{k:<18}{v['acc']:>9.3f}{v['macro_f1']:>10.3f}{secs[k]:>9.0f}")
+            lines.append(f"{r['dataset']:<{w}}{k:<18}{v['acc']:>9.3f}{v['macro_f1']:>10.3f}{secs[k]:>9.0f}")
     fs = [row for r in results for row in r.get("fewshot", [])]
     if fs:
         import pandas as pd
@@ -171,6 +173,7 @@ def _plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
     sns.barplot(acc, x="dataset", y="test accuracy", hue="model", ax=axes[0, 0])
     axes[0, 0].set_ylim(0, 1)
+    axes[0, 0].legend(loc="lower right", fontsize=8)
     axes[0, 0].set_title("held-in classes: test accuracy")
     if len(fs):
         sns.lineplot(fs, x="n", y="macro_f1", hue="init", marker="o", errorbar=("ci", 95), ax=axes[0, 1])
