@@ -18,10 +18,13 @@ Conventions shared by both (they must agree, or importance ratios drift):
   (temperature and top-p applied; 0 under greedy decoding), for exact off-policy corrections.
 
 Speed: GPT-2-family models (``model_type == "gpt2"``, e.g. the embedded policy) run through a hand-rolled
-decode loop over the model's own weights with a pre-allocated KV cache, SDPA and no per-step HF
-overhead (mask building, cache objects, logits processors). Finished rows are dropped from the batch
-(the cache is compacted once enough rows have finished) and the loop exits when all are done. Any other
-causal LM runs through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
+decode loop over the model's own weights, with no per-step HF overhead (mask building, cache objects,
+logits processors): rows are sorted by prompt length and split into groups, each with its own
+pre-allocated KV cache trimmed to its longest prompt (prefill and attention skip most padding); the dense
+layers of a step run over the whole batch; single-query attention is matmul-softmax-matmul; sampling
+inverts the CDF with one uniform per row, and top-p uses a partial sort. Finished rows are dropped from the
+batch (caches compacted once a quarter of the rows are done) and the loop exits when all are done. Any
+other causal LM runs through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
 ``benchmarks/rollout.py`` compares against ``model.generate``.
 """
 
@@ -138,7 +141,8 @@ def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64
         samp = torch.zeros(b, dtype=logits.dtype, device=logits.device)
     else:
         probs = (logits / temperature if temperature != 1.0 else logits).softmax(-1)
-        u = torch.rand(b, 1, generator=generator, device=logits.device, dtype=probs.dtype)
+        gdev = generator.device if generator is not None else logits.device
+        u = torch.rand(b, 1, generator=generator, device=gdev, dtype=probs.dtype).to(logits.device)
         if top_p >= 1.0:
             cum = probs.cumsum(-1)
             tokens = torch.searchsorted(cum, u * cum[:, -1:], right=True).clamp_(max=V - 1)
