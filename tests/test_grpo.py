@@ -89,6 +89,28 @@ def make_module(tiny_policy, sampler="vade", **kw):
     return m
 
 
+def test_shared_prefix_logprobs_match_full_sequences(tiny_policy):
+    from pfkit.modules.grpo import shared_prefix_logprobs
+    from pfkit.rollout import generate, sequence_logprobs
+
+    model, tok = tiny_policy
+    ro = generate(model, tok, [PROMPTS[0], "count 11: and a longer prompt", PROMPTS[3]], n=3, max_new_tokens=8,
+                  seed=0)
+    P = ro.prompt_len
+    samples = [{"prompt_ids": ro.sequences[b, :P][ro.attention_mask[b, :P].bool()],
+                "response_ids": ro.response_ids[b, :int(ro.response_mask[b].sum())],
+                "logprobs": ro.logprobs[b, :int(ro.response_mask[b].sum())]} for b in range(9)]
+    d = collate_samples(samples, tok.pad_token_id)
+    T = d["response_len"]
+    full = sequence_logprobs(model, d["sequences"], d["attention_mask"], T)
+    prompts = [samples[0]["prompt_ids"], samples[3]["prompt_ids"], samples[6]["prompt_ids"]]
+    rows = torch.tensor([7, 1, 8, 4])                      # any subset/order of rows
+    got = shared_prefix_logprobs(model, prompts, torch.tensor([2, 0, 2, 1]), d["sequences"][rows, -T:],
+                                 d["response_mask"][rows], pad_id=tok.pad_token_id)
+    assert torch.allclose(got, full[rows], atol=1e-5)
+    assert torch.allclose(full * d["response_mask"], d["old_logprobs"], atol=1e-4)
+
+
 def test_one_grpo_step_changes_the_policy(tiny_policy):
     m = make_module(tiny_policy)
     m.attach(verifier_prompt_set(PROMPTS, digit_share)).init_optimizer()

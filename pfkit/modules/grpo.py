@@ -25,6 +25,7 @@ DDP ranks, so the module refuses ``world_size > 1``.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from typing import Any
 
@@ -56,6 +57,48 @@ def collate_samples(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]
             "response_len": T}
 
 
+def shared_prefix_logprobs(model, prompts: list[torch.Tensor], group_index: torch.Tensor,
+                           response_ids: torch.Tensor, response_mask: torch.Tensor, *, pad_id: int,
+                           return_entropy: bool = False):
+    """Per-token log-probs ``[B, T]`` of responses, running each *distinct* prompt through the model once.
+
+    A GRPO group is G responses to one prompt, so the prompt's keys/values are the same for all G: they are
+    computed once per prompt (with gradient), gathered per row (``group_index[b]`` = which prompt row b
+    answers) through the cache, and only the response tokens are run per row. Same numbers as
+    :func:`pfkit.rollout.sequence_logprobs` on the concatenated sequences (left-padded prompts, positions
+    from the attention mask), at about ``(P/G + T) / (P + T)`` of its compute for prompt length P. (A small
+    GRPO-specific addition beside ``pfkit.rollout``; needs a model whose cache supports
+    ``batch_select_indices``, e.g. any ``transformers`` causal LM with a ``DynamicCache``.)
+    """
+    dev = response_ids.device
+    U, P = len(prompts), max(len(p) for p in prompts)
+    pids = torch.full((U, P), pad_id, dtype=torch.long, device=dev)
+    pmask = torch.zeros((U, P), dtype=torch.long, device=dev)
+    for u, p in enumerate(prompts):
+        pids[u, P - len(p):] = p.to(dev)
+        pmask[u, P - len(p):] = 1
+    ppos = (pmask.cumsum(-1) - 1).clamp(min=0) * pmask
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=pids, attention_mask=pmask, position_ids=ppos, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_select_indices(group_index)
+    first = out.logits[:, -1][group_index]                      # predicts response token 0
+    T = response_ids.shape[1]
+    rmask = response_mask.long()
+    att = torch.cat([pmask[group_index], rmask], dim=1)
+    pos = pmask.sum(-1)[group_index][:, None] + torch.arange(T, device=dev)[None, :]
+    res = model(input_ids=response_ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=T,
+                **{cache_kw: cache})
+    logits = torch.cat([first[:, None], res.logits[:, : T - 1]], dim=1).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    m = response_mask.to(logits.dtype)
+    logp = (logits.gather(-1, response_ids[..., None]).squeeze(-1) - lse) * m
+    if not return_entropy:
+        return logp
+    entropy = (lse - (logits.softmax(-1) * logits).sum(-1)) * m
+    return logp, entropy
+
+
 class GRPOModule(LightningModule):
     """Group Relative Policy Optimization with a difficulty-aware prompt sampler.
 
@@ -74,6 +117,8 @@ class GRPOModule(LightningModule):
         eval_temperature, eval_samples: decoding for ``validation`` pass rate (0 = greedy pass@1).
         log_rollouts, log_difficulty: write rollouts.parquet / difficulty.parquet (``all`` prompts each
             step, ``touched`` ones only, or ``none``).
+        shared_prefix: run each group's prompt through the model once (``shared_prefix_logprobs``);
+            False = one full teacher-forced pass per sample (``pfkit.rollout.sequence_logprobs``).
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -84,7 +129,7 @@ class GRPOModule(LightningModule):
                  kl_estimator: str = "k3", ppo_epochs: int = 1, minibatch_size: int | None = None,
                  max_grad_norm: float | None = 1.0, rollout_budget: int | None = None,
                  eval_temperature: float = 0.0, eval_samples: int = 1, log_rollouts: bool = True,
-                 log_difficulty: str = "all", seed: int = 0):
+                 log_difficulty: str = "all", shared_prefix: bool = True, seed: int = 0):
         super().__init__()
         if log_difficulty not in ("all", "touched", "none"):
             raise ValueError(f"log_difficulty must be 'all', 'touched' or 'none', got {log_difficulty!r}")
@@ -227,10 +272,21 @@ class GRPOModule(LightningModule):
         seq, att, rmask = data["sequences"].to(dev), data["attention_mask"].to(dev), data["response_mask"].to(dev)
         A = adv[rows].to(dev)
         T = data["response_len"]
+        group_of = torch.tensor([j for j, group in enumerate(batch.payload) for _ in group])[rows]
+        group_prompts = [group[0]["prompt_ids"] for group in batch.payload]
+        pad_id = self.tokenizer.pad_token_id
+
+        def logprobs(model, idx, entropy=False):
+            if not h.shared_prefix:
+                return sequence_logprobs(model, seq[idx], att[idx], T, return_entropy=entropy)
+            groups, local = torch.unique(group_of[idx.cpu()], return_inverse=True)
+            return shared_prefix_logprobs(model, [group_prompts[g] for g in groups.tolist()], local.to(dev),
+                                          seq[idx, -T:], rmask[idx], pad_id=pad_id, return_entropy=entropy)
+
         ref_logp = None
         if h.kl_coef > 0:
             with torch.no_grad():
-                ref_logp = sequence_logprobs(self.ref_model, seq, att, T)
+                ref_logp = logprobs(self.ref_model, torch.arange(rows.numel(), device=dev))
         opt = self.optimizers() if self._trainer is not None else self._opt
         mb = h.minibatch_size or rows.numel()
         logs: dict[str, list[float]] = {}
@@ -240,7 +296,7 @@ class GRPOModule(LightningModule):
             for start in range(0, rows.numel(), mb):
                 idx = perm[start:start + mb].to(dev)
                 m = rmask[idx]
-                logp, ent = sequence_logprobs(self.model, seq[idx], att[idx], T, return_entropy=True)
+                logp, ent = logprobs(self.model, idx, entropy=True)
                 old = logp.detach() if h.ppo_epochs == 1 else data["old_logprobs"].to(dev)[idx]
                 loss, st = policy_loss(logp, old, A[idx], m, clip_low=h.clip_low, clip_high=h.clip_high,
                                        ratio_level=h.ratio_level, agg=h.agg)

@@ -1,0 +1,131 @@
+"""VADE's sample efficiency: rollouts needed to reach uniform GRPO's final train pass rate.
+
+Two views, both driving the real samplers (``pfkit.data.samplers``) through their ``collect`` API:
+
+* ``--mode bandit`` (seconds): a synthetic prompt set where prompt ``i`` has a latent logit ``theta_i``
+  (success probability ``sigmoid(theta_i)``). A group of G Bernoulli rollouts is drawn per selected prompt;
+  training on a group moves ``theta_i`` up in proportion to the group's reward std (a GRPO update has
+  gradient only where advantages are non-zero), plus a small shared "generalisation" drift for every
+  prompt. Cheap enough for many seeds; it isolates the sampler from policy-gradient noise.
+* ``--mode grpo`` (minutes per seed): the real GRPO module on the embedded code task, via the
+  ``pfkit demo vade`` runner, with a shared rollout budget.
+
+For each seed: run ``uniform`` for the budget, take its final train pass rate as the target, then find for
+every sampler the rollouts spent when its curve first reaches the target (``inf`` if never). Prints the
+per-seed table and the median ratios ``vade / uniform`` (target <= 0.7) and ``vade / dapo_filter``
+(target < 1).
+
+    python benchmarks/vade_efficiency.py --mode bandit --seeds 5
+    python benchmarks/vade_efficiency.py --mode grpo --seeds 3 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pfkit.data.samplers import make_sampler
+
+SAMPLER_NAMES = ("uniform", "dapo_filter", "vade")
+
+
+def bandit_run(sampler_name: str, seed: int, *, num_prompts=256, k=16, group_size=8, budget_steps=150,
+               lr=0.6, shared=0.004, tracker=None) -> list[tuple[int, float]]:
+    """One synthetic training run; returns [(rollouts_spent, mean success prob over all prompts)]."""
+    g = torch.Generator().manual_seed(10_000 + seed)          # same prompt set for every sampler
+    theta = torch.randn(num_prompts, generator=g) * 2.5 - 1.0
+    roll_g = torch.Generator().manual_seed(20_000 + seed)     # same outcome stream
+    sampler = make_sampler(sampler_name, num_prompts, group_size, seed=seed, tracker=tracker or {})
+
+    def rollout(ids):
+        p = torch.sigmoid(theta[ids]).unsqueeze(1).expand(len(ids), group_size)
+        return torch.bernoulli(p, generator=roll_g), [None] * len(ids)
+
+    budget = budget_steps * k * group_size
+    curve = [(0, float(torch.sigmoid(theta).mean()))]
+    while sampler.rollouts_spent < budget:
+        batch = sampler.collect(k, rollout)
+        if batch.prompt_ids:
+            std = batch.rewards.std(dim=1, correction=0)       # 0 for all-equal groups: no gradient
+            ids = torch.tensor(batch.prompt_ids)
+            theta.index_add_(0, ids, lr * std / 0.5)
+            theta += shared * float((std > 0).sum())
+        curve.append((sampler.rollouts_spent, float(torch.sigmoid(theta).mean())))
+    return curve
+
+
+def rollouts_to_reach(curve: list[tuple[int, float]], target: float) -> float:
+    for spent, value in curve:
+        if value >= target - 1e-12:
+            return float(spent)
+    return math.inf
+
+
+def summarise(curves_by_seed: dict[int, dict[str, list[tuple[int, float]]]], names=SAMPLER_NAMES) -> dict:
+    rows = []
+    for seed, curves in curves_by_seed.items():
+        target = curves["uniform"][-1][1]
+        need = {n: rollouts_to_reach(curves[n], target) for n in names}
+        rows.append({"seed": seed, "target_pass_rate": target, **{f"rollouts_{n}": need[n] for n in names},
+                     **{f"final_{n}": curves[n][-1][1] for n in names}})
+    ratio_u = [r["rollouts_vade"] / r["rollouts_uniform"] for r in rows]
+    ratio_d = [r["rollouts_vade"] / r["rollouts_dapo_filter"] if math.isfinite(r["rollouts_dapo_filter"])
+               else 0.0 for r in rows]
+    return {"per_seed": rows, "median_vade_over_uniform": statistics.median(ratio_u),
+            "median_vade_over_dapo": statistics.median(ratio_d),
+            "target_vade_over_uniform": 0.7, "meets_uniform_target": statistics.median(ratio_u) <= 0.7,
+            "meets_dapo_target": statistics.median(ratio_d) < 1.0}
+
+
+def print_table(title: str, summary: dict, names=SAMPLER_NAMES) -> None:
+    print(f"\n== {title} ==")
+    head = f"{'seed':>4} {'target':>7} " + " ".join(f"{n + ' rollouts':>20}" for n in names)
+    print(head)
+    for r in summary["per_seed"]:
+        print(f"{r['seed']:>4} {r['target_pass_rate']:>7.3f} "
+              + " ".join(f"{r[f'rollouts_{n}']:>20.0f}" for n in names))
+    print(f"median rollouts ratio vade/uniform     = {summary['median_vade_over_uniform']:.3f} "
+          f"(target <= 0.7: {'met' if summary['meets_uniform_target'] else 'NOT met'})")
+    print(f"median rollouts ratio vade/dapo_filter = {summary['median_vade_over_dapo']:.3f} "
+          f"(target < 1: {'met' if summary['meets_dapo_target'] else 'NOT met'})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("bandit", "grpo", "both"), default="bandit")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="grpo mode: CI-sized runs")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {}
+    if args.mode in ("bandit", "both"):
+        t0 = time.perf_counter()
+        curves = {s: {n: bandit_run(n, s) for n in SAMPLER_NAMES} for s in range(args.seeds)}
+        result["bandit"] = summarise(curves)
+        print_table(f"synthetic bandit, {args.seeds} seeds ({time.perf_counter() - t0:.1f}s)", result["bandit"])
+    if args.mode in ("grpo", "both"):
+        from pfkit.demos.vade import run_comparison
+
+        curves = {}
+        t0 = time.perf_counter()
+        for s in range(args.seeds):
+            res = run_comparison(seed=s, quick=args.quick, samplers=SAMPLER_NAMES, out=None, verbose=False)
+            curves[s] = {n: res[n]["curve"] for n in SAMPLER_NAMES}
+        result["grpo"] = summarise(curves)
+        print_table(f"GRPO on the embedded code task, {args.seeds} seeds ({time.perf_counter() - t0:.0f}s)",
+                    result["grpo"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
