@@ -152,10 +152,13 @@ class NoiseMasks:
         from pfkit.noise.mask import sample_mask, upsample_blur
 
         p = self.panel(epoch)
-        la = torch.log(torch.as_tensor(p.alpha[index : index + 1]))
-        lb = torch.log(torch.as_tensor(p.beta[index : index + 1]))
+        # draw for the whole panel and take one image: the same stream as the run's own panel draw, so the
+        # run's panel seed (pfkit.modules.noisemask ``panel_seed``, default 0) reproduces its saved masks
+        la = torch.log(torch.as_tensor(p.alpha, dtype=torch.float32))
+        lb = torch.log(torch.as_tensor(p.beta, dtype=torch.float32))
         with self._rng_lock:
             grid, _, _ = sample_mask(la, lb, seed=int(seed))
+        grid = grid[index : index + 1]
         pix = upsample_blur(grid, tuple(p.image.shape[-2:]), sigma=float(sigma), kernel_size=int(kernel))
         pix = pix[0, 0].double().numpy()
         m = p.pixel_mean
@@ -281,7 +284,8 @@ def _build(data: NoiseMasks):
             mode = gr.Radio([SAVED, SAMPLED], value=SAVED if p0.mask is not None else SAMPLED, label="mask",
                             elem_id="mode")
         with gr.Row():
-            seed = gr.Number(value=0, precision=0, label="seed", minimum=0, elem_id="seed")
+            seed = gr.Number(value=0, precision=0, label="seed (the run's panel seed, default 0, redraws its mask)",
+                             minimum=0, elem_id="seed")
             sigma = gr.Number(value=data.sigma, label="blur σ (px)", minimum=0.01, elem_id="sigma")
             kernel = gr.Number(value=data.kernel, precision=0, label="blur kernel (odd)", minimum=1, elem_id="kernel")
             resample = gr.Button("Resample with seed", elem_id="resample")
