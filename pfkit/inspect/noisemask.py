@@ -60,11 +60,14 @@ def _images(a: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected images [K, H, W] or [K, C, H, W], got shape {a.shape}")
 
 
-def _display(img: np.ndarray) -> np.ndarray:
-    """[C, H, W] -> something imshow takes, min-max scaled to [0, 1] (images are normalised, not 0..1)."""
+def _display(img: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    """[C, H, W] -> something imshow takes, scaled to [0, 1] by the min/max of ``like`` (default: itself).
+
+    The masked image is scaled like the clean one, so the mask's contrast loss stays visible."""
     x = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-    lo, hi = float(np.min(x)), float(np.max(x))
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    ref = x if like is None else (like[0] if like.shape[0] == 1 else like.transpose(1, 2, 0))
+    lo, hi = float(np.min(ref)), float(np.max(ref))
+    return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
 
 
 def _find_in_config(text: str, names: tuple[str, ...]):
@@ -197,7 +200,7 @@ def panel_figure(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int,
         (axes[0, 2], p.beta[index], "β (concentration)", "viridis", None),
         (axes[1, 0], p.mean[index], "mean mask α/(α+β)", "magma", (0, 1)),
         (axes[1, 1], pix, what, "magma", (0, 1)),
-        (axes[1, 2], _display(masked), "masked image", "gray", None),
+        (axes[1, 2], _display(masked, like=p.image[index]), "masked image (same grey scale)", "gray", None),
     ]
     for ax, img, title, cmap, lim in panels:
         im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
