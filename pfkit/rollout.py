@@ -154,9 +154,12 @@ def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64
         else:
             full = state is not None and state.get("full_sort", False)
             if not full:
-                vals, idx = probs.topk(min(top_k_first, V), dim=-1)
-                cum = vals.cumsum(-1)
-                full = bool((cum[:, -1] < top_p).any())
+                for k in (min(16, top_k_first), top_k_first):  # topk(16) costs a quarter of topk(64)
+                    vals, idx = probs.topk(min(k, V), dim=-1)
+                    cum = vals.cumsum(-1)
+                    full = bool((cum[:, -1] < top_p).any())
+                    if not full:
+                        break
                 if full and state is not None:
                     state["full_sort"] = True
             if full:
