@@ -75,9 +75,13 @@ def summarise(curves_by_seed: dict[int, dict[str, list[tuple[int, float]]]], nam
         need = {n: rollouts_to_reach(curves[n], target) for n in names}
         rows.append({"seed": seed, "target_pass_rate": target, **{f"rollouts_{n}": need[n] for n in names},
                      **{f"final_{n}": curves[n][-1][1] for n in names}})
-    ratio_u = [r["rollouts_vade"] / r["rollouts_uniform"] for r in rows]
-    ratio_d = [r["rollouts_vade"] / r["rollouts_dapo_filter"] if math.isfinite(r["rollouts_dapo_filter"])
-               else 0.0 for r in rows]
+    def ratio(a, b):  # inf / inf (neither reached the target) counts as a tie
+        if math.isinf(a) and math.isinf(b):
+            return 1.0
+        return a / b if b > 0 else (1.0 if a == 0 else math.inf)
+
+    ratio_u = [ratio(r["rollouts_vade"], r["rollouts_uniform"]) for r in rows]
+    ratio_d = [ratio(r["rollouts_vade"], r["rollouts_dapo_filter"]) for r in rows]
     return {"per_seed": rows, "median_vade_over_uniform": statistics.median(ratio_u),
             "median_vade_over_dapo": statistics.median(ratio_d),
             "target_vade_over_uniform": 0.7, "meets_uniform_target": statistics.median(ratio_u) <= 0.7,
@@ -102,6 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("bandit", "grpo", "both"), default="bandit")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="grpo mode: CI-sized runs")
+    ap.add_argument("--policy", default="embedded", help="grpo mode: policy checkpoint folder")
+    ap.add_argument("--steps", type=int, default=None, help="grpo mode: steps of the budget (default: demo's)")
+    ap.add_argument("--n-train", type=int, default=None, help="grpo mode: training prompts")
+    ap.add_argument("--k", type=int, default=None, help="grpo mode: prompts per step")
+    ap.add_argument("--eval-every", type=int, default=None, help="grpo mode: steps between pass-rate evals")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -116,10 +125,22 @@ def main(argv=None) -> int:
 
         curves = {}
         t0 = time.perf_counter()
+        over = {k: v for k, v in (("steps", args.steps), ("n_train", args.n_train), ("prompts_per_step", args.k),
+                                  ("eval_every", args.eval_every)) if v is not None}
+        runs = []
         for s in range(args.seeds):
-            res = run_comparison(seed=s, quick=args.quick, samplers=SAMPLER_NAMES, out=None, verbose=False)
+            res = run_comparison(seed=s, quick=args.quick, samplers=SAMPLER_NAMES, out=None, verbose=True,
+                                 policy=args.policy, **over)
             curves[s] = {n: res[n]["curve"] for n in SAMPLER_NAMES}
+            runs.append({n: {k: v for k, v in res[n].items() if k not in ("batch_reward",)} for n in SAMPLER_NAMES})
+            runs[-1]["settings"] = res["settings"]
         result["grpo"] = summarise(curves)
+        result["grpo"]["runs"] = runs
+        for n in SAMPLER_NAMES:
+            eff = [r[n]["effective_ratio"] for r in runs]
+            held = [r[n]["heldout_pass_rate"] for r in runs]
+            print(f"{n:12} effective-sample ratio {statistics.mean(eff):.3f}, "
+                  f"held-out pass {statistics.mean(held):.3f} (mean over seeds)")
         print_table(f"GRPO on the embedded code task, {args.seeds} seeds ({time.perf_counter() - t0:.0f}s)",
                     result["grpo"])
     if args.out:

@@ -221,3 +221,11 @@ def test_cli_config_runs_on_the_code_task(tmp_path):
     assert len(RunDir(run).read("rollouts")) == 2 * 2 * 2
     ck = torch.load(next((run / "checkpoints").glob("last*.ckpt")), weights_only=False)
     assert ck["grpo_sampler"]["tracker"]["step_count"] == 2
+
+
+def test_demo_rejects_bad_arguments_with_one_line_errors(capsys):
+    from pfkit.cli import main
+
+    assert main(["demo", "vade", "--samplers", "uniform,foo"]) == 2
+    assert "unknown sampler(s) foo" in capsys.readouterr().err
+    assert main(["demo", "vade", "--budget", "0"]) == 2
