@@ -6,16 +6,19 @@ Each test leaves a full-page screenshot in its tmp dir (``<name>.png``).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import choose, chromium, open_app, page, serve, wait_text  # noqa: F401  (fixtures)
+from _browser import TIMEOUT_MS, choose, chromium, open_app, page, serve, wait_text  # noqa: F401  (fixtures)
 from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
 from pfkit.inspect import filtration as F
 from pfkit.inspect import noisemask as N
+from pfkit.runs import RunDir
 
 pytestmark = pytest.mark.browser
 
@@ -69,9 +72,7 @@ def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
     raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
     with serve(D.build_app(tmp_path / "run")) as url:
         open_app(page, url)
-        wait_text(page, "#stats", "uniform")
-        choose(page, "sampler", "vade")
-        text = wait_text(page, "#stats", "vade: 8 prompts")
+        text = wait_text(page, "#stats", "vade: 8 prompts")  # VADE is shown first when the run has it
         v = raw[raw.sampler == "vade"]
         sel = v[v.selected]
         assert f"Mean |p − 0.5| of selected prompts = {f3((sel.p_mean - 0.5).abs().mean())}" in text
@@ -80,28 +81,31 @@ def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
             zero = ((gen.successes == 0) | (gen.successes == gen.trials)).mean()
             assert f"{name} · generated (difficulty): {f3(zero)} overall" in text
 
-        # sort the prompt table by closeness to p = 0.5: the first row is the prompt nearest 0.5 now
+        # the uniform sampler's prompts, sorted by closeness to p = 0.5: the first row is the nearest
+        choose(page, "sampler", "uniform")
+        wait_text(page, "#stats", "uniform: 8 prompts")
         page.get_by_label("closest to p = 0.5 first", exact=True).check()
-        last = v[v.step == 5].assign(dist=lambda t: (t.p_mean - 0.5).abs())
+        u = raw[raw.sampler == "uniform"]
+        last = u[u.step == 5].assign(dist=lambda t: (t.p_mean - 0.5).abs())
         first = last.sort_values(["dist", "prompt_id"]).iloc[0]
+
         def first_prompt() -> str:  # Gradio's table is not one <tr> per row; read its text in order
             text = page.locator("#prompt-table").inner_text()
             return min((text.find(p), p) for p in last.prompt_id if p in text)[1]
 
-        for _ in range(100):
-            if first_prompt() == first.prompt_id:
-                break
-            page.wait_for_timeout(100)
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while first_prompt() != first.prompt_id and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
         assert first_prompt() == first.prompt_id
-        assert f"{first.p_mean:.4f}".rstrip("0") in page.locator("#prompt-table").inner_text()
+        row = page.locator("#prompt-table").inner_text().split(first.prompt_id, 1)[1]
+        assert row.split()[0] == f"{first.p_mean:.4f}".rstrip("0").rstrip(".")  # p_mean column, 4 decimals
         page.locator("#posteriors img, #posteriors canvas, #posteriors svg").first.wait_for()
 
         # the run goes on: a new step appears after "Reload run"
-        run = D.Difficulty(tmp_path / "run").run
-        run.append("difficulty", raw[raw.step == 5].assign(step=6), step=6)
+        RunDir(tmp_path / "run").append("difficulty", raw[raw.step == 5].assign(step=6), step=6)
         page.locator("#reload").click()
         wait_text(page, "#status", "newest step 6")
-        wait_text(page, "#stats", "vade: 8 prompts, 7 steps")
+        wait_text(page, "#stats", "uniform: 8 prompts, 7 steps")
         page.screenshot(path=tmp_path / "difficulty.png", full_page=True)
 
 

@@ -250,7 +250,7 @@ def _build(data: Difficulty):
     import scipy.stats  # noqa: F401  (imported now, not on the first page view: the server starts ready)
     import seaborn  # noqa: F401
 
-    s0 = data.samplers[0]
+    s0 = next((s for s in data.samplers if s.startswith("vade")), data.samplers[0])  # the method of interest
     steps0 = data.steps(s0)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · samplers: {', '.join(data.samplers)}"
