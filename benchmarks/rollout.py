@@ -1,6 +1,6 @@
 """Rollout speed: ``pfkit.rollout.generate`` vs Hugging Face ``model.generate``, same model, same work.
 
-    python benchmarks/rollout.py [--batch 64] [--new-tokens 48] [--reps 5] [--threads 2]
+    python benchmarks/rollout.py [--batch 64] [--new-tokens 48] [--reps 5] [--threads 1] [--policy embedded]
 
 Both sample ``batch`` prompts x ``new-tokens`` tokens from the embedded policy (``data/policy``; an
 equal-sized random GPT-2 when it is absent) with temperature 1.0 and top-p 0.9 (PF-PPO's settings), each
@@ -10,6 +10,9 @@ per-token log-probs and decoded texts; HF is timed twice, tokens only (``generat
 baseline the headline ratio uses) and with the per-token log-probs a rollout needs (``output_logits=True``
 + log-softmax/gather of the raw logits, the cheapest way to get them from ``generate``). Repetitions are
 interleaved (HF, HF+logp, pfkit, ...) so machine load hits all alike; medians are reported.
+
+Times are reported as wall clock and as this process's CPU time: on a machine shared with other jobs,
+wall time mostly measures waiting for a core, and CPU time is the steadier measure of the work done.
 
 Also asserted: pfkit's log-probs equal a teacher-forced pass (``sequence_logprobs``) and a plain
 ``model(...)`` forward within 1e-4.
@@ -26,13 +29,15 @@ import torch
 from pfkit.rollout import generate, sequence_logprobs
 
 
-def load_model():
+def load_model(path: str = "embedded"):
     from pfkit import models
 
     try:
-        model, tok = models.load_policy("embedded")
-        return model, tok, "embedded policy (data/policy)"
+        model, tok = models.load_policy(path)
+        return model, tok, "embedded policy (data/policy)" if path == "embedded" else f"policy {path}"
     except Exception as e:  # noqa: BLE001 -- absent/unreadable checkpoint: benchmark an equal-sized stand-in
+        if path != "embedded":
+            raise
         from pfkit.tasks import codegen
 
         tok = models.train_tokenizer([p.prompt + p.reference for p in codegen.generate(300, seed=1)])
@@ -86,13 +91,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for both sides (1 by default: on a shared machine two OpenMP threads "
+                         "per process stall on each other and swamp the comparison)")
+    ap.add_argument("--policy", default="embedded", help="a local checkpoint folder, or 'embedded'")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=0.9)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    model, tok, what = load_model()
+    model, tok, what = load_model(args.policy)
     prompts = make_prompts(args.batch)
     n_params = sum(p.numel() for p in model.parameters())
     plen = max(len(ids) for ids in tok(prompts)["input_ids"])

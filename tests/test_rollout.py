@@ -281,6 +281,19 @@ def test_sampler_respects_top_p_and_frequencies():
     assert torch.allclose(samp[tok == 1], torch.tensor(math.log(0.625)))
 
 
+@pytest.mark.parametrize("scale", [8.0, 2.5, 0.1])  # peaked (top-16 holds 0.9), medium (top-64), flat (full sort)
+def test_sampler_partial_sort_stages_keep_exact_top_p(scale):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(256, 300, generator=g) * scale
+    state = {}
+    tok, raw, samp = _sample(logits, 0.8, 0.9, g, None, state=state)
+    ref = top_p_filter(logits / 0.8, 0.9).log_softmax(-1)
+    assert torch.isfinite(ref.gather(-1, tok[:, None])).all()  # every token from the nucleus
+    torch.testing.assert_close(samp, ref.gather(-1, tok[:, None]).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(raw, logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1))
+    assert state.get("full_sort", False) == (scale < 1)
+
+
 def test_bad_inputs(gpt2, bpe):
     with pytest.raises(TypeError, match="list of strings"):
         generate(gpt2, bpe, "def f():", max_new_tokens=2)
