@@ -85,3 +85,14 @@ def choose(page, label: str, option: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.click()
     page.get_by_role("option", name=option, exact=True).click()
+
+
+def settle(page, timeout: int = TIMEOUT_MS) -> None:
+    """Wait until Gradio has no event in flight (its status trackers show "processing" or a queue place)."""
+    page.wait_for_function(
+        "() => !/processing \\||queue: \\d/.test(document.body.innerText)", timeout=timeout, polling=200)
+
+
+def screenshot(page, path) -> None:
+    settle(page)
+    page.screenshot(path=path, full_page=True)

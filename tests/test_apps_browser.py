@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import TIMEOUT_MS, choose, chromium, open_app, page, serve, wait_text  # noqa: F401  (fixtures)
+from _browser import TIMEOUT_MS, choose, chromium, open_app, page, screenshot, serve, wait_text  # noqa: F401  (fixtures)
 from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
@@ -64,7 +64,7 @@ def test_filtration_in_browser(page, tmp_path):  # noqa: F811
         for row in mine.itertuples():
             assert f"{round(row.reward, 4):g}" in table
         page.locator("#scatter img, #scatter canvas, #scatter svg").first.wait_for()
-        page.screenshot(path=tmp_path / "filtration.png", full_page=True)
+        screenshot(page, tmp_path / "filtration.png")
 
 
 def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
@@ -106,7 +106,7 @@ def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
         page.locator("#reload").click()
         wait_text(page, "#status", "newest step 6")
         wait_text(page, "#stats", "uniform: 8 prompts, 7 steps")
-        page.screenshot(path=tmp_path / "difficulty.png", full_page=True)
+        screenshot(page, tmp_path / "difficulty.png")
 
 
 def test_noisemask_in_browser(page, tmp_path):  # noqa: F811
@@ -135,7 +135,7 @@ def test_noisemask_in_browser(page, tmp_path):  # noqa: F811
         assert f"grid mask mean = {f3(draw.clamp(1e-6, 1 - 1e-6).mean().item())}" in text
         assert f"label {z['label'][4]}" in text
         page.locator("#accuracy img, #accuracy canvas, #accuracy svg").first.wait_for()
-        page.screenshot(path=tmp_path / "noisemask.png", full_page=True)
+        screenshot(page, tmp_path / "noisemask.png")
 
 
 def test_not_a_run_folder_in_browser(page, tmp_path):  # noqa: F811
@@ -143,4 +143,4 @@ def test_not_a_run_folder_in_browser(page, tmp_path):  # noqa: F811
         open_app(page, url)
         text = wait_text(page, "#pfkit-error", "is not a folder")
         assert "Cannot show this run" in text and "not-a-run" in text
-        page.screenshot(path=tmp_path / "error.png", full_page=True)
+        screenshot(page, tmp_path / "error.png")
