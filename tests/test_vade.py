@@ -79,12 +79,12 @@ def test_thompson_prefers_middle_difficulty():
     t.alpha = torch.tensor([2.0, 5.0, 8.0], dtype=torch.float64)
     t.beta = torch.tensor([8.0, 5.0, 2.0], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    counts = torch.bincount(torch.cat([t.select(1, g) for _ in range(2000)]), minlength=3)
+    counts = torch.bincount(torch.cat([t.select(1, g) for _ in range(1000)]), minlength=3)
     # P(middle has the largest p(1-p)) is ~0.6 analytically-by-simulation; extremes share the rest
-    assert counts[1] > 1000, counts
+    assert counts[1] > 500, counts
     assert counts[1] > 2 * max(counts[0], counts[2]), counts
     # and it does explore: the uncertain extremes still get picked sometimes
-    assert counts[0] > 50 and counts[2] > 50, counts
+    assert counts[0] > 25 and counts[2] > 25, counts
 
 
 def test_confident_extremes_are_never_chosen_over_middle():
