@@ -229,3 +229,21 @@ def test_demo_rejects_bad_arguments_with_one_line_errors(capsys):
     assert main(["demo", "vade", "--samplers", "uniform,foo"]) == 2
     assert "unknown sampler(s) foo" in capsys.readouterr().err
     assert main(["demo", "vade", "--budget", "0"]) == 2
+
+
+def test_jsonl_prompt_set_with_dotted_verifier(tmp_path):
+    import json
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"say {i}"}) for i in range(5)))
+    dm = PromptDataModule(task="jsonl", prompts_file=str(f), verifier="operator:eq", n_train=10, n_val=1)
+    dm.setup("fit")
+    assert len(dm.train_set) == 4 and dm.val_set.ids == ["q4"]
+    i = dm.train_set.ids.index("q2")
+    assert dm.train_set.score([i, i], ["say 2", "nope"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="module:function"):
+        PromptDataModule(task="jsonl", prompts_file=str(f), verifier="nocolon").setup()
+    with pytest.raises(ValueError, match="not found"):
+        PromptDataModule(task="jsonl", prompts_file=str(tmp_path / "missing.jsonl"), verifier="operator:eq").setup()
+    with pytest.raises(ValueError, match="needs prompts_file"):
+        PromptDataModule(task="jsonl")
