@@ -225,7 +225,7 @@ class PFPPOModule(LightningModule):
                 for k, val in {"pg_loss": pst["loss"], "clip_frac": pst["clip_frac"], "approx_kl": pst["approx_kl"],
                                "vf_loss": vst["loss"], "vf_clip_frac": vst["vf_clip_frac"], "entropy": entropy,
                                "grad_norm_policy": gn_pi, "grad_norm_critic": gn_v}.items():
-                    stats.setdefault(k, []).append(float(val))
+                    stats.setdefault(k, []).append(float(torch.as_tensor(val).detach()))
         self.policy.eval()
         self.critic.eval()
         return {k: float(np.mean(v)) for k, v in stats.items()}
