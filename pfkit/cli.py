@@ -100,23 +100,27 @@ def lightning_main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------- other verbs
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. Only the requested verb's module is imported (``argv[0]``), so
+    ``pfkit --help`` and every verb start fast instead of importing monai, gradio and torch for all."""
     parser = argparse.ArgumentParser(
         prog="pfkit",
         description="pfkit: RL that filters or chooses training samples by reliability "
                     "(PF-PPO, VADE-GRPO, noise-mask REINFORCE).",
         epilog="Each verb has its own --help, e.g. `pfkit fit --help`, `pfkit demo --help`.",
     )
+    requested = argv[0] if argv else None
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, text in LIGHTNING_VERBS.items():
         sub.add_parser(verb, help=text, add_help=False)
     for verb, (module, text, issue) in VERBS.items():
         p = sub.add_parser(verb, help=text, description=text)
-        mod = import_optional(module)
+        mod = import_optional(module) if verb == requested else None
         if mod is None:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(_main=_not_ready(verb, issue))
         else:
+            p._pfkit_argv = argv[1:]  # lets add_choices import only the chosen sub-choice
             mod.add_arguments(p)
             p.set_defaults(_main=mod.main)
     return parser
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
             return lightning_main(argv)
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args._main(args) or 0)
     except (NotReadyError, UserError, FileNotFoundError) as e:
         print(f"pfkit: error: {e}", file=sys.stderr)

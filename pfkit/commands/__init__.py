@@ -13,10 +13,13 @@ def add_choices(parser: argparse.ArgumentParser, table: dict[str, tuple[str, str
     """
     from pfkit.cli import _not_ready, import_optional
 
+    argv = getattr(parser, "_pfkit_argv", None)
+    requested = argv[0] if argv else None
     sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
     for name, (module, text, issue) in table.items():
         p = sub.add_parser(name, help=text, description=text)
-        mod = import_optional(module)
+        # import only the chosen choice's module (all of them when argv is unknown)
+        mod = import_optional(module) if argv is None or name == requested else None
         if mod is None:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(_main=_not_ready(f"{parser.prog.split()[-1]} {name}", issue))
