@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -86,7 +87,8 @@ class RunDir:
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
         if frame.empty:
             return None
-        part = self.table_path(name) / f"part-{step:08d}-r{rank:03d}-{uuid.uuid4().hex[:8]}.parquet"
+        # the write time in the name keeps two writes of one (step, rank) in the order they were made
+        part = self.table_path(name) / f"part-{step:08d}-r{rank:03d}-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.parquet"
         _atomic_write_bytes(part, lambda tmp: frame.to_parquet(tmp, index=False))
         return part
 
