@@ -367,12 +367,17 @@ class _GPT2Runner:
         # additive key bias for decoding: -inf on left pads, 0 on real and generated tokens
         g.bias = torch.zeros(b, 1, 1, max_len, dtype=x.dtype, device=dev)
         g.bias[:, 0, 0, :s].masked_fill_(~keymask, float("-inf"))
+        last = len(self.layers) - 1
         for li, (ln1, c_attn, c_proj, scale, ln2, c_fc, m_proj) in enumerate(self.layers):
             h = ln1(x).view(b * s, self.d)
             q, k, v = self._lin(c_attn, h).view(b, s, 3 * self.d).split(self.d, dim=-1)
             q, k, v = self._heads(q, b, s), self._heads(k, b, s), self._heads(v, b, s)
             g.k[li][:, :, :s] = k
             g.v[li][:, :, :s] = v
+            if li == last:
+                # the top layer only has to produce the next-token logits: its K/V above are all the cache
+                # needs, so attention output and MLP run for the last position alone (same result, less work)
+                q, attn_mask, x, s = q[:, :, -1:], attn_mask[:, :, -1:], x[:, -1:], 1
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
             a = a.transpose(1, 2).reshape(b * s, self.d)
             x = x + self._lin(c_proj, a).view(b, s, self.d)
