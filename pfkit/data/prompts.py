@@ -201,7 +201,9 @@ class PromptDataModule(LightningDataModule):
             self.train_set, self.val_set = mk(train_rows), (mk(val_rows) if val_rows else None)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.hparams.steps_per_epoch), batch_size=1)
+        # under DDP Lightning splits this over ranks: scale it so an epoch is steps_per_epoch steps on each
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return DataLoader(_Steps(self.hparams.steps_per_epoch * world), batch_size=1)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(1), batch_size=1)

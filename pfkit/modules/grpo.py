@@ -18,8 +18,15 @@ would have had (token count for token-mean, sequence count for seq-mean): identi
 Per step it logs mean reward, fraction of zero-variance groups, effective (non-zero-advantage) samples and
 rollouts spent so far, and appends ``rollouts.parquet`` and ``difficulty.parquet`` rows (DESIGN.md
 contract) to the run folder. Sampler/tracker state and the rollout RNG go into checkpoints
-(``on_save_checkpoint``/``on_load_checkpoint``). Single process: the sampler is not synchronised across
-DDP ranks, so the module refuses ``world_size > 1``.
+(``on_save_checkpoint``/``on_load_checkpoint``).
+
+DDP (``--trainer.strategy ddp --trainer.devices N``): every rank holds the same sampler (same seed, same
+state) and so makes the same selection; the selected prompts are rolled out round-robin across ranks
+(``pfkit.distributed.sharded_rollout``) and the rewards gathered back, so every rank updates its tracker
+with the whole batch's evidence and alpha/beta stay identical without a broadcast. Each rank trains on its
+own groups, with the loss normaliser of the whole batch times N (DDP averages gradients), so one step
+equals the single-process step on the same rollouts; ranks agree on the number of backward passes.
+Each rank has its own rollout RNG stream; checkpoints keep all of them.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
+from pfkit import distributed as dist
 from pfkit.data.samplers import GroupBatch, PromptSampler, difficulty_rows, make_sampler, zero_variance
 from pfkit.rl.advantages import group_relative
 from pfkit.rl.losses import aggregate, kl, policy_loss
@@ -183,9 +191,10 @@ class GRPOModule(LightningModule):
         if self.model is None:
             raise ValueError("GRPOModule has no policy: pass policy=PATH|'embedded' or call set_policy(model, tok)")
         trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
-            raise RuntimeError("GRPOModule runs single-process (the prompt sampler is not synchronised across "
-                               "DDP ranks); use devices=1")
+        if dist.rank() > 0 and not getattr(self, "_rank_seeded", False):
+            # rank 0 keeps the single-process stream; other ranks get their own (restored from checkpoints)
+            self.gen.manual_seed(self.hparams.seed + 1_000_003 * dist.rank())
+            self._rank_seeded = True
         if self.prompt_set is None:
             dm = getattr(trainer, "datamodule", None) if trainer is not None else None
             if dm is None or getattr(dm, "train_set", None) is None:
@@ -227,7 +236,11 @@ class GRPOModule(LightningModule):
         """One GRPO step outside Lightning's loop too (benchmarks call it directly after ``attach``)."""
         h = self.hparams
         t0, c0 = time.perf_counter(), time.process_time()
-        batch = self.sampler.collect(h.prompts_per_step, self._rollout)
+        rollout = self._rollout
+        if dist.is_distributed():
+            def rollout(ids):
+                return dist.sharded_rollout(ids, self._rollout, h.group_size)
+        batch = self.sampler.collect(h.prompts_per_step, rollout)
         stats = self._update(batch)
         stats["step_time"] = time.perf_counter() - t0
         stats["step_cpu_time"] = time.process_time() - c0  # this process's CPU seconds (all threads)
@@ -245,8 +258,10 @@ class GRPOModule(LightningModule):
             "groups_kept": float(len(batch.prompt_ids)),
             "groups_dropped": float(batch.dropped),
         }
-        samples = [s for group in batch.payload for s in group]
-        if not samples:  # a filter sampler that found nothing useful this step
+        # flat sample list over the whole batch (row b = group b // G); None = rolled out on another rank
+        samples = [s for group in batch.payload
+                   for s in (group if group is not None else [None] * G)]
+        if not samples:  # a filter sampler that found nothing useful this step (same on every rank)
             stats.update(reward_mean=0.0, effective_samples=0.0, loss=0.0)
             self._last_batch, self._last_adv = batch, torch.zeros(0)
             self._noop_step()
@@ -259,21 +274,25 @@ class GRPOModule(LightningModule):
                      effective_total=float(self.effective_total))
         self._last_batch, self._last_adv = batch, adv
 
-        rows = torch.arange(len(samples)) if h.kl_coef > 0 else torch.nonzero(effective).flatten()
-        if rows.numel() == 0:
+        local = torch.tensor([s is not None for s in samples])
+        rows = torch.nonzero(local if h.kl_coef > 0 else local & effective).flatten()
+        world = dist.world_size()
+        if dist.all_reduce(int(rows.numel())) == 0:
             stats["loss"] = 0.0
             self._noop_step()
             return stats
-        lens = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float)
-        full_norm = lens.clamp_min(0).sum().clamp_min(1.0) if h.agg == "token-mean" else float(len(samples))
-        stats["response_len"] = float(lens.mean())
+        lens = torch.tensor([len(s["response_ids"]) for s in samples if s is not None], dtype=torch.float)
+        n_tokens = dist.all_reduce(float(lens.sum()))
+        # normaliser of the whole step batch (all ranks); / world because DDP averages the ranks' gradients
+        full_norm = (max(n_tokens, 1.0) if h.agg == "token-mean" else float(len(samples))) / world
+        stats["response_len"] = n_tokens / len(samples)
         data = collate_samples([samples[i] for i in rows.tolist()], self.tokenizer.pad_token_id)
         dev = self.device
         seq, att, rmask = data["sequences"].to(dev), data["attention_mask"].to(dev), data["response_mask"].to(dev)
         A = adv[rows].to(dev)
         T = data["response_len"]
-        group_of = torch.tensor([j for j, group in enumerate(batch.payload) for _ in group])[rows]
-        group_prompts = [group[0]["prompt_ids"] for group in batch.payload]
+        group_of = (torch.arange(len(samples)) // G)[rows]
+        group_prompts = [group[0]["prompt_ids"] if group is not None else None for group in batch.payload]
         pad_id = self.tokenizer.pad_token_id
 
         def logprobs(model, idx, entropy=False):
@@ -288,13 +307,23 @@ class GRPOModule(LightningModule):
             with torch.no_grad():
                 ref_logp = logprobs(self.ref_model, torch.arange(rows.numel(), device=dev))
         opt = self.optimizers() if self._trainer is not None else self._opt
-        mb = h.minibatch_size or rows.numel()
+        mb = h.minibatch_size or max(dist.all_reduce(int(rows.numel()), op="max"), 1)
+        # DDP all-reduces gradients in every backward: every rank must make the same number of them
+        n_chunks = dist.all_reduce(-(-int(rows.numel()) // mb), op="max")
         logs: dict[str, list[float]] = {}
         self.model.train()
         for _ in range(h.ppo_epochs):
             perm = torch.randperm(rows.numel(), generator=self.gen) if h.ppo_epochs > 1 else torch.arange(rows.numel())
-            for start in range(0, rows.numel(), mb):
+            for c in range(n_chunks):
+                start = c * mb
                 idx = perm[start:start + mb].to(dev)
+                if idx.numel() == 0:  # this rank ran out of samples: a zero-gradient pass keeps DDP in step
+                    opt.zero_grad(set_to_none=True)
+                    self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
+                    if h.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), h.max_grad_norm)
+                    opt.step()
+                    continue
                 m = rmask[idx]
                 logp, ent = logprobs(self.model, idx, entropy=True)
                 old = logp.detach() if h.ppo_epochs == 1 else data["old_logprobs"].to(dev)[idx]
@@ -341,7 +370,9 @@ class GRPOModule(LightningModule):
         self.step_times.append(stats["step_time"])
         self.step_cpu_times.append(stats["step_cpu_time"])
         self.history.append({"step": self.global_step, **stats})
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, prog_bar=False, batch_size=1)
+        # rank-local numbers (loss, entropy, clip_frac) are averaged over ranks; the rest are whole-batch already
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, prog_bar=False, batch_size=1,
+                      sync_dist=dist.is_distributed())
         self._write_tables(self.global_step)
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
             self.trainer.should_stop = True
@@ -359,13 +390,13 @@ class GRPOModule(LightningModule):
             rows = []
             adv = self._last_adv.tolist()
             for j, (pid, group) in enumerate(zip(batch.prompt_ids, batch.payload)):
-                for g, s in enumerate(group):
+                for g, s in enumerate(group or []):  # None: this group was rolled out by another rank
                     r = float(batch.rewards[j, g])
                     rows.append({"step": step, "prompt_id": self.prompt_set.ids[pid], "sample_idx": g,
                                  "prompt": self.prompt_set.prompts[pid], "response": s["text"], "reward": r,
                                  "score": r, "kept": True, "advantage": adv[j * h.group_size + g]})
-            run.append("rollouts", rows, step=step)
-        if h.log_difficulty != "none":
+            run.append("rollouts", rows, step=step, rank=dist.rank())
+        if h.log_difficulty != "none" and dist.rank() == 0:  # the tracker is identical on every rank
             ids = None if h.log_difficulty == "all" else sorted(set(batch.generated_ids))
             run.append("difficulty", difficulty_rows(self.sampler, batch, step, ids, self.prompt_set.ids), step=step)
 
@@ -380,16 +411,18 @@ class GRPOModule(LightningModule):
             raise ValueError("no held-out prompt set to evaluate; pass one or give the datamodule n_val > 0")
         temperature = h.eval_temperature if temperature is None else temperature
         n = h.eval_samples if samples is None else samples
-        g = torch.Generator().manual_seed(h.seed + 777)
+        g = torch.Generator().manual_seed(h.seed + 777 + 1_000_003 * dist.rank())
         total, count = 0.0, 0
-        for start in range(0, len(ps), batch_size):
-            ids = list(range(start, min(start + batch_size, len(ps))))
+        mine = dist.shard(range(len(ps)))  # each rank scores its share; totals are summed over ranks
+        for start in range(0, len(mine), batch_size):
+            ids = mine[start:start + batch_size]
             ro = generate(self.model, self.tokenizer, [ps.prompts[i] for i in ids], n=n,
                           max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p, stop=ps.stop,
                           generator=g)
             r = ps.score([i for i in ids for _ in range(n)], ro.texts)
             total += sum(r)
             count += len(r)
+        total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
 
     def validation_step(self, batch: Any, batch_idx: int):
@@ -403,10 +436,15 @@ class GRPOModule(LightningModule):
         if self.sampler is not None:
             checkpoint["grpo_sampler"] = self.sampler.state_dict()
         checkpoint["grpo_rng"] = self.gen.get_state()
+        checkpoint["grpo_rng_ranks"] = dist.all_gather_object(self.gen.get_state())  # every rank's stream
         checkpoint["grpo_effective_total"] = self.effective_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {k: checkpoint[k] for k in ("grpo_sampler", "grpo_rng", "grpo_effective_total") if k in checkpoint}
+        ranks = checkpoint.get("grpo_rng_ranks")
+        if ranks is not None and len(ranks) == dist.world_size():
+            state["grpo_rng"] = ranks[dist.rank()]
+            self._rank_seeded = True
         if self.sampler is None:
             self._pending_state = state
         else:
