@@ -24,8 +24,8 @@ SAMPLERS = ("uniform", "dapo_filter", "vade")
 SETTINGS = {
     False: dict(n_train=64, n_val=64, prompts_per_step=16, group_size=8, max_new_tokens=64, steps=30,
                 eval_every=5, eval_samples=4, lr=2e-5),
-    True: dict(n_train=32, n_val=32, prompts_per_step=8, group_size=8, max_new_tokens=64, steps=6,
-               eval_every=3, eval_samples=2, lr=2e-5),
+    True: dict(n_train=24, n_val=16, prompts_per_step=6, group_size=8, max_new_tokens=64, steps=6,
+               eval_every=3, eval_samples=1, lr=2e-5),
 }
 
 
