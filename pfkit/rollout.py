@@ -625,8 +625,8 @@ def generate(
                         tok = tok[live]
             pos = prompt_lens[active] + t
             logits = runner.step(tok, pos)
-    # inference tensors cannot enter autograd (sequence_logprobs under grad): clone them out
-    # ... and back to input order (row i*n + j = prompt i, sample j)
+    # back to input order (row i*n + j = prompt i, sample j); indexing also copies the tensors out of
+    # inference mode, which they must leave to enter autograd later (sequence_logprobs under grad)
     back = torch.tensor([rank[i] * n + j for i in range(len(prompts)) for j in range(n)], device=device)
     ids, pmask, resp, raw_lp, samp_lp, gen_len = (x[back] for x in (ids, pmask, resp, raw_lp, samp_lp, gen_len))
     newline_before = [newline_before[r] for r in back.tolist()]
@@ -659,7 +659,7 @@ def generate(
         keep_len.append(end)
         texts.append(text)
         reasons.append(reason)
-    T = max(keep_len) if keep_len else 0
+    T = max(1, max(keep_len))  # at least one (masked) column, so shapes stay usable if every row is empty
     lens = torch.tensor(keep_len, device=device)
     rmask = (torch.arange(T, device=device)[None, :] < lens[:, None]).long()
     resp = resp[:, :T].masked_fill(rmask == 0, pad_id)

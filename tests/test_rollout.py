@@ -241,6 +241,7 @@ def test_eos_ends_sequence_and_is_kept(chartok):
     # the prompt ends with a newline, so an unindented first line is a dedent: empty response
     r = run_script(chartok, [["a", "<eos>"]], max_new_tokens=4, stop=CODE_STOPS)
     assert r.texts == [""] and r.finish_reasons == ["stop"] and r.response_mask.sum() == 0
+    assert r.response_ids.shape == (1, 1)  # one masked column keeps the shapes usable
 
 
 def test_find_stop():
