@@ -126,10 +126,11 @@ def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64
     """One decoding step: returns (tokens, raw log-prob, sampling log-prob), all ``[b]``.
 
     Draws one uniform per row and inverts the CDF (``searchsorted``) instead of ``multinomial``, which
-    draws one exponential per vocabulary entry. Top-p first tries the ``top_k_first`` most probable
-    tokens (a partial sort) and falls back to a full sort only when they hold less than ``top_p`` mass.
-    The kept set is exactly :func:`top_p_filter`'s. ``state`` (a dict kept across the steps of one
-    call) remembers a fallback, so flat distributions (e.g. an untrained model) skip the partial sort.
+    draws one exponential per vocabulary entry. Top-p works row by row in stages: the 16, then
+    ``top_k_first`` most probable tokens (partial sorts), and a full sort only for the rows whose nucleus
+    is wider. The kept set is exactly :func:`top_p_filter`'s. ``state`` (a dict kept across the steps of
+    one call) remembers when most rows needed the full sort, so flat distributions (an untrained model)
+    go straight to it.
     """
     logits = logits.float()
     raw = logits
@@ -152,27 +153,44 @@ def _sample(logits, temperature, top_p, generator, banned, top_k_first: int = 64
                 p = probs.gather(-1, tokens)
             tokens, samp = tokens.squeeze(-1), p.squeeze(-1).log()
         else:
-            full = state is not None and state.get("full_sort", False)
-            if not full:
-                for k in (min(16, top_k_first), top_k_first):  # topk(16) costs a quarter of topk(64)
-                    vals, idx = probs.topk(min(k, V), dim=-1)
-                    cum = vals.cumsum(-1)
-                    full = bool((cum[:, -1] < top_p).any())
-                    if not full:
-                        break
-                if full and state is not None:
-                    state["full_sort"] = True
-            if full:
-                vals, idx = probs.sort(dim=-1, descending=True)
-                cum = vals.cumsum(-1)
-            n_keep = ((cum - vals) < top_p).sum(-1, keepdim=True)  # kept tokens form a prefix
-            z = cum.gather(-1, n_keep - 1)
-            pos = torch.searchsorted(cum, u * z, right=True)
-            pos = torch.minimum(pos, n_keep - 1)
-            tokens = idx.gather(-1, pos).squeeze(-1)
-            samp = (vals.gather(-1, pos) / z).log().squeeze(-1)
+            tokens, samp = _nucleus(probs, u, top_p, top_k_first, state)
     lse = torch.logsumexp(raw, dim=-1)
     return tokens, raw.gather(-1, tokens[:, None]).squeeze(-1) - lse, samp
+
+
+def _nucleus(probs, u, top_p, top_k_first, state):
+    b, V = probs.shape
+    stages = [min(16, top_k_first), top_k_first]
+    if state is not None and state.get("full_sort", False):
+        stages = []
+    stages = [k for k in stages if k < V] + [V]
+    tokens = torch.empty(b, dtype=torch.long, device=probs.device)
+    samp = torch.empty(b, dtype=probs.dtype, device=probs.device)
+    rows = None  # None = all rows
+    for k in stages:
+        sub = probs if rows is None else probs[rows]
+        if k < V:
+            vals, idx = sub.topk(k, dim=-1)
+        else:
+            vals, idx = sub.sort(dim=-1, descending=True)
+        cum = vals.cumsum(-1)
+        ok = cum[:, -1] >= top_p if k < V else torch.ones_like(cum[:, -1], dtype=torch.bool)
+        all_ok = bool(ok.all())
+        if not all_ok:
+            vals, idx, cum = vals[ok], idx[ok], cum[ok]
+        here = (torch.arange(b, device=probs.device) if rows is None else rows)
+        here_ok = here if all_ok else here[ok]
+        n_keep = ((cum - vals) < top_p).sum(-1, keepdim=True)  # kept tokens form a prefix
+        z = cum.gather(-1, n_keep - 1)
+        pos = torch.minimum(torch.searchsorted(cum, u[here_ok] * z, right=True), n_keep - 1)
+        tokens[here_ok] = idx.gather(-1, pos).squeeze(-1)
+        samp[here_ok] = (vals.gather(-1, pos) / z).log().squeeze(-1)
+        if all_ok:
+            break
+        rows = here[~ok]
+        if k == top_k_first and state is not None and rows.numel() * 2 > b:
+            state["full_sort"] = True  # most rows are flat: skip the partial sorts from now on
+    return tokens, samp
 
 
 # ------------------------------------------------------------------------------------------- stop strings
