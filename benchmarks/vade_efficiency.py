@@ -6,7 +6,9 @@ Two views, both driving the real samplers (``pfkit.data.samplers``) through thei
   (success probability ``sigmoid(theta_i)``). A group of G Bernoulli rollouts is drawn per selected prompt;
   training on a group moves ``theta_i`` up in proportion to the group's reward std (a GRPO update has
   gradient only where advantages are non-zero), plus a small shared "generalisation" drift for every
-  prompt. Cheap enough for many seeds; it isolates the sampler from policy-gradient noise.
+  prompt. Cheap enough for many seeds; it isolates the sampler from policy-gradient noise. Two scenarios:
+  ``spread`` (success rates spread over 0..1) and ``hard`` (most prompts almost never solved). A ratio
+  ``vade/dapo_filter`` of 0 means dapo_filter never reached the target within its budget.
 * ``--mode grpo`` (minutes per seed): the real GRPO module on the embedded code task, via the
   ``pfkit demo vade`` runner, with a shared rollout budget.
 
@@ -36,11 +38,19 @@ from pfkit.data.samplers import make_sampler
 SAMPLER_NAMES = ("uniform", "dapo_filter", "vade")
 
 
+SCENARIOS = {
+    # initial logits ~ N(mean, std): "spread" = success rates spread over 0..1 (the DESIGN target for the
+    # embedded policy); "hard" = most prompts nearly never solved (a weak policy, like the shipped one)
+    "spread": dict(theta_mean=-1.0, theta_std=2.5),
+    "hard": dict(theta_mean=-3.0, theta_std=2.0),
+}
+
+
 def bandit_run(sampler_name: str, seed: int, *, num_prompts=256, k=16, group_size=8, budget_steps=150,
-               lr=0.6, shared=0.004, tracker=None) -> list[tuple[int, float]]:
+               lr=0.6, shared=0.004, theta_mean=-1.0, theta_std=2.5, tracker=None) -> list[tuple[int, float]]:
     """One synthetic training run; returns [(rollouts_spent, mean success prob over all prompts)]."""
     g = torch.Generator().manual_seed(10_000 + seed)          # same prompt set for every sampler
-    theta = torch.randn(num_prompts, generator=g) * 2.5 - 1.0
+    theta = torch.randn(num_prompts, generator=g) * theta_std + theta_mean
     roll_g = torch.Generator().manual_seed(20_000 + seed)     # same outcome stream
     sampler = make_sampler(sampler_name, num_prompts, group_size, seed=seed, tracker=tracker or {})
 
@@ -116,10 +126,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     result = {}
     if args.mode in ("bandit", "both"):
-        t0 = time.perf_counter()
-        curves = {s: {n: bandit_run(n, s) for n in SAMPLER_NAMES} for s in range(args.seeds)}
-        result["bandit"] = summarise(curves)
-        print_table(f"synthetic bandit, {args.seeds} seeds ({time.perf_counter() - t0:.1f}s)", result["bandit"])
+        for scen, params in SCENARIOS.items():
+            t0 = time.perf_counter()
+            curves = {s: {n: bandit_run(n, s, **params) for n in SAMPLER_NAMES} for s in range(args.seeds)}
+            result[f"bandit_{scen}"] = summarise(curves)
+            print_table(f"synthetic bandit '{scen}' {params}, {args.seeds} seeds ({time.perf_counter() - t0:.1f}s)",
+                        result[f"bandit_{scen}"])
     if args.mode in ("grpo", "both"):
         from pfkit.demos.vade import run_comparison
 
