@@ -112,8 +112,8 @@ class PreferenceDataModule(LightningDataModule):
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
     """
 
-    def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 384,
-                 n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 1.0,
+    def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
+                 n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
                  max_length: int = 384, seed: int = 0):
         super().__init__()
@@ -202,7 +202,14 @@ class CodePromptDataModule(LightningDataModule):
                              "test": sp["test"]}
 
     def train_dataloader(self):
-        return DataLoader(_Problems(self.problems["train"]), batch_size=self.hparams.prompts_per_step, shuffle=True,
+        # prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler) each rank
+        # takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.prompts_per_step % world:
+            raise ValueError(f"prompts_per_step={self.hparams.prompts_per_step} is not divisible by the "
+                             f"{world} DDP processes; use a multiple of the device count")
+        return DataLoader(_Problems(self.problems["train"]), batch_size=self.hparams.prompts_per_step // world,
+                          shuffle=True,
                           drop_last=True, collate_fn=list,
                           generator=torch.Generator().manual_seed(self.hparams.seed))
 

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 
+RM_PROMPT_POOL = 512  # the first 512 codegen train problems are for reward models; RL prompts come after
 RUN_NAMES = {"none": "ppo", "br": "br", "bw": "bw", "bon": "bon"}
 LABELS = {"none": "PPO-M (no filter)", "br": "PF-PPO BR", "bw": "PF-PPO BW", "bon": "PF-PPO BoN"}
 
 SETTINGS = {
-    False: dict(rm_prompts=128, rm_samples=8, rm_epochs=3, rm_lr=1e-4, r2_prompts=64, steps=12, prompts_per_step=8,
+    False: dict(rm_prompts=128, rm_samples=8, rm_epochs=5, rm_lr=3e-4, r2_prompts=64, steps=12, prompts_per_step=8,
                 n_samples=5, max_new_tokens=96, ppo_epochs=2, minibatch_size=8, actor_lr=2e-5, critic_lr=1e-4,
                 n_test=128),
-    True: dict(rm_prompts=48, rm_samples=6, rm_epochs=2, rm_lr=1e-4, r2_prompts=16, steps=2, prompts_per_step=4,
+    True: dict(rm_prompts=48, rm_samples=6, rm_epochs=3, rm_lr=3e-4, r2_prompts=16, steps=2, prompts_per_step=4,
                n_samples=5, max_new_tokens=64, ppo_epochs=1, minibatch_size=8, actor_lr=2e-5, critic_lr=1e-4,
                n_test=32),
 }
@@ -100,12 +101,17 @@ def train_reward_model(policy, tok, cfg: dict, seed: int, out: Path | None, log,
     from pfkit.tasks import codegen
 
     t0 = time.perf_counter()
-    problems = codegen.splits(seed)["train"][: cfg["rm_prompts"]]
+    problems = codegen.splits(seed)["train"][: min(cfg["rm_prompts"], RM_PROMPT_POOL)]
     samples = collect_samples(policy, tok, problems, cfg["rm_samples"], max_new_tokens=cfg["max_new_tokens"],
-                              temperature=1.0, top_p=1.0, seed=seed + 17, progress=True)
+                              temperature=1.0, top_p=0.9, seed=seed + 17, progress=True)
     dm = PreferenceDataModule(policy=policy_path, samples=samples, val_fraction=0.25, batch_size=16, seed=seed)
     dm.tokenizer = tok
-    dm.setup()
+    try:
+        dm.setup()
+    except ValueError as e:
+        from pfkit.cli import UserError
+
+        raise UserError(f"cannot train a reward model for this policy: {e}") from None
     module = RewardModule.from_models(policy, tok, policy=policy_path, lr=cfg["rm_lr"], warmup_steps=10,
                                       save_to=str(out / "reward_model") if out else None)
     torch.manual_seed(seed)
@@ -190,7 +196,7 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
     before = evaluate_pass_at_1(policy, tok, test, max_new_tokens=cfg["max_new_tokens"])
     log(f"held-out pass@1 before RL (greedy, {len(test)} test problems): {before:.3f} ({time.perf_counter() - t:.0f} s)")
 
-    rl_offset = cfg["rm_prompts"]  # RL prompts are disjoint from the reward model's
+    rl_offset = RM_PROMPT_POOL  # RL prompts are disjoint from any reward model's (shipped or trained here)
     n_train = cfg["steps"] * cfg["prompts_per_step"]
     rows = [{"method": "SFT (before RL)", "strategy": None, "pass@1": before, "delta": 0.0}]
     runs = {}

@@ -63,7 +63,7 @@ class ScalarHeadModel(nn.Module):
     def from_policy(cls, policy: nn.Module) -> ScalarHeadModel:
         """Copy the policy's body (its LM head is dropped) and add a fresh scalar head."""
         m = cls(copy.deepcopy(policy.base_model), meta={"policy_fingerprint": policy_fingerprint(policy)})
-        return m.to(next(policy.parameters()).dtype)
+        return m.to(next(policy.parameters()).dtype).train()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw scalar ``[B, L]`` at every position (positions from the mask, so left padding is harmless)."""
