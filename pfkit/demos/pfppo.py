@@ -90,6 +90,16 @@ def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, 
             return rm, {"source": str(folder), "val_acc": rm.meta.get("val/acc"), "train_seconds": 0.0,
                         "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}
         log("reward model: no shipped one for this policy; training one")
+        try:
+            return train_reward_model(policy, tok, cfg, seed, out, log, policy_path)
+        except Exception as e:  # noqa: BLE001 -- e.g. too few passing samples for any pair
+            if rm is None:
+                raise
+            log(f"reward model: training failed ({str(e).splitlines()[0]}); falling back to the shipped one "
+                f"({folder}), which was trained from another checkpoint of this policy")
+            return rm, {"source": f"{folder} (fallback: trained from another policy checkpoint)",
+                        "val_acc": rm.meta.get("val/acc"), "train_seconds": 0.0,
+                        "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}
     return train_reward_model(policy, tok, cfg, seed, out, log, policy_path)
 
 
@@ -189,7 +199,10 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
     log(f"R² between reward and unit-test score on the SFT policy ({cfg['r2_prompts']} val problems x "
         f"{cfg['n_samples']} samples, {time.perf_counter() - t:.0f} s):\n" + format_table(r2))
     best = recommend(r2)
-    log(f"highest R²: {best} (R² guides the choice; it is not a guarantee)")
+    if best is None:
+        log("R² undefined: the unit-test scores do not vary over these samples (all fail or all pass)")
+    else:
+        log(f"highest R²: {best} (R² guides the choice; it is not a guarantee)")
 
     test = codegen.splits(seed)["test"][: cfg["n_test"]]
     t = time.perf_counter()
