@@ -140,3 +140,18 @@ def check_same(obj: Any, what: str) -> None:
     objs = all_gather_object(obj)
     if any(o != objs[0] for o in objs[1:]):
         raise RuntimeError(f"{what} differs between ranks ({objs}); the ranks' samplers are out of sync")
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``pfkit.rl.advantages.whiten`` with mean and (Bessel-corrected) variance over the masked positions of
+    *all* ranks' buffers, so DDP normalises advantages like one process holding the whole batch."""
+    if not is_distributed():
+        from pfkit.rl.advantages import whiten as local_whiten
+
+        return local_whiten(x, mask, eps=eps)
+    m = mask.to(x.dtype)
+    n = all_reduce(m.sum().detach().double().cpu())
+    mean = (all_reduce((x * m).sum().detach().double().cpu()) / n.clamp_min(1.0)).to(x.device, x.dtype)
+    ss = all_reduce((((x - mean) ** 2) * m).sum().detach().double().cpu())
+    var = (ss / (n - 1).clamp_min(1.0)).to(x.device, x.dtype)
+    return (x - mean) * torch.rsqrt(var + eps) * m

@@ -38,14 +38,14 @@ class DumpState(Callback):
         import torch
 
         os.makedirs(self.out, exist_ok=True)
+        model = getattr(pl_module, "model", None) or pl_module.policy  # GRPO | PF-PPO
         b = getattr(pl_module, "_last_batch", None)
         state = {
             "sampler": pl_module.sampler.state_dict() if getattr(pl_module, "sampler", None) else None,
             "batch": None if b is None else {
                 "prompt_ids": b.prompt_ids, "rewards": b.rewards, "payload": b.payload, "rollouts": b.rollouts,
                 "generated_ids": b.generated_ids, "generated_rewards": b.generated_rewards},
-            "grads": {n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
-                      if p.grad is not None},
-            "params": {n: p.detach().clone() for n, p in pl_module.model.named_parameters()},
+            "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
+            "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         }
         torch.save(state, os.path.join(self.out, f"state-r{trainer.global_rank}-s{trainer.global_step}.pt"))

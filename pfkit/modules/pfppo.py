@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
+from pfkit import distributed as dist
 from pfkit.modules.reward import ScalarHeadModel, policy_fingerprint
-from pfkit.rl.advantages import gae, masked_mean, whiten
+from pfkit.rl.advantages import gae, masked_mean
 from pfkit.rl.filtration import r_squared, resolve, select
 from pfkit.rl.losses import kl, policy_loss, value_loss
 from pfkit.runs import run_dir_of
@@ -133,13 +134,24 @@ class PFPPOModule(LightningModule):
                                   {"params": self.critic.parameters(), "lr": h.critic_lr}],
                                  betas=(0.9, 0.95), weight_decay=0.0)
 
+    def setup(self, stage: str | None = None) -> None:
+        # DDP: each rank filters and shuffles its own prompts with its own stream (rank 0 = single process)
+        if dist.rank() > 0 and not getattr(self, "_rank_seeded", False):
+            self._filter_gen.manual_seed(self.hparams.seed + 1_000_003 * dist.rank())
+            self._rank_seeded = True
+
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["pfppo"] = {"rl_step": self.rl_step, "filter_gen": self._filter_gen.get_state()}
+        checkpoint["pfppo"] = {"rl_step": self.rl_step, "filter_gen": self._filter_gen.get_state(),
+                               "filter_gen_ranks": dist.all_gather_object(self._filter_gen.get_state())}
 
     def on_load_checkpoint(self, checkpoint):
         st = checkpoint.get("pfppo", {})
         self.rl_step = st.get("rl_step", 0)
-        if "filter_gen" in st:
+        ranks = st.get("filter_gen_ranks")
+        if ranks is not None and len(ranks) == dist.world_size():
+            self._filter_gen.set_state(ranks[dist.rank()])
+            self._rank_seeded = True
+        elif "filter_gen" in st:
             self._filter_gen.set_state(st["filter_gen"])
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -158,7 +170,7 @@ class PFPPOModule(LightningModule):
         P, N = len(problems), h.n_samples
         ro = generate(self.policy, self.tokenizer, [p.prompt for p in problems], n=N,
                       max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p, stop=CODE_STOPS,
-                      seed=h.seed * 1_000_003 + self.rl_step)
+                      seed=(h.seed * 1_000_003 + self.rl_step) * dist.world_size() + dist.rank())
         flat = [p for p in problems for _ in range(N)]
         verdicts = check_completions(flat, ro.texts, timeout=h.sandbox_timeout)
         score = torch.tensor([float(v.passed) for v in verdicts])
@@ -183,8 +195,8 @@ class PFPPOModule(LightningModule):
         rows = torch.arange(len(idx), device=device)[has]
         tok_reward[rows, last[has]] += reward[idx].to(device)[has]
         adv, ret = gae(tok_reward, values, rmask, h.gamma, h.lam)
-        if h.whiten_advantages and rmask.sum() > 1:
-            adv = whiten(adv, rmask)
+        if h.whiten_advantages and dist.all_reduce(float(rmask.sum())) > 1:
+            adv = dist.whiten(adv, rmask)  # over the kept buffer of all ranks (= whiten in one process)
 
         adv_per_sample = torch.full((P * N,), float("nan"))
         adv_per_sample[idx] = masked_mean(adv, rmask, dim=-1).cpu()
@@ -203,12 +215,23 @@ class PFPPOModule(LightningModule):
         self.policy.train()
         self.critic.train()
         stats: dict[str, list[float]] = {}
+        # DDP all-reduces gradients in every backward: ranks must make the same number of them
+        n_mb = dist.all_reduce(-(-K // h.minibatch_size), op="max")
         for _ in range(h.ppo_epochs):
             perm = torch.randperm(K, generator=self._filter_gen)
-            for mb in perm.split(h.minibatch_size):
-                mb = mb.to(self.device)
+            chunks = list(perm.split(h.minibatch_size))
+            for c in range(n_mb):
+                mb = (chunks[c] if c < len(chunks) else perm[:0]).to(self.device)
                 m = exp["rmask"][mb]
-                if m.sum() == 0:
+                if dist.all_reduce(float(m.sum())) == 0:  # nothing to learn on any rank
+                    continue
+                if m.sum() == 0:  # this rank has nothing: a zero-gradient pass keeps DDP in step
+                    params = [p for p in (*self.policy.parameters(), *self.critic.parameters()) if p.requires_grad]
+                    opt.zero_grad()
+                    self.manual_backward(sum(p.sum() for p in params) * 0.0)
+                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), h.max_grad_norm)
+                    opt.step()
                     continue
                 logp, ent = sequence_logprobs(self.policy, exp["seqs"][mb], exp["amask"][mb], T, return_entropy=True)
                 pl, pst = policy_loss(logp.float() * m, exp["old_logp"][mb], exp["adv"][mb], m, h.clip_low,
@@ -232,8 +255,12 @@ class PFPPOModule(LightningModule):
 
     def training_step(self, batch, batch_idx):
         exp = self.make_experience(batch)
-        upd = self.ppo_update(exp) if len(exp["idx"]) else {}
-        keep, reward, score = exp["keep"], exp["reward"], exp["score"]
+        upd = self.ppo_update(exp) if dist.all_reduce(len(exp["idx"])) else {}
+        if dist.is_distributed():  # loss stats: mean over the ranks that have them (a rank may have none)
+            ranks = dist.all_gather_object(upd)
+            upd = {k: float(np.mean([u[k] for u in ranks if k in u])) for k in sorted(set().union(*ranks))}
+        # metrics (R², pass rates, kept fraction) over every rank's samples, not one rank's share
+        keep, reward, score = (dist.gather_cat(exp[k].cpu()) for k in ("keep", "reward", "score"))
         metrics = {
             "rl_step": float(self.rl_step),
             "reward": reward.mean().item(),
@@ -243,12 +270,12 @@ class PFPPOModule(LightningModule):
             "kept_fraction": keep.float().mean().item(),
             "r2_all": r_squared(reward, score),
             "r2_kept": r_squared(reward[keep], score[keep]),
-            "kl": exp["kl"].mean().item() if len(exp["idx"]) else 0.0,
-            "response_len": exp["resp_len"].mean().item(),
+            "kl": float(dist.gather_cat(exp["kl"].cpu()).mean()) if len(keep) and keep.any() else 0.0,
+            "response_len": dist.gather_cat(exp["resp_len"].cpu()).mean().item(),
             **upd,
         }
         self.log_dict({f"train/{k}": (v if not math.isnan(v) else float("nan")) for k, v in metrics.items()},
-                      on_step=True, on_epoch=False, batch_size=exp["P"])
+                      on_step=True, on_epoch=False, batch_size=exp["P"])  # already over all ranks
         self.last_metrics = metrics
         if self.hparams.log_rollouts and self._trainer is not None:
             self.log_rollouts(exp)
@@ -263,16 +290,15 @@ class PFPPOModule(LightningModule):
                 for i, (p, text) in enumerate(zip(exp["problems"], exp["texts"]))]
 
     def log_rollouts(self, exp: dict) -> None:
-        if self.trainer.is_global_zero:
-            run_dir_of(self.trainer).append("rollouts", self.rollout_rows(exp), step=self.rl_step,
-                                            rank=self.global_rank)
+        # every rank writes its own prompts' rows (one part file per step and rank)
+        run_dir_of(self.trainer).append("rollouts", self.rollout_rows(exp), step=self.rl_step, rank=self.global_rank)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx):
         h = self.hparams
         acc = evaluate_pass_at_1(self.policy, self.tokenizer, batch, max_new_tokens=h.max_new_tokens,
                                  timeout=h.sandbox_timeout)
-        self.log("val/pass@1", acc, batch_size=len(batch), prog_bar=True)
+        self.log("val/pass@1", acc, batch_size=len(batch), prog_bar=True, sync_dist=dist.is_distributed())
 
     def on_fit_end(self):
         if self.hparams.save_policy and self.trainer.is_global_zero:
