@@ -60,17 +60,26 @@ print("quick:", QUICK, "| runs:", OUT, "| N =", N)
 # %% [markdown]
 # ## 1 · How reliable is the reward model, and where?
 #
-# Sample N programs for each of a set of held-out problems from the policy (temperature 1), run each against
-# its unit tests in the sandbox (score 1 = all tests pass), and score each with the reward model.
+# The reward model is the policy's backbone plus a scalar head, trained Bradley–Terry on the policy's own
+# samples labelled by unit tests (passing > failing, same prompt). The shipped one (`data/reward`) is used
+# when it was trained from this policy; otherwise one is trained here first (a minute or two on CPU; from
+# a terminal: `pfkit fit -c configs/reward_codegen.yaml`). Then: sample N programs for each of a set of
+# held-out problems (temperature 1), run each against its unit tests in the sandbox (score 1 = all tests
+# pass), and score each with the reward model.
 
 # %%
 from pfkit.data.preference import collect_samples
+from pfkit.demos.pfppo import SETTINGS as DEMO_SETTINGS
+from pfkit.demos.pfppo import get_reward_model
 from pfkit.models import load_policy
-from pfkit.modules.reward import ScalarHeadModel
 from pfkit.tasks import codegen
 
 model, tok = load_policy(POLICY)
-rm = ScalarHeadModel.load(REWARD_MODEL)
+# the shipped RM if it was trained from this policy, else one trained here (as `pfkit demo pfppo` does)
+rm, rm_info = get_reward_model(model, tok, DEMO_SETTINGS[QUICK], "auto" if REWARD_MODEL == "embedded" else
+                               REWARD_MODEL, seed=0, out=OUT, log=print, policy_path=POLICY)
+RM_PATH = str(OUT / "reward_model") if rm_info["source"] == "trained in this demo" else rm_info["source"]
+print("reward model:", RM_PATH)
 n_prompts = 24 if QUICK else 200
 problems = codegen.splits(seed=0)["test"][:n_prompts]
 samples = collect_samples(model, tok, problems, n=N, max_new_tokens=96, temperature=1.0, top_p=0.9, seed=0)
@@ -168,12 +177,12 @@ print((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
 # %%
 ITERS = 2 if QUICK else 30
 common = ["-c", str(ROOT / "configs" / "pfppo_codegen.yaml"),
-          "--model.init_args.policy", POLICY, "--model.init_args.reward_model", REWARD_MODEL,
+          "--model.init_args.policy", POLICY, "--model.init_args.reward_model", RM_PATH,
           "--model.init_args.max_new_tokens", "64" if QUICK else "96", "--model.init_args.save_policy", "false",
           "--data.init_args.prompts_per_step", "4" if QUICK else "8", "--data.init_args.n_val", "8" if QUICK else "64",
           "--trainer.limit_train_batches", str(ITERS), "--trainer.limit_val_batches", "1",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-RUN_STRATEGIES = ["none", "br", "bw"]
+RUN_STRATEGIES = ["none", "br"] if QUICK else ["none", "br", "bw"]
 runs = {}
 for s in RUN_STRATEGIES:
     run_dir = OUT / f"ppo_{s}"
