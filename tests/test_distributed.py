@@ -8,6 +8,7 @@ subprocess's PYTHONPATH for the verifier and the DumpState / KillAtStep callback
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,8 +69,8 @@ def grpo_config(tiny: Path, path: Path, *, sampler="vade", steps=3, callbacks=()
     """configs/grpo_codegen.yaml shrunk: tiny policy, 12 prompts, 4 prompts x 4 completions, a checkpoint
     every step, and the given extra callbacks."""
     cfg = yaml.safe_load((ROOT / "configs" / "grpo_codegen.yaml").read_text())
-    cfg["model"]["init_args"].update(policy=str(tiny / "pol"), sampler=sampler, prompts_per_step=4, group_size=4,
-                                     max_new_tokens=8, lr=0.01, **model_kw)
+    cfg["model"]["init_args"].update({"policy": str(tiny / "pol"), "sampler": sampler, "prompts_per_step": 4,
+                                      "group_size": 4, "max_new_tokens": 8, "lr": 0.01, **model_kw})
     cfg["data"]["init_args"].update(task="jsonl", prompts_file=str(tiny / "prompts.jsonl"),
                                     verifier="_dist_helpers:digit_share", n_train=12, n_val=4, steps_per_epoch=10)
     cfg["trainer"].update(max_steps=steps, limit_val_batches=0, callbacks=[
@@ -104,8 +105,6 @@ def test_grpo_vade_ddp_tracker_agrees_selection_split_and_step_equals_single_pro
                       callbacks=[{"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
     res = pfkit_fit(cfg, tmp_path / "run", devices=2)
     assert res.returncode == 0, res.stderr[-3000:]
-    from pfkit.data.samplers import GroupBatch
-    from pfkit.modules.grpo import GRPOModule
     from pfkit.runs import RunDir
 
     G = 4
@@ -140,18 +139,105 @@ def test_grpo_vade_ddp_tracker_agrees_selection_split_and_step_equals_single_pro
         for n, w in a["params"].items():  # ... so the replicas stay identical
             assert torch.equal(w, b["params"][n]), (step, n)
 
-    # replay step 1 in one process on the union of both ranks' rollouts, from the initial weights: the
-    # gradient (no clipping, so a wrong loss normaliser would show) equals the DDP-averaged one
-    a, b = dumps(out, 0, 1), dumps(out, 1, 1)
+    assert_replay_matches(tiny, out, step=1)
+
+
+def assert_replay_matches(tiny: Path, out: Path, step: int, k: int = 4):
+    """Replay a DDP step in one process on the union of both ranks' rollouts, from the weights before it:
+    the gradient (no clipping, so a wrong loss normaliser would show) equals the DDP-averaged one."""
+    from pfkit.data.samplers import GroupBatch, make_sampler
+    from pfkit.modules.grpo import GRPOModule
+
+    a, b = dumps(out, 0, step), dumps(out, 1, step)
     payload = [pa if pa is not None else pb for pa, pb in zip(a["batch"]["payload"], b["batch"]["payload"])]
     batch = GroupBatch(**{**a["batch"], "payload": payload})
-    m = GRPOModule(policy=str(tiny / "pol"), sampler="vade", prompts_per_step=4, group_size=4, max_new_tokens=8,
+    m = GRPOModule(policy=str(tiny / "pol"), sampler="vade", prompts_per_step=k, group_size=4, max_new_tokens=8,
                    lr=0.01, max_grad_norm=None)
-    from pfkit.data.samplers import make_sampler
-
+    if step > 1:
+        m.model.load_state_dict(dumps(out, 0, step - 1)["params"], strict=False)
     m.sampler = make_sampler("vade", 12, 4)
     m.init_optimizer()
     stats = m._update(batch)
     assert stats["effective_samples"] > 0
     for n, p in m.model.named_parameters():
         assert torch.allclose(p.grad, a["grads"][n], rtol=1e-4, atol=1e-7), n
+
+
+@pytest.mark.slow
+def test_grpo_ddp_rank_without_prompts_stays_in_step(tiny, tmp_path):
+    """prompts_per_step=1 on 2 ranks: rank 1 rolls out nothing every step (empty share, zero-gradient
+    backward, no loss statistics). The run must not deadlock, the replicas stay identical, and the applied
+    gradient is still the single-process one (rank 0's loss carries the whole batch's normaliser x 2)."""
+    out = tmp_path / "dump"
+    cfg = grpo_config(tiny, tmp_path / "c.yaml", steps=2, max_grad_norm=None, prompts_per_step=1,
+                      callbacks=[{"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
+    res = pfkit_fit(cfg, tmp_path / "run", devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for step in (1, 2):
+        a, b = dumps(out, 0, step), dumps(out, 1, step)
+        assert b["batch"]["payload"] == [None] and a["batch"]["payload"][0] is not None
+        assert torch.equal(a["sampler"]["tracker"]["alpha"], b["sampler"]["tracker"]["alpha"])
+        for n, w in a["params"].items():
+            assert torch.equal(w, b["params"][n]), (step, n)
+    if dumps(out, 0, 1)["grads"]:  # step 1 had a non-zero-variance group
+        assert_replay_matches(tiny, out, step=1, k=1)
+
+@pytest.fixture(scope="module")
+def tiny_code(tmp_path_factory):
+    """Tiny random policy + reward model (scalar head on the policy) saved to tmp, for the code task."""
+    from pfkit import models
+    from pfkit.modules.reward import ScalarHeadModel
+    from pfkit.tasks import codegen
+
+    out = tmp_path_factory.mktemp("dist_code")
+    probs = codegen.generate(40, seed=5)
+    tok = models.train_tokenizer([p.prompt + p.reference for p in probs], vocab_size=300)
+    torch.manual_seed(0)
+    policy = models.build_policy(tok, n_layer=1, n_embd=32, n_head=2, n_positions=512)
+    policy.save_pretrained(out / "pol")
+    tok.save_pretrained(out / "pol")
+    ScalarHeadModel.from_policy(policy).save(out / "rm", tok)
+    return out
+
+
+@pytest.mark.slow
+def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_path):
+    """2-process DDP PF-PPO (BR), 2 iterations: each rank rolls out different prompts (4 per step in all),
+    both ranks' samples are in rollouts.parquet, R² / pass rate / kept fraction in metrics.csv are those of
+    the gathered samples (recomputed here from the parquet), and the replicas stay identical."""
+    import pandas as pd
+
+    from pfkit.rl.filtration import r_squared
+    from pfkit.runs import RunDir
+
+    out, run = tmp_path / "dump", tmp_path / "run"
+    cfg = yaml.safe_load((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
+    cfg["model"]["init_args"].update(policy=str(tiny_code / "pol"), reward_model=str(tiny_code / "rm"),
+                                     strategy="br", n_samples=3, max_new_tokens=12, ppo_epochs=1, minibatch_size=4,
+                                     actor_lr=1e-3, critic_lr=1e-3, save_policy=False)
+    cfg["data"]["init_args"].update(prompts_per_step=4, n_train=8, n_val=4, offset=0)
+    cfg["trainer"].update(limit_train_batches=2, limit_val_batches=0, callbacks=[
+        {"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = pfkit_fit(tmp_path / "c.yaml", run, devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    ro = RunDir(run).read("rollouts")
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert sorted(set(ro["step"])) == [0, 1]
+    for step in (0, 1):
+        rs = ro[ro["step"] == step]
+        assert len(rs) == 4 * 3 and rs["prompt_id"].nunique() == 4  # 2 prompts per rank, all different
+        assert (rs.groupby("prompt_id")["kept"].sum() == 2).all()  # BR keeps 2 of N per prompt
+        row = metrics[metrics["train/rl_step"] == step].iloc[0]
+        reward, score = torch.tensor(rs["reward"].values), torch.tensor(rs["score"].values)
+        assert row["train/pass_rate"] == pytest.approx(float(score.mean()), abs=1e-6)
+        assert row["train/reward"] == pytest.approx(float(reward.mean()), abs=1e-5)
+        assert row["train/kept_fraction"] == pytest.approx(2 / 3, abs=1e-6)
+        r2 = r_squared(reward.float(), score.float())
+        assert (math.isnan(r2) and math.isnan(row["train/r2_all"])) or row["train/r2_all"] == pytest.approx(r2,
+                                                                                                          abs=1e-4)
+    for step in (1, 2):
+        a, b = dumps(out, 0, step), dumps(out, 1, step)
+        for n, w in a["params"].items():
+            assert torch.equal(w, b["params"][n]), (step, n)

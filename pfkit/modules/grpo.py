@@ -45,6 +45,9 @@ from pfkit.rl.advantages import group_relative
 from pfkit.rl.losses import aggregate, kl, policy_loss
 from pfkit.rollout import generate, sequence_logprobs
 
+_EMPTY = {"prompt_ids": torch.zeros(1, dtype=torch.long), "response_ids": torch.zeros(0, dtype=torch.long),
+          "logprobs": torch.zeros(0)}  # placeholder row for a rank without samples (never trained on)
+
 
 def collate_samples(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts + right-padded responses -> ``sequences``, ``attention_mask``, ``response_mask``."""
@@ -286,7 +289,8 @@ class GRPOModule(LightningModule):
         # normaliser of the whole step batch (all ranks); / world because DDP averages the ranks' gradients
         full_norm = (max(n_tokens, 1.0) if h.agg == "token-mean" else float(len(samples))) / world
         stats["response_len"] = n_tokens / len(samples)
-        data = collate_samples([samples[i] for i in rows.tolist()], self.tokenizer.pad_token_id)
+        # a DDP rank may have no samples of its own this step (it still joins every backward below)
+        data = collate_samples([samples[i] for i in rows.tolist()] or [_EMPTY], self.tokenizer.pad_token_id)
         dev = self.device
         seq, att, rmask = data["sequences"].to(dev), data["attention_mask"].to(dev), data["response_mask"].to(dev)
         A = adv[rows].to(dev)
@@ -303,7 +307,7 @@ class GRPOModule(LightningModule):
                                           seq[idx, -T:], rmask[idx], pad_id=pad_id, return_entropy=entropy)
 
         ref_logp = None
-        if h.kl_coef > 0:
+        if h.kl_coef > 0 and rows.numel():
             with torch.no_grad():
                 ref_logp = logprobs(self.ref_model, torch.arange(rows.numel(), device=dev))
         opt = self.optimizers() if self._trainer is not None else self._opt
@@ -370,9 +374,13 @@ class GRPOModule(LightningModule):
         self.step_times.append(stats["step_time"])
         self.step_cpu_times.append(stats["step_cpu_time"])
         self.history.append({"step": self.global_step, **stats})
-        # rank-local numbers (loss, entropy, clip_frac) are averaged over ranks; the rest are whole-batch already
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, prog_bar=False, batch_size=1,
-                      sync_dist=dist.is_distributed())
+        if dist.is_distributed():
+            # rank-local numbers (loss, entropy, clip_frac) are averaged over the ranks that have them (a rank
+            # with no effective samples has none); the rest are whole-batch already and equal on every rank
+            ranks = dist.all_gather_object(stats)
+            stats = {k: sum(r[k] for r in ranks if k in r) / sum(k in r for r in ranks)
+                     for k in sorted(set().union(*ranks))}
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, prog_bar=False, batch_size=1)
         self._write_tables(self.global_step)
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
             self.trainer.should_stop = True
