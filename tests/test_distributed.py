@@ -241,3 +241,25 @@ def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_
         a, b = dumps(out, 0, step), dumps(out, 1, step)
         for n, w in a["params"].items():
             assert torch.equal(w, b["params"][n]), (step, n)
+
+
+@pytest.mark.slow
+def test_noisemask_pretrain_and_finetune_run_under_ddp(tmp_path):
+    """Noise-mask pretrain (policy + classifier, one backward) and the fine-tune from its checkpoint, both as
+    2-process DDP on the synthetic set: they finish, epoch metrics are reduced over ranks, one rank writes the
+    mask panel, and the checkpoint holds the step count of the DDP run (each rank saw half the batches)."""
+    import pandas as pd
+
+    tiny = ["--model.init_args.widths", "[4, 8, 8, 8]", "--data.init_args.batch_size", "16",
+            "--data.init_args.train_subset", "64", "--data.init_args.eval_subset", "32", "--trainer.max_epochs", "1"]
+    pre = tmp_path / "pre"
+    res = pfkit_fit(ROOT / "configs" / "noisemask_pretrain.yaml", pre, *tiny, devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (pre / "masks").is_dir() and len(list((pre / "masks").glob("*.npz"))) == 1
+    m = pd.read_csv(pre / "metrics.csv")
+    assert m["val/masked_acc"].notna().any()
+    ft = tmp_path / "ft"
+    res = pfkit_fit(ROOT / "configs" / "noisemask_finetune.yaml", ft, *tiny,
+                    "--model.init_args.checkpoint", str(pre / "checkpoints" / "last.ckpt"), devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert pd.read_csv(ft / "metrics.csv")["val/acc"].notna().any()

@@ -53,8 +53,9 @@ class _ClassifierModule(LightningModule):
         x, y = batch
         logits = self.classifier(x)
         loss = F.cross_entropy(logits, y)
-        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=False)
-        self.log(f"{prefix}/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=False, sync_dist=True)
+        self.log(f"{prefix}/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True,
+                 sync_dist=True)
         return loss
 
     def test_step(self, batch, batch_idx):
@@ -93,8 +94,9 @@ class PlainClassifier(_ClassifierModule):
         x, y = batch
         logits = self.classifier(x)
         loss = F.cross_entropy(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -210,14 +212,18 @@ class NoiseMaskPretrain(_ClassifierModule):
         opt_c.step()
         opt_p.step()
         n = len(y)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/ce", ce.detach().mean(), on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/mask_mean", mask.mean(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/alpha_mean", log_a.detach().exp().mean(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/beta_mean", log_b.detach().exp().mean(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/ce", ce.detach().mean(), on_step=True, on_epoch=True, batch_size=n, prog_bar=True,
+                 sync_dist=True)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
+                 batch_size=n, sync_dist=True)
+        self.log("train/mask_mean", mask.mean(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/alpha_mean", log_a.detach().exp().mean(), on_step=False, on_epoch=True, batch_size=n,
+                 sync_dist=True)
+        self.log("train/beta_mean", log_b.detach().exp().mean(), on_step=False, on_epoch=True, batch_size=n,
+                 sync_dist=True)
         for k, v in stats.items():
-            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
@@ -257,7 +263,8 @@ class NoiseMaskPretrain(_ClassifierModule):
         self._eval_step(batch, "val")
         mask = self._unconditional_mask(x, seed=h.panel_seed + batch_idx)
         masked, _ = apply_mask(x, mask, sigma=h.sigma, kernel_size=h.kernel_size)
-        self.log("val/masked_acc", (self.classifier(masked).argmax(1) == y).float().mean(), on_epoch=True)
+        self.log("val/masked_acc", (self.classifier(masked).argmax(1) == y).float().mean(), on_epoch=True,
+                 sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self._panel is None or self.trainer.sanity_checking or self._trainer is None:
@@ -275,7 +282,10 @@ class NoiseMaskPretrain(_ClassifierModule):
             a = (t.detach().float().cpu() * std + mean).clamp(0, 1).numpy()
             return a[:, 0] if a.shape[1] == 1 else np.moveaxis(a, 1, -1)
 
-        run_dir_of(self.trainer).save_masks(
+        run = run_dir_of(self.trainer)  # collective under DDP (log_dir is broadcast): every rank calls it
+        if not self.trainer.is_global_zero:  # same panel, same weights on every rank: one writer
+            return
+        run.save_masks(
             int(self.current_epoch), image=img(x), alpha=log_a.exp().detach().cpu().numpy(),
             beta=log_b.exp().detach().cpu().numpy(), mask=mask.cpu().numpy(),
             pixel_mask=pix[:, 0].detach().cpu().numpy(), masked=img(masked), label=y.cpu().numpy(),
