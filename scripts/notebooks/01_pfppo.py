@@ -233,24 +233,21 @@ if LAUNCH_INSPECTOR:
 #
 # ```bash
 # # 1. a reward model from your policy: sample, label by unit tests, Bradley-Terry
-# pfkit fit -c configs/reward_codegen.yaml --model.init_args.policy /models/coder \
-#     --data.init_args.policy /models/coder \
-#     --trainer.accelerator gpu --trainer.devices 8 --trainer.strategy ddp --trainer.precision bf16-mixed \
-#     --run_dir runs/rm_coder
+# pfkit fit -c configs/gpu/reward_ddp.yaml --model.init_args.policy /models/coder \
+#     --data.init_args.policy /models/coder --run_dir runs/gpu_rm
 # # 2. R² per strategy on the SFT policy's samples, to choose the filter: a short PPO-M run logs them
-# pfkit fit -c configs/pfppo_codegen.yaml ... --model.init_args.strategy none --trainer.limit_train_batches 4 \
-#     --run_dir runs/samples_coder
-# pfkit analyze-filtration runs/samples_coder       # or any parquet with prompt_id, reward, score
-# # 3. PF-PPO with the chosen strategy
-# pfkit fit -c configs/pfppo_codegen.yaml --model.init_args.policy /models/coder \
-#     --model.init_args.reward_model runs/rm_coder/reward_model --model.init_args.strategy bw \
-#     --trainer.accelerator gpu --trainer.devices 8 --trainer.strategy ddp \
-#     --trainer.precision bf16-mixed --run_dir runs/pfppo_coder
-# # 4. evaluate the trained policy (runs/pfppo_coder/policy) on HumanEval / MBPP: see notebook 4
+# pfkit fit -c configs/gpu/pfppo_ddp.yaml --model.init_args.policy /models/coder \
+#     --model.init_args.reward_model runs/gpu_rm/reward_model --model.init_args.strategy none \
+#     --trainer.limit_train_batches 4 --run_dir runs/gpu_samples
+# pfkit analyze-filtration runs/gpu_samples        # or any parquet with prompt_id, reward, score
+# # 3. PF-PPO with the chosen strategy (fsdp for a policy too large for one GPU: configs/gpu/pfppo_fsdp.yaml)
+# pfkit fit -c configs/gpu/pfppo_ddp.yaml --model.init_args.policy /models/coder \
+#     --model.init_args.reward_model runs/gpu_rm/reward_model --model.init_args.strategy bw
+# # 4. evaluate the trained policy (RUN_DIR/policy) on HumanEval / MBPP: see notebook 4
 # ```
 #
-# `--trainer.strategy fsdp` shards a policy too large for one GPU. Configs for these live in `configs/` and
-# `configs/gpu/`; notebook 4 covers configs, multi-GPU flags and HumanEval/MBPP evaluation.
+# The GPU configs set `accelerator: gpu`, `devices`, `strategy`, `precision: bf16-mixed` and gradient
+# checkpointing; notebook 4 covers configs, multi-GPU flags and HumanEval/MBPP evaluation.
 #
 # ## Summary figures
 #

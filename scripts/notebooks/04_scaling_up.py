@@ -130,11 +130,11 @@ run.metrics().filter(regex="epoch|step|acc|loss").tail()
 # Multi-process training must be launched from a terminal (or a job script), not from a notebook kernel:
 # Lightning starts one process per device by re-running the command. Which modules run multi-process:
 #
-# | module | `ddp` / `fsdp` | why |
+# | module | several GPUs | how the work is split |
 # | --- | --- | --- |
-# | `SFTModule`, `RewardModule`, noise-mask modules | yes | plain per-batch losses; Lightning shards the data |
-# | `PFPPOModule` | yes | each rank samples, scores and filters its own prompts (filtration is per prompt); rank 0 logs its rollouts |
-# | `GRPOModule` | single process (refuses `world_size > 1`) | the prompt sampler's posteriors are not synchronised across ranks |
+# | `SFTModule`, `RewardModule`, noise-mask modules | `ddp`, `fsdp` | plain per-batch losses; Lightning shards the data |
+# | `PFPPOModule` | `configs/gpu/pfppo_{ddp,fsdp}.yaml` | `prompts_per_step` is the global batch, split over ranks; advantages whitened over all ranks' kept samples |
+# | `GRPOModule` | `configs/gpu/grpo_vade_{ddp,fsdp}.yaml` | every rank makes the same VADE selection and rolls out its share of the groups |
 #
 # The check below runs the `ddp` code path for real on two CPU processes (`gloo` backend) when
 # `QUICK = False`; in quick mode it only prints the command (starting two extra Python processes costs
@@ -161,8 +161,10 @@ if not QUICK:
 # %%
 gpu_configs = sorted((ROOT / "configs" / "gpu").glob("*.yaml"))
 if gpu_configs:
-    for c in gpu_configs:
-        print(f"--- {c.relative_to(ROOT)}\n{c.read_text()}")
+    for c in gpu_configs:  # each config's header says how to run it and how it splits the work
+        head = [ln for ln in c.read_text().splitlines() if ln.startswith("#")]
+        print(f"--- {c.relative_to(ROOT)}\n" + "\n".join(head[:6]))
+    print(f"\n--- {gpu_configs[0].relative_to(ROOT)} in full:\n{gpu_configs[0].read_text()}")
 else:
     print("configs/gpu/ has no configs yet: use any config above with the --trainer.* overrides shown.")
 
