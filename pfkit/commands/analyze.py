@@ -148,7 +148,7 @@ def plot(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
         region = np.where(p >= 1, "kept", np.where(p > 0, "random", "dropped"))
         sns.scatterplot(x=df["reward"].to_numpy(), y=df["score"].to_numpy() + jitter, hue=region,
                         hue_order=[k for k in palette if k in set(region)], palette=palette, s=12,
-                        linewidth=0, alpha=0.7, ax=ax, legend=ax is axes[0][0])
+                        linewidth=0, alpha=0.7, ax=ax, legend=True)
         kept = p > 0
         if kept.sum() >= 2:
             q = pd.qcut(df["reward"][kept], q=min(8, int(kept.sum())), duplicates="drop")
