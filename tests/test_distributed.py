@@ -214,7 +214,7 @@ def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_
     cfg = yaml.safe_load((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
     cfg["model"]["init_args"].update(policy=str(tiny_code / "pol"), reward_model=str(tiny_code / "rm"),
                                      strategy="br", n_samples=3, max_new_tokens=12, ppo_epochs=1, minibatch_size=4,
-                                     actor_lr=1e-3, critic_lr=1e-3, save_policy=False)
+                                     actor_lr=1e-3, critic_lr=1e-3, save_policy=True)
     cfg["data"]["init_args"].update(prompts_per_step=4, n_train=8, n_val=4, offset=0)
     cfg["trainer"].update(limit_train_batches=2, limit_val_batches=0, callbacks=[
         {"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
@@ -222,6 +222,7 @@ def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_
     res = pfkit_fit(tmp_path / "c.yaml", run, devices=2)
     assert res.returncode == 0, res.stderr[-3000:]
 
+    assert (run / "policy" / "config.json").is_file()  # saved once, by rank 0, at fit end
     ro = RunDir(run).read("rollouts")
     metrics = pd.read_csv(run / "metrics.csv")
     assert sorted(set(ro["step"])) == [0, 1]
@@ -263,3 +264,26 @@ def test_noisemask_pretrain_and_finetune_run_under_ddp(tmp_path):
                     "--model.init_args.checkpoint", str(pre / "checkpoints" / "last.ckpt"), devices=2)
     assert res.returncode == 0, res.stderr[-3000:]
     assert pd.read_csv(ft / "metrics.csv")["val/acc"].notna().any()
+
+
+@pytest.mark.slow
+def test_sft_ddp_gathers_pass_rates_and_saves_the_policy_once(tmp_path):
+    """SFT from scratch as 2-process DDP finishes (no hang in the collective run-folder lookup at fit end),
+    writes RUN_DIR/policy, and logs a val success-rate split that sums to 1 (rates gathered from both ranks;
+    this check alone cannot tell 4 from 8 problems)."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    res = pfkit_fit(ROOT / "configs" / "sft_codegen.yaml", run, "--model.init_args.n_layer", "1",
+                    "--model.init_args.n_embd", "32", "--model.init_args.n_head", "2",
+                    "--model.init_args.vocab_size", "300", "--model.init_args.eval_samples", "2",
+                    "--model.init_args.eval_max_new_tokens", "8", "--data.init_args.n_train", "64",
+                    "--data.init_args.n_val", "8", "--data.init_args.batch_size", "4", "--trainer.max_steps", "4",
+                    "--trainer.val_check_interval", "4", devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (run / "policy" / "config.json").is_file()
+    m = pd.read_csv(run / "metrics.csv")
+    frac = [c for c in m.columns if c.startswith("val/frac_")]
+    assert frac, list(m.columns)
+    row = m[frac].dropna().iloc[-1]
+    assert row.sum() == pytest.approx(1.0) and all(abs(v * 8 - round(v * 8)) < 1e-6 for v in row)

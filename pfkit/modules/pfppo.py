@@ -301,7 +301,9 @@ class PFPPOModule(LightningModule):
         self.log("val/pass@1", acc, batch_size=len(batch), prog_bar=True, sync_dist=dist.is_distributed())
 
     def on_fit_end(self):
-        if self.hparams.save_policy and self.trainer.is_global_zero:
-            out = run_dir_of(self.trainer).path / "policy"
+        if self.hparams.save_policy:
+            out = run_dir_of(self.trainer).path / "policy"  # collective under DDP: every rank calls it
+            if not self.trainer.is_global_zero:
+                return
             self.policy.save_pretrained(out)
             self.tokenizer.save_pretrained(out)

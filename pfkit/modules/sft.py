@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch import LightningModule
 
+from pfkit import distributed as dist
 from pfkit import models
 from pfkit.runs import run_dir_of
 from pfkit.tasks import CodeProblem
@@ -145,7 +146,8 @@ class SFTModule(LightningModule):
             self._rates[split].extend(rates)
 
     def _eval_epoch_end(self, split: str):
-        rates = self._rates.pop(split, [])
+        # DDP: each rank sampled its shard of the problems; the summary is over all of them
+        rates = [r for part in dist.all_gather_object(self._rates.pop(split, [])) for r in part]
         if rates:
             for k, v in rate_summary(rates).items():
                 self.log(f"{split}/{k}", v, prog_bar=k == "pass@1")
@@ -169,5 +171,7 @@ class SFTModule(LightningModule):
         self.tokenizer.save_pretrained(path)
 
     def on_fit_end(self):
-        if self.hparams.save_policy and self.trainer.is_global_zero:
-            self.save_policy_to(run_dir_of(self.trainer).path / "policy")
+        if self.hparams.save_policy:
+            run = run_dir_of(self.trainer)  # collective under DDP (log_dir is broadcast): every rank calls it
+            if self.trainer.is_global_zero:
+                self.save_policy_to(run.path / "policy")
