@@ -287,3 +287,25 @@ def test_sft_ddp_gathers_pass_rates_and_saves_the_policy_once(tmp_path):
     assert frac, list(m.columns)
     row = m[frac].dropna().iloc[-1]
     assert row.sum() == pytest.approx(1.0) and all(abs(v * 8 - round(v * 8)) < 1e-6 for v in row)
+
+
+@pytest.mark.slow
+def test_grpo_dapo_filter_refill_rounds_stay_in_sync_under_ddp(tiny, tmp_path):
+    """DAPO dynamic sampling under 2-rank DDP: refill rounds (oversample 1.5) are proposed identically on both
+    ranks and split round-robin again; every generated group feeds both ranks' trackers; replicas agree."""
+    out = tmp_path / "dump"
+    cfg = grpo_config(tiny, tmp_path / "c.yaml", sampler="dapo_filter", steps=2, max_grad_norm=None,
+                      sampler_options={"oversample": 1.5, "max_rounds": 3},
+                      callbacks=[{"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
+    res = pfkit_fit(cfg, tmp_path / "run", devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for step in (1, 2):
+        a, b = dumps(out, 0, step), dumps(out, 1, step)
+        ta, tb = a["sampler"]["tracker"], b["sampler"]["tracker"]
+        assert torch.equal(ta["alpha"], tb["alpha"]) and torch.equal(ta["visits"], tb["visits"])
+        assert a["batch"]["generated_ids"] == b["batch"]["generated_ids"]
+        assert a["sampler"]["rollouts_spent"] == b["sampler"]["rollouts_spent"]
+        assert int(ta["visits"].sum()) == sum(len(dumps(out, 0, s)["batch"]["generated_ids"]) for s in range(1, step + 1))
+        assert all((pa is None) != (pb is None) for pa, pb in zip(a["batch"]["payload"], b["batch"]["payload"]))
+        for n, w in a["params"].items():
+            assert torch.equal(w, b["params"][n]), (step, n)
