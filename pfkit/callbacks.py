@@ -25,8 +25,10 @@ class GradientCheckpointing(Callback):
         except ImportError:  # pragma: no cover - transformers is a dependency
             return
         for name, module in pl_module.named_modules():
-            if (isinstance(module, PreTrainedModel) and getattr(module, "supports_gradient_checkpointing", False)
+            if (isinstance(module, PreTrainedModel)
+                    and getattr(module, "supports_gradient_checkpointing", False)
                     and any(p.requires_grad for p in module.parameters())
                     and not getattr(module, "is_gradient_checkpointing", False)):
-                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": self.use_reentrant})
+                kwargs = {"use_reentrant": self.use_reentrant}
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
                 self.enabled.append(name or "<root>")

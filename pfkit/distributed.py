@@ -68,7 +68,8 @@ def all_reduce(value: float | int | torch.Tensor, op: str = "sum") -> Any:
     is_tensor = isinstance(value, torch.Tensor)
     t = value.detach().clone() if is_tensor else torch.tensor(float(value), dtype=torch.float64)
     # gloo needs CPU tensors, NCCL CUDA ones: reduce where the backend wants it
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    nccl = dist.get_backend() == "nccl"
+    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     moved = t.to(dev)
     dist.all_reduce(moved, op=ops[op])
     if op == "mean":
