@@ -82,3 +82,19 @@ def test_load_policy_missing_tokenizer(tmp_path, tokenizer):
     model.save_pretrained(tmp_path / "notok")
     with pytest.raises(models.PolicyPathError, match="tokenizer"):
         models.load_policy(tmp_path / "notok")
+
+
+def test_shipped_default_policy():
+    """data/policy: a real checkpoint (safetensors + tokenizer + config) within the documented budget."""
+    import json
+
+    folder = models.EMBEDDED
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    assert size <= 20e6 and list(folder.glob("*.safetensors"))
+    model, tok = models.load_policy("embedded")
+    assert model.config.model_type == "gpt2" and 900_000 <= models.num_parameters(model) <= 5_000_000
+    p = codegen.splits(0, n_train=0, n_val=0, n_test=3)["test"][2]
+    assert tok.decode(tok(p.prompt + p.reference)["input_ids"]) == p.prompt + p.reference
+    figures = json.loads((folder / "eval.json").read_text())  # written by scripts/make_default_policy.py
+    assert figures["split"] == "test" and figures["problems"] >= 96 and figures["samples"] == 8
+    assert 0.15 <= figures["pass@1"] <= 0.6 and figures["frac_mixed"] >= 0.25
