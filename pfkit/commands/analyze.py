@@ -174,17 +174,22 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def parse_strategies(text: str) -> list[str]:
+    """A comma-separated --strategies value, each name checked (UserError naming the bad one)."""
     from pfkit.cli import UserError
-
-    strategies = [s.strip().lower() for s in args.strategies.split(",") if s.strip()]
     from pfkit.rl.filtration import resolve
 
+    strategies = [s.strip().lower() for s in text.split(",") if s.strip()]
     for s in strategies:
         try:
             resolve(s)
         except ValueError as e:
             raise UserError(f"--strategies: {e}") from None
+    return strategies
+
+
+def main(args) -> int:
+    strategies = parse_strategies(args.strategies)
     df, out_dir = load_samples(args.path)
     df = _pick_steps(df, args.steps).reset_index(drop=True)
     table = strategy_table(df, strategies, bins=args.bins)

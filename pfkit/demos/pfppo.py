@@ -286,14 +286,9 @@ def format_summary(summary: dict) -> str:
 
 def main(args) -> int:
     from pfkit.cli import UserError
-    from pfkit.rl.filtration import resolve
+    from pfkit.commands.analyze import parse_strategies
 
-    strategies = [s.strip().lower() for s in args.strategies.split(",") if s.strip()]
-    for s in strategies:
-        try:
-            resolve(s)
-        except ValueError as e:
-            raise UserError(f"--strategies: {e}") from None
+    strategies = parse_strategies(args.strategies)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
