@@ -45,6 +45,10 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "sft_codegen.yaml"))
     ap.add_argument("--out", default=str(ROOT / "data" / "policy"))
     ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of the config")
+    ap.add_argument("--stages", default="200:0.003:20,110:0.002:5,150:0.002:5",
+                    help="STEPS:LR:WARMUP,... each stage continues from the previous one's weights with a fresh "
+                         "optimizer; the default is how the shipped data/policy was trained (460 steps in all). "
+                         "--max-steps N means one stage of N steps with the config's lr and warm-up")
     ap.add_argument("--samples", type=int, default=8, help="samples per held-out problem")
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of the split")
@@ -68,9 +72,11 @@ def main() -> int:
         model, tokenizer = models.load_policy(out)
         train_seconds = None
     else:
-        L.seed_everything(seed)
-        module = SFTModule(**{**cfg["model"]["init_args"], "eval_samples": 0, "save_policy": False})
-        tcfg = cfg.get("trainer", {})
+        mcfg = {**cfg["model"]["init_args"], "eval_samples": 0, "save_policy": False}
+        if args.max_steps:
+            stages = [(args.max_steps, mcfg["lr"], mcfg["warmup_steps"])]
+        else:
+            stages = [(int(a), float(b), int(c)) for a, b, c in (x.split(":") for x in args.stages.split(","))]
         t = time.time()
 
         class Progress(L.Callback):
@@ -79,10 +85,19 @@ def main() -> int:
                     print(f"step {trainer.global_step:4d}  loss {outputs['loss'].item():.3f}  "
                           f"{time.time() - t:.0f} s", flush=True)
 
-        trainer = L.Trainer(max_steps=args.max_steps or tcfg.get("max_steps", 300), logger=False,
-                            enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[Progress()])
-        trainer.fit(module, dm)
+        import tempfile
+
+        policy = mcfg["policy"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (steps, lr, warmup) in enumerate(stages):
+                print(f"stage {i + 1}/{len(stages)}: {steps} steps, lr {lr}, warm-up {warmup}, from {policy}")
+                L.seed_everything(seed)  # as `pfkit fit -c configs/sft_codegen.yaml` does for every stage
+                module = SFTModule(**{**mcfg, "policy": policy, "lr": lr, "warmup_steps": warmup})
+                trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                                    enable_progress_bar=False, enable_model_summary=False, callbacks=[Progress()])
+                trainer.fit(module, dm)
+                policy = str(Path(tmp) / f"stage{i}")
+                module.save_policy_to(policy)
         train_seconds = round(time.time() - t, 1)
         model, tokenizer = module.model.eval(), module.tokenizer
         out.mkdir(parents=True, exist_ok=True)
