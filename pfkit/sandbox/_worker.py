@@ -209,8 +209,11 @@ def _proc_stat(pid: str) -> tuple[int, int] | None:
 def _remove_ipc(uid: int) -> None:
     """Namespace mode: remove System V IPC objects (shm, queues, semaphores) the job's uid created.
 
-    They would outlive the job inside the worker's IPC namespace (never on the host's).
+    They would outlive the job inside the worker's IPC namespace (never on the host's). First a cheap check
+    (three syscalls, ~2 us) whether the namespace holds any object at all; only then the /proc scan (~150 us).
     """
+    if not _ipc_in_use():
+        return
     ipc_rmid = 0
     for kind, call in (("shm", _libc.shmctl), ("msg", _libc.msgctl), ("sem", _libc.semctl)):
         try:
@@ -224,6 +227,20 @@ def _remove_ipc(uid: int) -> None:
             if len(fields) == len(cols) and int(fields[cols.index("cuid")]) == uid:
                 ident = int(fields[1])
                 call(ident, 0, ipc_rmid, None) if kind == "sem" else call(ident, ipc_rmid, None)
+
+
+_IPC_INFO_BUF = (ctypes.c_int * 64)()  # big enough for struct shm_info / msginfo / seminfo
+
+
+def _ipc_in_use() -> bool:
+    """Whether this IPC namespace holds any shm segment, message queue or semaphore set (or we cannot tell)."""
+    buf = _IPC_INFO_BUF
+    shm_info, msg_info, sem_info = 14, 12, 19
+    if _libc.shmctl(0, shm_info, buf) < 0 or buf[0]:  # shm_info.used_ids
+        return True
+    if _libc.msgctl(0, msg_info, buf) < 0 or buf[0]:  # msginfo.msgpool: queues in use
+        return True
+    return _libc.semctl(0, 0, sem_info, buf) < 0 or bool(buf[7])  # seminfo.semusz: sets in use
 
 
 def _sweep(uid: int | None, keep: set[int]) -> None:
