@@ -15,13 +15,7 @@ from pfkit.modules.reward import ScalarHeadModel
 from pfkit.runs import RunDir
 from pfkit.tasks import codegen
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from pfkit.data.preference import PreferenceDataModule, encode, make_pairs, spli
 from pfkit.modules.reward import RewardModule, ScalarHeadModel, bradley_terry_loss
 from pfkit.tasks import codegen
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are much faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
