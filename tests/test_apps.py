@@ -313,3 +313,19 @@ def test_reload_reads_a_run_that_is_still_going(tmp_path, capsys):
     msg = C.reload(data)
     assert "reload failed" in msg and data.steps == [0, 1, 2]
     assert "pfkit inspect: warning: reload failed" in capsys.readouterr().err
+
+
+def test_preview_builds_and_serves_from_a_notebook(tmp_path, capsys):
+    """pfkit.inspect.preview: what the notebooks call; launch=True really serves the page on 127.0.0.1."""
+    import urllib.request
+
+    from pfkit.inspect import preview
+
+    run = filtration_run(tmp_path / "run")
+    app = preview("filtration", run.path, launch=True)
+    try:
+        assert f"pfkit inspect filtration {run.path}" in capsys.readouterr().out
+        with urllib.request.urlopen(app.local_url, timeout=30) as page:
+            assert page.status == 200 and b"gradio" in page.read().lower()
+    finally:
+        app.close()

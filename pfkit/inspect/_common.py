@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from pfkit.runs import RunDir, RunFolderError
 
@@ -64,6 +65,16 @@ def require_columns(frame, columns: list[str], table: str, run: RunDir) -> None:
             f"{run.table_path(table)} lacks column(s) {', '.join(missing)} "
             f"(has {', '.join(map(str, frame.columns))}). It was not written to the DESIGN.md contract."
         )
+
+
+def load_table(run_dir, name: str, columns: list[str]) -> tuple[RunDir, pd.DataFrame]:
+    """(run, table ``name``) with the ``columns`` the view needs; NoData if it has none or no rows yet."""
+    run = open_run(run_dir, name)
+    df = run.read(name)
+    require_columns(df, columns, name, run)
+    if df.empty:
+        raise NoData(f"{run.table_path(name)} has no rows yet; reload once the run has logged a step.")
+    return run, df
 
 
 def error_app(title: str, message: str):

@@ -45,11 +45,7 @@ class Difficulty:
     """The difficulty table (and rollouts if logged) of one run."""
 
     def __init__(self, run_dir):
-        self.run = C.open_run(run_dir, "difficulty")
-        df = self.run.read("difficulty")
-        C.require_columns(df, COLUMNS, "difficulty", self.run)
-        if df.empty:
-            raise C.NoData(f"{self.run.table_path('difficulty')} has no rows yet; reload once a step is logged.")
+        self.run, df = C.load_table(run_dir, "difficulty", COLUMNS)
         df = df.copy()
         df["pid"] = df["prompt_id"].astype(str)
         df["sampler"] = df["sampler"].astype(str)

@@ -36,11 +36,7 @@ class Rollouts:
     """The logged samples of one run, indexed for the views (all logic; the UI only formats)."""
 
     def __init__(self, run_dir):
-        self.run = C.open_run(run_dir, "rollouts")
-        df = self.run.read("rollouts")
-        C.require_columns(df, COLUMNS, "rollouts", self.run)
-        if df.empty:
-            raise C.NoData(f"{self.run.table_path('rollouts')} has no rows yet; reload once the run has logged a step.")
+        self.run, df = C.load_table(run_dir, "rollouts", COLUMNS)
         # A (step, prompt, sample) logged more than once (a reused folder, a step counter that did not
         # advance) would merge groups; each repeat becomes its own group "<prompt_id> #k" and is flagged.
         df["round"] = df.groupby(["step", "prompt_id", "sample_idx"], sort=False).cumcount()
