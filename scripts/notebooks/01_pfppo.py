@@ -211,18 +211,14 @@ viz.curves(metrics, "step", ["train/pass_rate", "train/r2_kept", "train/kept_fra
 # pfkit inspect filtration runs/notebooks/01_pfppo/ppo_br      # or: python apps/filtration.py RUN_DIR
 # ```
 #
-# `build_app(run_dir)` builds the `gradio.Blocks` app without serving it; `LAUNCH_INSPECTOR = True` serves it
+# `preview(name, run_dir)` builds the `gradio.Blocks` app without serving it; `LAUNCH_INSPECTOR = True` serves it
 # from this kernel (non-blocking) — stop it with `app.close()`.
 
 # %%
-from pfkit.inspect.filtration import build_app
+from pfkit.inspect import preview
 
-print(f"pfkit inspect filtration {runs['br'].path}")
-app = build_app(runs["br"].path)
-print(type(app).__name__, "built")
+app = preview("filtration", runs["br"].path, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
 if LAUNCH_INSPECTOR:
-    app.launch(prevent_thread_lock=True, server_name="127.0.0.1")
-    print("serving at", app.local_url)
     app.close()  # remove this line to keep it running while you explore
 
 # %% [markdown]

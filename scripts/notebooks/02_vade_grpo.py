@@ -253,18 +253,14 @@ last.sort_values("p_mean")[["prompt_id", "alpha", "beta", "p_mean", "selected", 
 # pfkit inspect difficulty runs/notebooks/02_vade_grpo/demo/vade      # or: python apps/difficulty.py RUN_DIR
 # ```
 #
-# `build_app(run_dir)` builds the same `gradio.Blocks` app without serving it; `LAUNCH_INSPECTOR = True`
+# `preview(name, run_dir)` builds the same `gradio.Blocks` app without serving it; `LAUNCH_INSPECTOR = True`
 # serves it from this kernel (non-blocking) — stop it with `app.close()`.
 
 # %%
-from pfkit.inspect.difficulty import build_app
+from pfkit.inspect import preview
 
-print(f"pfkit inspect difficulty {runs['vade'].path}")
-app = build_app(runs["vade"].path)
-print(type(app).__name__, "built")
+app = preview("difficulty", runs["vade"].path, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
 if LAUNCH_INSPECTOR:
-    app.launch(prevent_thread_lock=True, server_name="127.0.0.1")
-    print("serving at", app.local_url)
     app.close()  # remove this line to keep it running while you explore
 
 # %% [markdown]

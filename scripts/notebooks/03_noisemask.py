@@ -239,19 +239,15 @@ fewshot.pivot_table(index="init", columns="n", values="macro_f1", aggfunc="mean"
 # pfkit inspect noisemask runs/notebooks/03_noisemask/demo/synthetic/pretrain   # or: python apps/noisemask.py RUN_DIR
 # ```
 #
-# In Python, `build_app(run_dir)` returns the `gradio.Blocks` app without starting a server. Set
+# In Python, `preview(name, run_dir)` returns the `gradio.Blocks` app without starting a server. Set
 # `LAUNCH_INSPECTOR = True` to serve it from this kernel (non-blocking; the link is printed) and stop it with
 # `app.close()`.
 
 # %%
-from pfkit.inspect.noisemask import build_app
+from pfkit.inspect import preview
 
-print(f"pfkit inspect noisemask {pre.path}")
-app = build_app(pre.path)
-print(type(app).__name__, "built")
+app = preview("noisemask", pre.path, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
 if LAUNCH_INSPECTOR:
-    app.launch(prevent_thread_lock=True, server_name="127.0.0.1")
-    print("serving at", app.local_url)
     app.close()  # remove this line to keep it running while you explore
 
 # %% [markdown]
