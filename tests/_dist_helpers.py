@@ -49,3 +49,21 @@ class DumpState(Callback):
             "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         }
         torch.save(state, os.path.join(self.out, f"state-r{trainer.global_rank}-s{trainer.global_step}.pt"))
+
+
+class RecordSaves(Callback):
+    """Append ``rank`` to ``FILE`` each time the reward model's ``save`` runs, so a test can see that the
+    model folder was written by exactly one rank."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def setup(self, trainer, pl_module, stage):
+        save = pl_module.rm.save
+
+        def recorded(*args, **kwargs):
+            with open(self.file, "a") as f:
+                f.write(f"{trainer.global_rank}\n")
+            return save(*args, **kwargs)
+
+        pl_module.rm.save = recorded

@@ -309,3 +309,72 @@ def test_grpo_dapo_filter_refill_rounds_stay_in_sync_under_ddp(tiny, tmp_path):
         assert all((pa is None) != (pb is None) for pa, pb in zip(a["batch"]["payload"], b["batch"]["payload"]))
         for n, w in a["params"].items():
             assert torch.equal(w, b["params"][n]), (step, n)
+
+
+@pytest.mark.slow
+def test_reward_model_ddp_val_acc_is_over_all_ranks_pairs_and_saved_once(tiny_code, tmp_path):
+    """2-process DDP Bradley-Terry training on a fixed samples parquet with an odd number (9) of held-out
+    pairs, so Lightning's DistributedSampler pads rank 1 with a duplicate of pair 0. val/loss and val/acc
+    must equal the values on all 9 pairs computed in one process with the saved (final) weights, not one
+    rank's pairs and not the padded 10; the normalisation is the mean/std of the raw scores of all training
+    responses; the model folder is written once, by rank 0."""
+    import random
+
+    import pandas as pd
+
+    from pfkit import models
+    from pfkit.data.preference import PreferenceDataModule
+    from pfkit.modules.reward import ScalarHeadModel
+    from pfkit.tasks import codegen
+
+    rng, rows = random.Random(0), []
+    for p in codegen.generate(60, seed=11):
+        wrong = codegen.wrong_completion(p, rng)
+        if wrong is not None:
+            rows += [{"prompt_id": p.task_id, "prompt": p.prompt, "response": p.reference, "passed": 1},
+                     {"prompt_id": p.task_id, "prompt": p.prompt, "response": wrong, "passed": 0}]
+    samples = pd.DataFrame(rows)
+    n_prompts = samples["prompt_id"].nunique()
+    val_fraction = 9.2 / n_prompts  # round(n * f) = 9 held-out prompts, one pair each
+    samples.to_parquet(tmp_path / "samples.parquet")
+    cfg = {"seed_everything": 0,
+           "trainer": {"max_epochs": 1, "num_sanity_val_steps": 0, "enable_checkpointing": False,
+                       "log_every_n_steps": 1, "enable_progress_bar": False,
+                       "callbacks": [{"class_path": "_dist_helpers.RecordSaves",
+                                      "init_args": {"file": str(tmp_path / "saves.txt")}}]},
+           "model": {"class_path": "pfkit.modules.reward.RewardModule",
+                     "init_args": {"policy": str(tiny_code / "pol"), "lr": 3e-3, "warmup_steps": 1}},
+           "data": {"class_path": "pfkit.data.preference.PreferenceDataModule",
+                    "init_args": {"policy": str(tiny_code / "pol"), "samples": str(tmp_path / "samples.parquet"),
+                                  "max_pairs_per_prompt": 1, "val_fraction": val_fraction, "batch_size": 4}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    res = pfkit_fit(tmp_path / "c.yaml", run, devices=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    assert (tmp_path / "saves.txt").read_text().split() == ["0"]  # one save, by rank 0
+    rm = ScalarHeadModel.load(run / "reward_model")
+    _, tok = models.load_policy(str(tiny_code / "pol"))
+    dm = PreferenceDataModule(samples=samples, max_pairs_per_prompt=1, val_fraction=val_fraction)
+    dm.tokenizer = tok
+    dm.setup()
+    vp = dm.val_pairs
+    assert len(vp) == 9
+    c = rm.score_texts(tok, list(vp.prompt), list(vp.chosen), normalize=False).double()
+    r = rm.score_texts(tok, list(vp.prompt), list(vp.rejected), normalize=False).double()
+    loss, correct = -torch.nn.functional.logsigmoid(c - r), (c > r).double()
+    m = pd.read_csv(run / "metrics.csv")
+    val = m.dropna(subset=["val/acc"]).iloc[-1]
+    assert val["val/acc"] == pytest.approx(float(correct.mean()), abs=1e-6)
+    assert val["val/loss"] == pytest.approx(float(loss.mean()), abs=1e-4)
+    assert rm.meta["val/acc"] == pytest.approx(val["val/acc"])
+    print(f"\nRM DDP val/acc {val['val/acc']:.4f} val/loss {val['val/loss']:.5f}; one process on all 9 pairs "
+          f"{float(correct.mean()):.4f} / {float(loss.mean()):.5f}; rank 0's 5 pairs {float(correct[0::2].mean()):.4f}"
+          f" / {float(loss[0::2].mean()):.5f}; padded 10 {float(torch.cat([correct, correct[:1]]).mean()):.4f}")
+    # the alternatives a wrong reduction would give are distinguishable from the right value here
+    padded = float(torch.cat([loss, loss[:1]]).mean())
+    assert abs(padded - float(loss.mean())) > 1e-3 and abs(float(loss[0::2].mean()) - float(loss.mean())) > 1e-3
+    # calibration: mean/std of the raw scores of *all* training responses (each rank scored half)
+    raw = rm.score_texts(tok, list(dm.train_samples.prompt), list(dm.train_samples.response), normalize=False)
+    assert float(rm.reward_mean) == pytest.approx(raw.mean().item(), abs=1e-4)
+    assert float(rm.reward_std) == pytest.approx(raw.std().item(), abs=1e-4)

@@ -20,11 +20,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from pfkit import distributed as dist
 from pfkit.data.preference import encode
 from pfkit.runs import run_dir_of
 
@@ -148,6 +150,11 @@ class RewardModule(LightningModule):
     Logs train/loss, train/acc, val/loss and val/acc (pairwise accuracy on held-out prompts' pairs). At the
     end of fit, sets the reward normalisation from the training samples' scores and saves the model to
     ``RUN_DIR/reward_model`` (or ``save_to``).
+
+    DDP: every rank builds the same pairs (checked at setup: the datamodule samples/reads them on each
+    rank), Lightning's DistributedSampler gives each rank its share; val/loss and val/acc are sums over
+    *all* ranks' held-out pairs, each counted once (the sampler's padding duplicates are left out); the
+    calibration scores are split over the ranks and gathered; rank 0 writes the model.
     """
 
     def __init__(self, policy: str = "embedded", lr: float = 1e-4, weight_decay: float = 0.0,
@@ -176,6 +183,15 @@ class RewardModule(LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "tokenizer", None) is None:
             dm.tokenizer = self.tokenizer
+        pairs = [getattr(dm, k, None) for k in ("train_pairs", "val_pairs")] if dm is not None else []
+        if dist.is_distributed() and all(p is not None for p in pairs):
+            # each rank built its own pairs; sharding them with a DistributedSampler is only right (and only
+            # gives every rank the same number of steps) when they are identical everywhere
+            h = hashlib.sha1()
+            for frame in pairs:
+                h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+            dist.check_same(h.hexdigest(), "the preference pairs (sampling is not deterministic across ranks; "
+                                           "write the samples once and pass them as `samples: FILE.parquet`)")
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.rm.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
@@ -206,20 +222,38 @@ class RewardModule(LightningModule):
 
     def validation_step(self, batch, batch_idx):
         c, r = self._pair_scores(batch)
-        self._val.append(torch.stack([bradley_terry_loss(c, r) * len(c), (c > r).float().sum(),
-                                      torch.tensor(float(len(c)))]))
+        # per pair, in loader order: [BT loss, correct]
+        self._val.append(torch.stack([-F.logsigmoid(c - r), (c > r).float()], dim=1).detach().cpu())
+
+    def _val_counted(self, n: int) -> torch.Tensor:
+        """Which of this rank's ``n`` val pairs count: under DDP Lightning's (unshuffled) DistributedSampler
+        pads the set to a multiple of the world size by repeating its first pairs; rank r's k-th pair is
+        pair ``r + k * world`` of the set, a padding duplicate when that is past the end."""
+        from torch.utils.data import DistributedSampler
+
+        loader = self.trainer.val_dataloaders if self._trainer is not None else None
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler) or sampler.shuffle:
+            return torch.ones(n, dtype=torch.bool)
+        return sampler.rank + torch.arange(n) * sampler.num_replicas < len(sampler.dataset)
 
     def on_validation_epoch_end(self):
-        if self._val:
-            tot = torch.stack(self._val).sum(0)
-            self.log("val/loss", tot[0] / tot[2])
-            self.log("val/acc", tot[1] / tot[2], prog_bar=True)
+        per_pair = torch.cat(self._val) if self._val else torch.zeros(0, 2)
         self._val = []
+        counted = self._val_counted(len(per_pair)).float()
+        tot = dist.all_reduce(torch.cat([(per_pair * counted[:, None]).sum(0).double(), counted.sum()[None].double()]))
+        if tot[2] > 0:  # [loss sum, correct, pairs] over every rank's pairs, each pair once
+            self.log("val/loss", float(tot[0] / tot[2]))
+            self.log("val/acc", float(tot[1] / tot[2]), prog_bar=True)
 
     @torch.no_grad()
     def calibrate(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
-        """Fix the reward normalisation to the mean/std of the raw scores of these responses."""
-        raw = self.rm.score_texts(self.tokenizer, list(prompts), list(responses), normalize=False)
+        """Fix the reward normalisation to the mean/std of the raw scores of these responses (under DDP each
+        rank scores its share and the scores are gathered; every rank gets the same statistics)."""
+        mine = dist.shard(range(len(prompts)))
+        raw = self.rm.score_texts(self.tokenizer, [prompts[i] for i in mine], [responses[i] for i in mine],
+                                  normalize=False)
+        raw = dist.gather_cat(raw)
         self.rm.reward_mean.fill_(raw.mean().item())
         self.rm.reward_std.fill_(max(raw.std().item(), 1e-6) if raw.numel() > 1 else 1.0)
 
@@ -228,7 +262,8 @@ class RewardModule(LightningModule):
         if dm is not None and getattr(dm, "train_samples", None) is not None and len(dm.train_samples):
             self.calibrate(list(dm.train_samples["prompt"]), list(dm.train_samples["response"]))
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        self.rm.meta.update(metrics)
+        self.rm.meta.update(metrics)  # val metrics are over all ranks' pairs, the same on every rank
+        # run_dir_of is collective under DDP (log_dir is broadcast): every rank calls it, rank 0 writes
         target = self.hparams.save_to or (run_dir_of(self.trainer).path / "reward_model")
         if self.trainer.is_global_zero:
             self.rm.save(target, self.tokenizer)
