@@ -9,7 +9,10 @@ Distributed RL needs three things a single-process run never shows (issue #10):
 * metrics over the whole batch, not one rank's share: :func:`all_gather_object`, :func:`gather_cat`,
   :func:`all_reduce`;
 * agreement on control flow (how many backward passes a step makes), or DDP's gradient all-reduce
-  deadlocks: :func:`all_reduce` with ``op="max"``.
+  deadlocks: :func:`all_reduce` with ``op="max"``;
+* under FSDP (full sharding, torch FSDP2 through Lightning's ``ModelParallelStrategy``) every forward of a
+  sharded model is a collective too: :func:`fully_shard_models`, :func:`gathered_params` around sampling,
+  :func:`full_state_dict` for saving (see the section at the end).
 
 All functions work when ``torch.distributed`` is not initialised (or world size is 1) and then do the
 single-process thing, so modules call them unconditionally. Objects go through ``all_gather_object``
@@ -19,7 +22,8 @@ NCCL alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -156,3 +160,94 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     ss = all_reduce((((x - mean) ** 2) * m).sum().detach().double().cpu())
     var = (ss / (n - 1).clamp_min(1.0)).to(x.device, x.dtype)
     return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+# ------------------------------------------------------------------------------------------- FSDP (2)
+# Full sharding with torch's FSDP2 (``fully_shard``), driven by Lightning's ``ModelParallelStrategy``
+# (configs/gpu/*_fsdp.yaml). Modules shard their trainable models in ``configure_model`` with
+# :func:`fully_shard_models`. Forwards of a sharded model all-gather its weights (a collective), so
+# sampling, which runs a different number of forwards on each rank (generation stops when the rank's
+# sequences end), runs inside :func:`gathered_params`: one all-gather up front, then local forwards only.
+# Everything here is a no-op for modules that are not sharded (single process, DDP).
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """True when ``module`` or one of its submodules is sharded with FSDP2 ``fully_shard``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def fully_shard_models(*models: torch.nn.Module, mesh) -> None:
+    """FSDP2 full sharding of Hugging Face models over ``mesh`` (a 1-D data-parallel device mesh).
+
+    Each transformer block (the classes a ``PreTrainedModel`` lists in ``_no_split_modules``, e.g.
+    ``GPT2Block``) becomes its own unit, then the model itself (embeddings, final norm, heads), so a
+    forward holds one block's full weights at a time and parameters, gradients and optimizer state are
+    split over the ranks. Idempotent (Lightning may call ``configure_model`` again).
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    names = getattr(mesh, "mesh_dim_names", None)
+    if names and "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ValueError("pfkit modules shard data-parallel only (FSDP); give ModelParallelStrategy "
+                         "tensor_parallel_size: 1 and data_parallel_size: <number of devices>")
+    dp = mesh["data_parallel"] if names and "data_parallel" in names else mesh
+    for model in models:
+        if isinstance(model, FSDPModule):
+            continue
+        blocks = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+        for m in model.modules():
+            if type(m).__name__ in blocks and m is not model:
+                fully_shard(m, mesh=dp)
+        fully_shard(model, mesh=dp)
+
+
+@contextmanager
+def gathered_params(*modules: torch.nn.Module) -> Iterator[None]:
+    """Full (unsharded) weights of FSDP2-sharded ``modules`` for the duration of the block.
+
+    Inside, forwards run on the local full copy with no collective, so ranks may run different numbers
+    of them (sampling), and ``state_dict()``/``save_pretrained`` see full tensors. Entering is a
+    collective (one all-gather per unit): every rank must enter, the same number of times. On exit the
+    weights are sharded again and each unit's reshard-after-forward setting is restored (read from FSDP2's
+    private state, since a root unit keeps its weights after forward by default and there is no getter).
+    A no-op for modules that are not sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for mod in modules for m in mod.modules() if isinstance(m, FSDPModule)]
+    saved = []
+    for u in units:
+        st = u._get_fsdp_state()  # remember the setting (roots are specially "keep after forward")
+        saved.append((st._auto_reshard_after_forward, [g.post_forward_mesh_info for g in st._fsdp_param_groups]))
+        u.set_reshard_after_forward(False, recurse=False)
+    for u in units:
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u, (auto, infos) in zip(units, saved):
+            u.reshard()
+            st = u._get_fsdp_state()
+            st._auto_reshard_after_forward = auto
+            for g, info in zip(st._fsdp_param_groups, infos):
+                g.post_forward_mesh_info = info
+
+
+def full_value(x: Any) -> Any:
+    """A DTensor (an FSDP2 gradient norm, a sharded parameter) as a plain full tensor; anything else as is."""
+    from torch.distributed.tensor import DTensor
+
+    return x.full_tensor() if isinstance(x, DTensor) else x
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with full tensors. For an FSDP2-sharded module this is a collective (every
+    rank must call it) and the tensors are assembled on CPU on rank 0 only (other ranks get ``{}``):
+    the sharded state dict is all FSDP2's ``state_dict()`` returns, even inside :func:`gathered_params`."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

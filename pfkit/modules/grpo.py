@@ -27,6 +27,10 @@ with the whole batch's evidence and alpha/beta stay identical without a broadcas
 own groups, with the loss normaliser of the whole batch times N (DDP averages gradients), so one step
 equals the single-process step on the same rollouts; ranks agree on the number of backward passes.
 Each rank has its own rollout RNG stream; checkpoints keep all of them.
+
+FSDP (``ModelParallelStrategy``, configs/gpu/grpo_vade_fsdp.yaml): the policy is sharded per transformer block
+in ``configure_model``; the sampler's rollouts run inside ``pfkit.distributed.gathered_params`` (full weights,
+no collective per decoding step), and a rank with nothing to train runs the same forwards on a placeholder row.
 """
 
 from __future__ import annotations
@@ -209,6 +213,11 @@ class GRPOModule(LightningModule):
         if self.sampler is None:
             self._build_sampler()
 
+    def configure_model(self) -> None:
+        # FSDP (ModelParallelStrategy): shard the policy; the frozen reference stays replicated
+        if self.device_mesh is not None:
+            dist.fully_shard_models(self.model, mesh=self.device_mesh)
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
@@ -243,7 +252,8 @@ class GRPOModule(LightningModule):
         if dist.is_distributed():
             def rollout(ids):
                 return dist.sharded_rollout(ids, self._rollout, h.group_size)
-        batch = self.sampler.collect(h.prompts_per_step, rollout)
+        with dist.gathered_params(self.model):  # FSDP: full weights for sampling (collective: all ranks)
+            batch = self.sampler.collect(h.prompts_per_step, rollout)
         stats = self._update(batch)
         stats["step_time"] = time.perf_counter() - t0
         stats["step_cpu_time"] = time.process_time() - c0  # this process's CPU seconds (all threads)
@@ -297,6 +307,9 @@ class GRPOModule(LightningModule):
         T = data["response_len"]
         group_of = (torch.arange(len(samples)) // G)[rows]
         group_prompts = [group[0]["prompt_ids"] if group is not None else None for group in batch.payload]
+        if rows.numel() == 0:  # the placeholder row of a rank without samples answers placeholder "group 0"
+            group_of, group_prompts = torch.zeros(1, dtype=torch.long), [_EMPTY["prompt_ids"]]
+        sharded = dist.is_sharded(self.model)
         pad_id = self.tokenizer.pad_token_id
 
         def logprobs(model, idx, entropy=False):
@@ -323,7 +336,11 @@ class GRPOModule(LightningModule):
                 idx = perm[start:start + mb].to(dev)
                 if idx.numel() == 0:  # this rank ran out of samples: a zero-gradient pass keeps DDP in step
                     opt.zero_grad(set_to_none=True)
-                    self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
+                    if sharded:  # FSDP gathers/reduces in forward/backward: run the same passes on row 0
+                        zero = logprobs(self.model, torch.zeros(1, dtype=torch.long, device=dev)).sum() * 0.0
+                    else:
+                        zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+                    self.manual_backward(zero)
                     if h.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), h.max_grad_norm)
                     opt.step()
@@ -422,14 +439,15 @@ class GRPOModule(LightningModule):
         g = torch.Generator().manual_seed(h.seed + 777 + 1_000_003 * dist.rank())
         total, count = 0.0, 0
         mine = dist.shard(range(len(ps)))  # each rank scores its share; totals are summed over ranks
-        for start in range(0, len(mine), batch_size):
-            ids = mine[start:start + batch_size]
-            ro = generate(self.model, self.tokenizer, [ps.prompts[i] for i in ids], n=n,
-                          max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p, stop=ps.stop,
-                          generator=g)
-            r = ps.score([i for i in ids for _ in range(n)], ro.texts)
-            total += sum(r)
-            count += len(r)
+        with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
+            for start in range(0, len(mine), batch_size):
+                ids = mine[start:start + batch_size]
+                ro = generate(self.model, self.tokenizer, [ps.prompts[i] for i in ids], n=n,
+                              max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p,
+                              stop=ps.stop, generator=g)
+                r = ps.score([i for i in ids for _ in range(n)], ro.texts)
+                total += sum(r)
+                count += len(r)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
 

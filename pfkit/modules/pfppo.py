@@ -19,6 +19,10 @@ iteration at equal sampling and RM cost (paper Table 4). Every sample is logged 
 ``RUN_DIR/rollouts.parquet`` (step, prompt_id, sample_idx, prompt, response, reward, score, kept,
 advantage) and the step's metrics to metrics.csv.
 
+FSDP (``ModelParallelStrategy``, configs/gpu/pfppo_fsdp.yaml): policy and critic are sharded in
+``configure_model`` (reference and reward model stay replicated), sampling runs inside
+``pfkit.distributed.gathered_params``, and the policy is gathered to rank 0 to be saved.
+
 Paper vs official code (research/pfppo.md §5): the paper's form is implemented; the code's forms are options.
 - ``strategy: br`` / ``bw`` are the authors' *filter* version (best + one uniformly random other / best +
   worst, per prompt); ``paper-br`` / ``paper-bw`` draw twice from the paper's weight vector instead.
@@ -134,6 +138,11 @@ class PFPPOModule(LightningModule):
                                   {"params": self.critic.parameters(), "lr": h.critic_lr}],
                                  betas=(0.9, 0.95), weight_decay=0.0)
 
+    def configure_model(self) -> None:
+        # FSDP (ModelParallelStrategy): shard the trained models; the frozen reference and RM stay replicated
+        if self.device_mesh is not None:
+            dist.fully_shard_models(self.policy, self.critic, mesh=self.device_mesh)
+
     def setup(self, stage: str | None = None) -> None:
         # DDP: each rank filters and shuffles its own prompts with its own stream (rank 0 = single process)
         if dist.rank() > 0 and not getattr(self, "_rank_seeded", False):
@@ -168,9 +177,10 @@ class PFPPOModule(LightningModule):
         h = self.hparams
         problems = list(problems)
         P, N = len(problems), h.n_samples
-        ro = generate(self.policy, self.tokenizer, [p.prompt for p in problems], n=N,
-                      max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p, stop=CODE_STOPS,
-                      seed=(h.seed * 1_000_003 + self.rl_step) * dist.world_size() + dist.rank())
+        with dist.gathered_params(self.policy):  # FSDP: full weights for sampling (collective: all ranks)
+            ro = generate(self.policy, self.tokenizer, [p.prompt for p in problems], n=N,
+                          max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p,
+                          stop=CODE_STOPS, seed=(h.seed * 1_000_003 + self.rl_step) * dist.world_size() + dist.rank())
         flat = [p for p in problems for _ in range(N)]
         verdicts = check_completions(flat, ro.texts, timeout=h.sandbox_timeout)
         score = torch.tensor([float(v.passed) for v in verdicts])
@@ -217,6 +227,7 @@ class PFPPOModule(LightningModule):
         stats: dict[str, list[float]] = {}
         # DDP all-reduces gradients in every backward: ranks must make the same number of them
         n_mb = dist.all_reduce(-(-K // h.minibatch_size), op="max")
+        sharded = dist.is_sharded(self.policy)
         for _ in range(h.ppo_epochs):
             perm = torch.randperm(K, generator=self._filter_gen)
             chunks = list(perm.split(h.minibatch_size))
@@ -226,9 +237,16 @@ class PFPPOModule(LightningModule):
                 if dist.all_reduce(float(m.sum())) == 0:  # nothing to learn on any rank
                     continue
                 if m.sum() == 0:  # this rank has nothing: a zero-gradient pass keeps DDP in step
-                    params = [p for p in (*self.policy.parameters(), *self.critic.parameters()) if p.requires_grad]
                     opt.zero_grad()
-                    self.manual_backward(sum(p.sum() for p in params) * 0.0)
+                    if sharded:  # FSDP gathers/reduces in forward/backward: run the same passes on one row
+                        one = perm[:1].to(self.device)
+                        zero = (sequence_logprobs(self.policy, exp["seqs"][one], exp["amask"][one], T).sum()
+                                + self.critic(exp["seqs"][one], exp["amask"][one]).sum()) * 0.0
+                    else:
+                        params = [p for p in (*self.policy.parameters(), *self.critic.parameters())
+                                  if p.requires_grad]
+                        zero = sum(p.sum() for p in params) * 0.0
+                    self.manual_backward(zero)
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
                     torch.nn.utils.clip_grad_norm_(self.critic.parameters(), h.max_grad_norm)
                     opt.step()
@@ -248,7 +266,7 @@ class PFPPOModule(LightningModule):
                 for k, val in {"pg_loss": pst["loss"], "clip_frac": pst["clip_frac"], "approx_kl": pst["approx_kl"],
                                "vf_loss": vst["loss"], "vf_clip_frac": vst["vf_clip_frac"], "entropy": entropy,
                                "grad_norm_policy": gn_pi, "grad_norm_critic": gn_v}.items():
-                    stats.setdefault(k, []).append(float(torch.as_tensor(val).detach()))
+                    stats.setdefault(k, []).append(float(dist.full_value(torch.as_tensor(val).detach())))
         self.policy.eval()
         self.critic.eval()
         return {k: float(np.mean(v)) for k, v in stats.items()}
@@ -296,14 +314,15 @@ class PFPPOModule(LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx):
         h = self.hparams
-        acc = evaluate_pass_at_1(self.policy, self.tokenizer, batch, max_new_tokens=h.max_new_tokens,
-                                 timeout=h.sandbox_timeout)
+        with dist.gathered_params(self.policy):
+            acc = evaluate_pass_at_1(self.policy, self.tokenizer, batch, max_new_tokens=h.max_new_tokens,
+                                     timeout=h.sandbox_timeout)
         self.log("val/pass@1", acc, batch_size=len(batch), prog_bar=True, sync_dist=dist.is_distributed())
 
     def on_fit_end(self):
         if self.hparams.save_policy:
             out = run_dir_of(self.trainer).path / "policy"  # collective under DDP: every rank calls it
-            if not self.trainer.is_global_zero:
-                return
-            self.policy.save_pretrained(out)
-            self.tokenizer.save_pretrained(out)
+            state = dist.full_state_dict(self.policy)  # FSDP: gathered to rank 0 (collective: every rank)
+            if self.trainer.is_global_zero:
+                self.policy.save_pretrained(out, state_dict=state)
+                self.tokenizer.save_pretrained(out)

@@ -108,6 +108,11 @@ class SFTModule(LightningModule):
             if ctx and hasattr(dm, "max_length"):
                 dm.max_length = min(dm.max_length, ctx)
 
+    def configure_model(self) -> None:
+        # FSDP (ModelParallelStrategy): shard the policy (called after setup() has built or loaded it)
+        if self.device_mesh is not None:
+            dist.fully_shard_models(self.model, mesh=self.device_mesh)
+
     def configure_optimizers(self):
         h = self.hparams
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
@@ -140,9 +145,10 @@ class SFTModule(LightningModule):
         self.log(f"{split}/loss", loss, batch_size=len(problems), prog_bar=True)
         if self.hparams.eval_samples > 0:
             h = self.hparams
-            rates = pass_rates(self.model, self.tokenizer, problems, samples=h.eval_samples,
-                               temperature=h.eval_temperature, top_p=h.eval_top_p,
-                               max_new_tokens=h.eval_max_new_tokens, seed=h.eval_seed + len(self._rates[split]))
+            with dist.gathered_params(self.model):  # FSDP: full weights for sampling (collective)
+                rates = pass_rates(self.model, self.tokenizer, problems, samples=h.eval_samples,
+                                   temperature=h.eval_temperature, top_p=h.eval_top_p,
+                                   max_new_tokens=h.eval_max_new_tokens, seed=h.eval_seed + len(self._rates[split]))
             self._rates[split].extend(rates)
 
     def _eval_epoch_end(self, split: str):
@@ -165,13 +171,14 @@ class SFTModule(LightningModule):
         self._eval_epoch_end("test")
 
     # ------------------------------------------------------------------ artifacts
-    def save_policy_to(self, path) -> None:
+    def save_policy_to(self, path, state_dict: dict | None = None) -> None:
         """Hugging Face format (safetensors + tokenizer + config), loadable with ``load_policy(path)``."""
-        self.model.save_pretrained(path, safe_serialization=True)
+        self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
 
     def on_fit_end(self):
         if self.hparams.save_policy:
             run = run_dir_of(self.trainer)  # collective under DDP (log_dir is broadcast): every rank calls it
+            state = dist.full_state_dict(self.model)  # FSDP: gathered to rank 0 (collective: every rank)
             if self.trainer.is_global_zero:
-                self.save_policy_to(run.path / "policy")
+                self.save_policy_to(run.path / "policy", state_dict=state)
