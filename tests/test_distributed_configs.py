@@ -48,7 +48,11 @@ def test_gpu_config_parses_with_a_local_model(config, tiny_pol, capsys):
     t = printed["trainer"]
     assert t["accelerator"] == "gpu" and str(t["precision"]).startswith("bf16")
     strategy = t["strategy"] if isinstance(t["strategy"], str) else t["strategy"]["class_path"]
-    assert ("fsdp" in config.stem) == ("FSDP" in strategy) and ("ddp" in config.stem) == (strategy == "ddp")
+    assert ("ddp" in config.stem) == (strategy == "ddp")
+    if "fsdp" in config.stem:  # FSDP2 through ModelParallelStrategy, data-parallel over every device
+        assert strategy == "lightning.pytorch.strategies.ModelParallelStrategy", strategy
+        args = t["strategy"]["init_args"]
+        assert args["data_parallel_size"] == t["devices"] and args["tensor_parallel_size"] == 1
     callbacks = [c["class_path"] for c in t.get("callbacks") or []]
     assert "pfkit.callbacks.GradientCheckpointing" in callbacks
 
