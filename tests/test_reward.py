@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from pfkit import models
-from pfkit.data.preference import PreferenceDataModule, encode, make_pairs, split_by_prompt
+from pfkit.data.preference import PreferenceDataModule, encode, make_pairs, split_by_prompt, synthetic_pairs
 from pfkit.modules.reward import RewardModule, ScalarHeadModel, bradley_terry_loss
 from pfkit.tasks import codegen
 
@@ -43,7 +43,7 @@ def test_score_is_last_token_and_padding_invariant(tiny):
         s_alone = rm.score(alone["input_ids"], alone["attention_mask"])
         values = rm(alone["input_ids"], alone["attention_mask"])
     torch.testing.assert_close(s_both[0], s_alone[0], atol=1e-4, rtol=1e-4)
-    assert s_alone[0] == values[0, -1]
+    torch.testing.assert_close(s_alone[0], values[0, -1], atol=1e-5, rtol=1e-5)
     assert alone["input_ids"][0, -1] == tok.eos_token_id
 
 
@@ -115,3 +115,72 @@ def _pair_acc(rm, tok, pairs):
     c = rm.score_texts(tok, list(pairs.prompt), list(pairs.chosen), normalize=False)
     r = rm.score_texts(tok, list(pairs.prompt), list(pairs.rejected), normalize=False)
     return (c > r).float().mean().item()
+
+
+def test_encode_response_mask_marks_response_and_eos(tiny):
+    _, tok, _ = tiny
+    enc = encode(tok, ["def f(x):\n", "def g(y):\n    '''doc'''\n"], ["    return x\n", "    return y\n"])
+    for i, (prompt, resp) in enumerate([("def f(x):\n", "    return x\n"),
+                                       ("def g(y):\n    '''doc'''\n", "    return y\n")]):
+        n_resp = len(tok(resp, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        n_all = len(tok(prompt, add_special_tokens=False)["input_ids"]) + n_resp
+        assert enc["response_mask"][i].sum().item() == n_resp
+        assert enc["attention_mask"][i].sum().item() == n_all
+        assert enc["response_mask"][i, -n_resp:].all()  # the last n_resp positions (left padding)
+
+
+def test_likelihood_term_adds_the_policy_log_likelihood_of_the_response(tiny, tmp_path):
+    """Reward = head(last hidden) + w * sum log p(response tokens + EOS), with the log-probs from the copied
+    LM head: at initialisation that is the policy's own likelihood, computed here by a plain forward."""
+    probs, tok, policy = tiny
+    rm = ScalarHeadModel.from_policy(policy, likelihood_term=True).eval()
+    with torch.no_grad():
+        rm.likelihood_weight.fill_(0.5)
+    prompts, resp = [p.prompt for p in probs[:3]], [p.reference for p in probs[:3]]
+    got = rm.score_texts(tok, prompts, resp, normalize=False)
+    plain = ScalarHeadModel.from_policy(policy).eval()
+    plain.head.load_state_dict(rm.head.state_dict())
+    head_part = plain.score_texts(tok, prompts, resp, normalize=False)
+    policy.eval()
+    for i, (p, r) in enumerate(zip(prompts, resp)):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(policy(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+        expected = head_part[i] + 0.5 * logp[len(p_ids) - 1:].sum()
+        assert got[i].item() == pytest.approx(expected.item(), abs=1e-3)
+    with pytest.raises(ValueError, match="response_mask"):
+        enc = encode(tok, prompts, resp)
+        rm.score(enc["input_ids"], enc["attention_mask"])
+    # save/load keeps the term (and the LM head tied to the embeddings); the critic drops it
+    rm.save(tmp_path / "rm", tok)
+    back = ScalarHeadModel.load(tmp_path / "rm")
+    assert back.has_likelihood_term
+    assert back.lm_head.weight.data_ptr() == back.backbone.get_input_embeddings().weight.data_ptr()
+    torch.testing.assert_close(back.score_texts(tok, prompts, resp, normalize=False), got)
+    critic = rm.as_critic()
+    assert not critic.has_likelihood_term and "likelihood_weight" not in dict(critic.named_parameters())
+    torch.testing.assert_close(critic.score_texts(tok, prompts, resp, normalize=False), head_part)
+
+
+def test_synthetic_pairs_prefer_the_reference_over_a_failing_near_miss():
+    from pfkit.sandbox import check_completions
+
+    probs = codegen.generate(12, seed=5)
+    pairs = synthetic_pairs(probs, per_prompt=2, seed=0)
+    assert len(pairs) >= len(probs) and set(pairs.prompt_id) <= {p.task_id for p in probs}
+    by_id = {p.task_id: p for p in probs}
+    flat = [by_id[i] for i in pairs.prompt_id]
+    assert all(v.passed for v in check_completions(flat, list(pairs.chosen)))
+    assert not any(v.passed for v in check_completions(flat, list(pairs.rejected)))
+    assert (pairs.chosen != pairs.rejected).all()
+
+
+def test_synthetic_pairs_need_embedded_task_prompts(tiny):
+    _, tok, _ = tiny
+    df = pd.DataFrame({"prompt_id": ["mbpp/1"] * 2 + ["mbpp/2"] * 2, "prompt": ["a"] * 2 + ["b"] * 2,
+                       "response": ["x", "y", "u", "v"], "passed": [1, 0, 1, 0]})
+    dm = PreferenceDataModule(samples=df, val_fraction=0.5, synthetic_per_prompt=2)
+    dm.tokenizer = tok
+    with pytest.raises(ValueError, match="synthetic_per_prompt needs embedded-task prompts"):
+        dm.setup()

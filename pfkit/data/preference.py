@@ -24,28 +24,33 @@ from torch.utils.data import DataLoader
 
 from pfkit.tasks import CodeProblem
 
-__all__ = ["encode", "collect_samples", "make_pairs", "split_by_prompt", "PreferenceDataModule",
+__all__ = ["encode", "collect_samples", "make_pairs", "split_by_prompt", "synthetic_pairs", "PreferenceDataModule",
            "CodePromptDataModule"]
 
 
 def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = 384,
            add_eos: bool = True) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids``/``attention_mask`` of prompt + response (+ EOS), truncated from the left."""
+    """Left-padded ``input_ids``/``attention_mask`` of prompt + response (+ EOS), truncated from the left;
+    ``response_mask`` marks the response tokens and the EOS (what a likelihood term sums over)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     seqs = [(p + r + eos)[-max_length:] for p, r in zip(p_ids, r_ids)]
+    n_resp = [min(len(r) + len(eos), len(s)) for r, s in zip(r_ids, seqs)]
     L = max((len(s) for s in seqs), default=1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     ids = torch.full((len(seqs), L), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    resp = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
         if s:
             ids[i, L - len(s):] = torch.tensor(s)
             mask[i, L - len(s):] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+        if n_resp[i]:
+            resp[i, L - n_resp[i]:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
 
 
 @torch.no_grad()
@@ -94,6 +99,30 @@ def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int =
     return pd.DataFrame(rows, columns=["prompt_id", "prompt", "chosen", "rejected"])
 
 
+def synthetic_pairs(problems: Sequence[CodeProblem], per_prompt: int = 2, seed: int = 0) -> pd.DataFrame:
+    """(prompt, chosen=reference, rejected=near-miss) pairs for generated code problems.
+
+    The near-miss (``codegen.wrong_completion``) changes one step or one constant of the reference, which is
+    exactly how the embedded policy's samples usually fail (``x < 3`` where the docstring says "less than
+    1"). A policy this small rarely produces both outcomes for a prompt, so its own pass/fail pairs are too
+    few to teach the comparison; these pairs add the missing contrast. Only for training prompts: held-out
+    accuracy is always measured on the policy's own samples.
+    """
+    from pfkit.tasks import codegen
+
+    rng = random.Random(seed)
+    rows = []
+    for p in problems:
+        seen = set()
+        for _ in range(per_prompt):
+            bad = codegen.wrong_completion(p, rng)
+            if bad is None or bad in seen:
+                continue
+            seen.add(bad)
+            rows.append({"prompt_id": p.task_id, "prompt": p.prompt, "chosen": p.reference, "rejected": bad})
+    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "chosen", "rejected"])
+
+
 def split_by_prompt(frame: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, val) with every prompt's rows on one side."""
     ids = sorted(frame["prompt_id"].unique())
@@ -110,12 +139,14 @@ class PreferenceDataModule(LightningDataModule):
     ``samples``: a parquet file (or DataFrame) with columns prompt_id, prompt, response, passed; when None,
     the policy at ``policy`` samples ``n_samples`` responses for each of ``n_prompts`` training problems of
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
+    ``synthetic_per_prompt`` adds that many reference > near-miss pairs (:func:`synthetic_pairs`) for
+    every *training* prompt of the embedded task; validation pairs are always the policy's own.
     """
 
     def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
                  n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
-                 max_length: int = 384, seed: int = 0):
+                 max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["samples"] if isinstance(samples, pd.DataFrame) else [])
         self._samples_arg = samples
@@ -148,17 +179,32 @@ class PreferenceDataModule(LightningDataModule):
         train_s, val_s = split_by_prompt(self.samples, h.val_fraction, h.seed)
         self.train_samples, self.val_samples = train_s, val_s
         self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed)
+        if h.synthetic_per_prompt > 0:
+            extra = synthetic_pairs(self._codegen_problems(train_s["prompt_id"].unique()), h.synthetic_per_prompt,
+                                    h.seed)
+            self.train_pairs = pd.concat([self.train_pairs, extra], ignore_index=True)
         self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
         if self.train_pairs.empty:
             raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
                              "sample more responses per prompt (n_samples) or use a policy with pass@1 in 0.2..0.8")
+
+    def _codegen_problems(self, ids) -> list[CodeProblem]:
+        from pfkit.tasks import codegen
+
+        by_id = {p.task_id: p for split in codegen.splits(self.hparams.seed).values() for p in split}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise ValueError(f"synthetic_per_prompt needs embedded-task prompts (codegen.splits(seed={self.hparams.seed})),"
+                             f" but {len(unknown)} prompt id(s) are not, e.g. {unknown[0]!r}; set synthetic_per_prompt: 0")
+        return [by_id[i] for i in ids]
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         prompts = [r["prompt"] for r in rows]
         c = encode(self.tokenizer, prompts, [r["chosen"] for r in rows], self.hparams.max_length)
         r = encode(self.tokenizer, prompts, [r["rejected"] for r in rows], self.hparams.max_length)
         return {"chosen_ids": c["input_ids"], "chosen_mask": c["attention_mask"],
-                "rejected_ids": r["input_ids"], "rejected_mask": r["attention_mask"]}
+                "chosen_response_mask": c["response_mask"], "rejected_ids": r["input_ids"],
+                "rejected_mask": r["attention_mask"], "rejected_response_mask": r["response_mask"]}
 
     def train_dataloader(self):
         return DataLoader(self.train_pairs.to_dict("records"), batch_size=self.hparams.batch_size, shuffle=True,

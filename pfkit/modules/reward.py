@@ -44,9 +44,19 @@ def policy_fingerprint(model) -> str:
 
 
 class ScalarHeadModel(nn.Module):
-    """A transformer body (the policy's ``base_model``) with a linear head giving one scalar per position."""
+    """A transformer body (the policy's ``base_model``) with a linear head giving one scalar per position.
 
-    def __init__(self, backbone: nn.Module, meta: dict | None = None):
+    Optional **likelihood term** (``lm_head`` given): the reward becomes
+    ``head(h_last) + w * sum_t log p(y_t | x, y_<t)`` over the response tokens, with the log-probabilities
+    from the body's own LM head and a learned scalar ``w`` (initialised to 1). Bradley-Terry training then
+    also sharpens the response likelihood, as DPO's implicit reward does. Why: a linear head on the last
+    token of a ~1 M-parameter body does not learn to compare the docstring's constants with the code's
+    from a few thousand pairs (measured: held-out pair accuracy 0.46-0.54 with 2.7k-5.7k pairs), while the
+    SFT policy's own likelihood already ranks 62% of held-out pairs correctly. Real-scale reward models
+    do not need it (``likelihood_term=False``, the plain value-head RM).
+    """
+
+    def __init__(self, backbone: nn.Module, meta: dict | None = None, lm_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.hidden_size
@@ -56,29 +66,54 @@ class ScalarHeadModel(nn.Module):
         self.register_buffer("reward_mean", torch.zeros(()))
         self.register_buffer("reward_std", torch.ones(()))
         self.meta = dict(meta or {})
+        self.lm_head = lm_head
+        if lm_head is not None:
+            if getattr(backbone.config, "tie_word_embeddings", False):
+                lm_head.weight = backbone.get_input_embeddings().weight
+            self.likelihood_weight = nn.Parameter(torch.ones(()))
+            self.meta["likelihood_term"] = True
 
     @property
     def config(self):
         return self.backbone.config
 
+    @property
+    def has_likelihood_term(self) -> bool:
+        return self.lm_head is not None
+
     @classmethod
-    def from_policy(cls, policy: nn.Module) -> ScalarHeadModel:
-        """Copy the policy's body (its LM head is dropped) and add a fresh scalar head."""
-        m = cls(copy.deepcopy(policy.base_model), meta={"policy_fingerprint": policy_fingerprint(policy)})
+    def from_policy(cls, policy: nn.Module, likelihood_term: bool = False) -> ScalarHeadModel:
+        """Copy the policy's body (and, with ``likelihood_term``, its LM head) and add a fresh scalar head."""
+        lm_head = copy.deepcopy(policy.get_output_embeddings()) if likelihood_term else None
+        m = cls(copy.deepcopy(policy.base_model), meta={"policy_fingerprint": policy_fingerprint(policy)},
+                lm_head=lm_head)
         return m.to(next(policy.parameters()).dtype).train()
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw scalar ``[B, L]`` at every position (positions from the mask, so left padding is harmless)."""
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state
-        return self.head(h).squeeze(-1).float()
+        return self.head(self._hidden(input_ids, attention_mask)).squeeze(-1).float()
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw reward ``[B]``: the scalar at each row's last attended token."""
-        values = self(input_ids, attention_mask)
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw reward ``[B]``: the scalar at each row's last attended token (+ the likelihood term, which
+        needs ``response_mask``: 1 on the response tokens, as :func:`pfkit.data.preference.encode` gives)."""
+        h = self._hidden(input_ids, attention_mask)
         L = attention_mask.shape[1]
         last = (attention_mask.long() * torch.arange(L, device=attention_mask.device)).argmax(-1)
-        return values.gather(1, last[:, None]).squeeze(1)
+        h_last = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)
+        reward = self.head(h_last).squeeze(-1).float()
+        if self.lm_head is not None:
+            if response_mask is None:
+                raise ValueError("this reward model has a likelihood term: pass response_mask (1 on response "
+                                 "tokens), e.g. from pfkit.data.preference.encode, or use score_texts")
+            logp = torch.log_softmax(self.lm_head(h[:, :-1]).float(), -1)
+            logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            reward = reward + self.likelihood_weight.float() * (logp * response_mask[:, 1:].float()).sum(-1)
+        return reward
 
     def normalize(self, raw: torch.Tensor, clip: float | None = 10.0) -> torch.Tensor:
         r = (raw - self.reward_mean) / self.reward_std
@@ -95,7 +130,8 @@ class ScalarHeadModel(nn.Module):
         try:
             for i in range(0, len(prompts), batch_size):
                 enc = encode(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_length)
-                out.append(self.score(enc["input_ids"].to(device), enc["attention_mask"].to(device)).cpu())
+                out.append(self.score(enc["input_ids"].to(device), enc["attention_mask"].to(device),
+                                      enc["response_mask"].to(device)).cpu())
         finally:
             self.train(was)
         raw = torch.cat(out) if out else torch.zeros(0)
@@ -103,8 +139,14 @@ class ScalarHeadModel(nn.Module):
 
     def as_critic(self) -> ScalarHeadModel:
         """A trainable copy whose head outputs *normalised* rewards (mean/std folded into the head), so the
-        critic's initial value at the last token is the normalised reward it will be trained against."""
+        critic's initial value at the last token is the normalised reward it will be trained against.
+        A likelihood term is not a per-position value, so the critic keeps only the body and head: its
+        initial values then track the head's part of the reward, not the whole of it."""
         critic = copy.deepcopy(self)
+        if critic.lm_head is not None:
+            critic.lm_head = None
+            del critic.likelihood_weight
+            critic.meta.pop("likelihood_term", None)
         with torch.no_grad():
             critic.head.weight /= self.reward_std
             critic.head.bias.copy_((self.head.bias - self.reward_mean) / self.reward_std)
@@ -134,8 +176,12 @@ class ScalarHeadModel(nn.Module):
                                     f"train one with `pfkit fit -c configs/reward_codegen.yaml`")
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         meta = json.loads((folder / "reward_meta.json").read_text()) if (folder / "reward_meta.json").is_file() else {}
-        model = cls(AutoModel.from_config(config), meta=meta)
-        model.load_state_dict(torch.load(folder / "reward_model.pt", map_location="cpu", weights_only=True))
+        state = torch.load(folder / "reward_model.pt", map_location="cpu", weights_only=True)
+        lm_head = None
+        if meta.get("likelihood_term"):
+            lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias="lm_head.bias" in state)
+        model = cls(AutoModel.from_config(config), meta=meta, lm_head=lm_head)
+        model.load_state_dict(state)
         return model.eval()
 
 
@@ -158,13 +204,13 @@ class RewardModule(LightningModule):
     """
 
     def __init__(self, policy: str = "embedded", lr: float = 1e-4, weight_decay: float = 0.0,
-                 warmup_steps: int = 10, save_to: str | None = None):
+                 warmup_steps: int = 10, save_to: str | None = None, likelihood_term: bool = False):
         super().__init__()
         self.save_hyperparameters()
         from pfkit import models
 
         model, self.tokenizer = models.load_policy(policy)
-        self.rm = ScalarHeadModel.from_policy(model)
+        self.rm = ScalarHeadModel.from_policy(model, likelihood_term=likelihood_term)
         self._val = []
 
     @classmethod
@@ -173,9 +219,9 @@ class RewardModule(LightningModule):
         self = cls.__new__(cls)
         LightningModule.__init__(self)
         self.save_hyperparameters({"policy": "<in memory>", "lr": 1e-4, "weight_decay": 0.0, "warmup_steps": 10,
-                                   "save_to": None, **kw})
+                                   "save_to": None, "likelihood_term": False, **kw})
         self.tokenizer = tokenizer
-        self.rm = ScalarHeadModel.from_policy(policy_model)
+        self.rm = ScalarHeadModel.from_policy(policy_model, likelihood_term=self.hparams.likelihood_term)
         self._val = []
         return self
 
@@ -210,7 +256,8 @@ class RewardModule(LightningModule):
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.cat([lpad(batch["chosen_ids"], pad), lpad(batch["rejected_ids"], pad)])
         mask = torch.cat([lpad(batch["chosen_mask"], 0), lpad(batch["rejected_mask"], 0)])
-        s = self.rm.score(ids, mask)
+        rmask = torch.cat([lpad(batch["chosen_response_mask"], 0), lpad(batch["rejected_response_mask"], 0)])
+        s = self.rm.score(ids, mask, rmask)
         return s[:n], s[n:]
 
     def training_step(self, batch, batch_idx):
