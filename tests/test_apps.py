@@ -329,3 +329,19 @@ def test_preview_builds_and_serves_from_a_notebook(tmp_path, capsys):
             assert page.status == 200 and b"gradio" in page.read().lower()
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_control_events_keep_the_latest_value(name, tmp_path):
+    """A control changed while a refresh is running must be shown once that refresh ends.
+
+    Gradio's gr.on takes its trigger_mode from the first trigger: "once" for ``.input``/``.load``,
+    which silently drops the later change (CI once showed the logged strategy after ``bon`` was ticked).
+    """
+    make = {"filtration": filtration_run, "difficulty": difficulty_run, "noisemask": noisemask_run}[name]
+    make(tmp_path / "run")
+    deps = APPS[name].build_app(tmp_path / "run").config["dependencies"]
+    controls = [d for d in deps if any(kind in ("change", "input") for _, kind in d["targets"])]
+    assert controls
+    assert all(d["trigger_mode"] == "always_last" for d in controls), \
+        [(d["targets"], d["trigger_mode"]) for d in controls]

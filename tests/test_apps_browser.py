@@ -42,6 +42,8 @@ def test_filtration_in_browser(page, tmp_path):  # noqa: F811
         wait_text(page, "#summary", "Step 1, prompt 0")
         choose(page, "prompt", "14: def f2(x):")
         wait_text(page, "#summary", "Step 1, prompt 14")
+        # two quick changes: the second arrives while the first refresh runs and must still be shown
+        page.get_by_label("bw", exact=True).check()
         page.get_by_label("bon", exact=True).check()
         text = wait_text(page, "#summary", "strategy bon would keep")
 

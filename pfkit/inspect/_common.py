@@ -22,6 +22,10 @@ from pfkit.runs import RunDir, RunFolderError
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from an offline lab machine
 
 ERROR_ELEM_ID = "pfkit-error"
+# gr.on defaults to trigger_mode="once", which drops a control change that arrives while the previous
+# refresh is still running (the page then shows a stale strategy or step); "always_last" runs once more
+# with the latest values after the pending event.
+LATEST = "always_last"
 
 
 class NoData(RunFolderError):

@@ -303,8 +303,8 @@ def _build(data: Difficulty):
         (reload_btn.click(on_reload, sampler, [sampler, step, status])
          .then(views, [sampler, step, prompts], [stats, post, traj, sel, zero]).then(tab, [sampler, step, sort], table))
         gr.on([sampler.change, step.change, prompts.change, demo.load], views, [sampler, step, prompts],
-              [stats, post, traj, sel, zero])
-        gr.on([sampler.change, step.change, sort.change, demo.load], tab, [sampler, step, sort], table)
+              [stats, post, traj, sel, zero], trigger_mode=C.LATEST)
+        gr.on([sampler.change, step.change, sort.change, demo.load], tab, [sampler, step, sort], table, trigger_mode=C.LATEST)
     return demo
 
 

@@ -303,8 +303,8 @@ def _build(data: Rollouts):
         outs = [summary, prompt_code, table, scatter]
         step.change(on_step, step, prompt).then(refresh, inputs, outs)
         # prompt.input (a user's pick), not .change: a step change updates the prompt and refreshes itself
-        gr.on([prompt.input, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs)
-        gr.on([strategy.change, seed.change, bins.change, demo.load], refresh_curves, [strategy, seed, bins], curves)
+        gr.on([prompt.input, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs, trigger_mode=C.LATEST)
+        gr.on([strategy.change, seed.change, bins.change, demo.load], refresh_curves, [strategy, seed, bins], curves, trigger_mode=C.LATEST)
         (reload_btn.click(on_reload, None, [step, status]).then(on_step, step, prompt).then(refresh, inputs, outs)
          .then(refresh_curves, [strategy, seed, bins], curves))
     return demo

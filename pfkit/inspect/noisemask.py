@@ -323,9 +323,9 @@ def _build(data: NoiseMasks):
             return gr.Dropdown(choices=data.epochs, value=data.epochs[-1]), accuracy_figure(data), msg
 
         inputs = [epoch, index, mode, seed, sigma, kernel]
-        gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig])
-        gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig])
-        gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes])
+        gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig], trigger_mode=C.LATEST)
+        gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig], trigger_mode=C.LATEST)
+        gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes], trigger_mode=C.LATEST)
         (reload_btn.click(on_reload, None, [epoch, acc, status]).then(on_epoch, epoch, [index, classes])
          .then(show, inputs, [stats, fig]))
         resample.click(lambda *v: (SAMPLED, *show(*v[:2], SAMPLED, *v[3:])), inputs, [mode, stats, fig])
