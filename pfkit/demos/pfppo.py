@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-RM_PROMPT_POOL = 512  # the first 512 codegen train problems are for reward models; RL prompts come after
+RM_PROMPT_POOL = 2048  # the first 2048 codegen train problems are for reward models; RL prompts come after
 RUN_NAMES = {"none": "ppo", "br": "br", "bw": "bw", "bon": "bon"}
 LABELS = {"none": "PPO-M (no filter)", "br": "PF-PPO BR", "bw": "PF-PPO BW", "bon": "PF-PPO BoN"}
 
@@ -123,7 +123,7 @@ def train_reward_model(policy, tok, cfg: dict, seed: int, out: Path | None, log,
 
         raise UserError(f"cannot train a reward model for this policy: {e}") from None
     module = RewardModule.from_models(policy, tok, policy=policy_path, lr=cfg["rm_lr"], warmup_steps=10,
-                                      save_to=str(out / "reward_model") if out else None)
+                                      likelihood_term=True, save_to=str(out / "reward_model") if out else None)
     torch.manual_seed(seed)
     trainer = _trainer(out / "reward" if out else None, True, max_epochs=cfg["rm_epochs"], limit_val_batches=1.0)
     trainer.fit(module, datamodule=dm)
