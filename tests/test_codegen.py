@@ -70,3 +70,12 @@ def test_wrong_completion_is_different_code_and_deterministic():
 def test_bad_n_is_an_error():
     with pytest.raises(ValueError, match="n must be >= 0"):
         codegen.generate(-1)
+
+
+def test_splits_are_built_once_and_each_call_gets_its_own_lists():
+    a = codegen.splits(0, n_train=30, n_val=5, n_test=10)
+    a["train"].clear()  # a caller reordering or trimming its lists must not change the next caller's
+    b = codegen.splits(0, n_train=30, n_val=5, n_test=10)
+    assert len(b["train"]) == 30 and b["test"][0] is a["test"][0]  # same frozen problems, new lists
+    fresh = codegen._splits.__wrapped__(0, 30, 5, 10)  # uncached: the cache returns what generation returns
+    assert [p.prompt for p in b["train"]] == [p.prompt for p in fresh["train"]]

@@ -26,6 +26,7 @@ problem, not just by text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -147,11 +148,13 @@ def _random_input(kind: str, rng: random.Random):
     return rng.randint(-50, 200)
 
 
-def _probe_inputs(kind: str) -> list:
-    """Fixed inputs whose outputs identify a function (the same for every seed)."""
+@functools.cache  # the same for every call: rebuilding it per candidate was a third of generate()'s time
+def _probe_inputs(kind: str) -> tuple:
+    """Fixed inputs whose outputs identify a function (the same for every seed). Callers pass copies of list
+    inputs to candidate functions, so the cached values are never mutated."""
     rng = random.Random(f"probe-{kind}")
     edge = {"list": [[], [0], [3, 3, -2, 7, 7, 10]], "str": ["a", "Hello World", "sea star"], "int": [0, -7, 123]}
-    return edge[kind] + [_random_input(kind, rng) for _ in range(29)]
+    return tuple(edge[kind] + [_random_input(kind, rng) for _ in range(29)])
 
 
 # ------------------------------------------------------------------------------------------------ problems
@@ -304,15 +307,22 @@ def splits(seed: int = 0, *, n_train: int = 3000, n_val: int = 64, n_test: int =
     """Train/val/test problems, disjoint by problem (no function appears in two splits).
 
     Held-out splits are drawn first so they get the full depth mix; task ids are prefixed by the split
-    (``codegen/test/17``) so they stay unique when splits are mixed.
+    (``codegen/test/17``) so they stay unique when splits are mixed. Generating them takes seconds, and
+    every module, demo and test asks for them, so they are built once per process (the problems are frozen;
+    each call gets its own lists).
     """
+    return {k: list(v) for k, v in _splits(seed, n_train, n_val, n_test).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _splits(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, tuple[CodeProblem, ...]]:
     pool = generate(n_test + n_val + n_train, seed)
     cut = {"test": pool[:n_test], "val": pool[n_test:n_test + n_val], "train": pool[n_test + n_val:]}
     out = {}
     for name, probs in cut.items():
         out[name] = [CodeProblem(f"codegen/{name}/{i}", p.prompt, p.tests, p.entry_point, p.reference, p.meta)
                      for i, p in enumerate(probs)]
-    return {k: out[k] for k in ("train", "val", "test")}
+    return {k: tuple(out[k]) for k in ("train", "val", "test")}
 
 
 def spec_of(problem: CodeProblem) -> Spec:
