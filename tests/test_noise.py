@@ -158,3 +158,14 @@ def test_stratified_draw_and_linear_probe():
     x = centres[torch.as_tensor(labels)] + torch.randn(200, 8) * 0.3
     pred = linear_probe(x[idx], torch.as_tensor(labels[idx]), x, 4)
     assert macro_f1(pred.numpy(), labels, 4) > 0.95
+
+
+def test_importing_the_noise_module_leaves_monai_for_first_use():
+    """`pfkit fit` imports every LightningModule; monai (~5 s) must only load when a noise net is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pfkit.modules.noisemask; print('monai' in sys.modules); "
+            "from pfkit.noise.nets import resnet_backbone; resnet_backbone(1); print('monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]

@@ -8,6 +8,10 @@ Yavuz & Yang, "Policy Gradient-Driven Noise Mask" (arXiv 2406.14568), per the of
     ce_i         = CE(classifier(x̃)_i, y_i)
     loss, stats  = reinforce_loss(mode, logp, ce)  # pfkit.noise.reinforce: "faithful" | "per_sample"
     loss.backward(); opt_classifier.step(); opt_policy.step()
+
+MONAI is imported inside the functions that build its networks and filters, not at module import: the
+CLI imports every LightningModule to resolve class names, and monai's ~5 s import would otherwise be paid
+by every `pfkit fit` run, noise-mask or not.
 """
 
 from pfkit.noise.mask import apply_mask, beta_distribution, sample_mask, upsample_blur

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import gaussian_1d, separable_filtering
 from torch.distributions import Beta
 
 EPS = 1e-6
@@ -53,6 +52,8 @@ def blur_kernel(sigma: float, kernel_size: int) -> torch.Tensor:
         raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    from monai.networks.layers import gaussian_1d  # lazy: monai takes seconds to import (see pfkit.noise)
+
     radius = kernel_size // 2
     return gaussian_1d(torch.tensor(float(sigma)), truncated=radius / sigma + 1e-6, approx="sampled",
                        normalize=True)[: 2 * radius + 1]
@@ -65,6 +66,8 @@ def upsample_blur(mask: torch.Tensor, size: tuple[int, int], *, sigma: float = 1
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=tuple(size), mode="nearest")
     if kernel_size > 1:
+        from monai.networks.layers import separable_filtering
+
         m = separable_filtering(m, blur_kernel(sigma, kernel_size).to(m), mode="reflect")
     return m
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import DenseNet, ResNet
 from torch import nn
 
 ARCHS = ("resnet", "densenet")
@@ -25,6 +24,8 @@ def resnet_backbone(in_channels: int, widths: Sequence[int] = (16, 32, 64, 128),
     ``stem_stride=1`` and no max-pool keep enough resolution for 28 px inputs (the ImageNet stem,
     stride 2 + max-pool, would shrink 28 px to 7 px before the first block).
     """
+    from monai.networks.nets import ResNet  # lazy: see pfkit.noise
+
     net = ResNet("basic", [1, 1, 1, 1], list(widths), spatial_dims=2, n_input_channels=in_channels,
                  conv1_t_size=3, conv1_t_stride=stem_stride, no_max_pool=True, feed_forward=False)
     return net, int(widths[-1])
@@ -33,6 +34,8 @@ def resnet_backbone(in_channels: int, widths: Sequence[int] = (16, 32, 64, 128),
 def densenet_backbone(in_channels: int, init_features: int = 16, growth_rate: int = 8,
                       block_config: Sequence[int] = (2, 4, 4)) -> tuple[nn.Module, int]:
     """A small MONAI 2-D DenseNet trunk (``DenseNet121`` is the same family at block_config (6,12,24,16))."""
+    from monai.networks.nets import DenseNet  # lazy: see pfkit.noise
+
     net = DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=1, init_features=init_features,
                    growth_rate=growth_rate, block_config=tuple(block_config))
     out_dim = net.class_layers.out.in_features
