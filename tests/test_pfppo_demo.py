@@ -38,6 +38,9 @@ def test_quick_demo_end_to_end(tmp_path):
         assert df.groupby(["step", "prompt_id"]).kept.sum().eq(per_prompt).all(), name
         kept[name] = df
         assert "train/r2_kept" in rd.metrics().columns
+        row = next(r for r in summary["pass_at_1"] if r.get("strategy") == {"ppo": "none"}.get(name, name))
+        # the table's train pass rate is the run's mean: the tests' pass fraction of every step's samples
+        assert row["train_pass_rate_mean"] == pytest.approx(df.groupby("step").score.mean().mean())
     # same seed and prompts: the first iteration samples the same responses in every run
     a, b = (kept[n][kept[n].step == 0].sort_values(["prompt_id", "sample_idx"]) for n in ("ppo", "bw"))
     assert a.response.tolist() == b.response.tolist()
