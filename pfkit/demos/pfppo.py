@@ -276,7 +276,7 @@ def format_summary(summary: dict) -> str:
         def f(x, w, p=3):
             return f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) and x == x else f"{'-':>{w}}"
         lines.append(f"{r['method']:<20}{f(r['pass@1'], 8)}{f(r.get('delta'), 8)}{f(r.get('r2_sft'), 10)}"
-                     f"{f(r.get('kept_fraction'), 7, 2)}{f(r.get('train_pass_rate_mean', r.get('train_pass_rate_last')), 12)}"
+                     f"{f(r.get('kept_fraction'), 7, 2)}{f(r.get('train_pass_rate_mean'), 12)}"
                      f"{f(r.get('wall_seconds'), 8, 0)}")
     rmi = summary["reward_model"]
     acc = rmi.get("val_acc")
