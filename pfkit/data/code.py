@@ -31,8 +31,9 @@ class CodeSFTDataModule(LightningDataModule):
     changed, guaranteed to fail the tests), so the policy learns a distribution that is only partly right;
     that keeps per-problem success rates spread out even where the model fits its data well.
 
-    The tokenizer belongs to the policy: ``SFTModule`` sets ``self.tokenizer`` in its ``setup`` (training a
-    new one on ``corpus()`` when it starts from scratch), before any batch is built.
+    The tokenizer belongs to the policy: when no ``tokenizer`` was given, the loaders take the training
+    module's (``SFTModule`` builds or loads it in its ``setup``, training a new one on ``corpus()`` when it
+    starts from scratch), and ``max_length`` is lowered to the module's model context.
     """
 
     def __init__(self, seed: int = 0, n_train: int = 3000, n_val: int = 64, n_test: int = 256,
@@ -43,7 +44,7 @@ class CodeSFTDataModule(LightningDataModule):
             raise ValueError(f"wrong_fraction must be in [0, 1), got {wrong_fraction}")
         self.save_hyperparameters()
         self.tokenizer = None
-        self.max_length = max_length  # the policy module lowers this to its context size
+        self.max_length = max_length  # lowered to the policy's context size by _from_module
         self.problems: dict[str, list[CodeProblem]] | None = None
         self.train_pairs: list[tuple[str, str]] = []
 
@@ -76,7 +77,8 @@ class CodeSFTDataModule(LightningDataModule):
         """
         tok = self.tokenizer
         if tok is None:
-            raise RuntimeError("CodeSFTDataModule.tokenizer is not set; the policy module sets it in setup()")
+            raise RuntimeError("CodeSFTDataModule.tokenizer is not set: give it one, or train it with a module "
+                               "that has a tokenizer (SFTModule)")
         rows, labels = [], []
         for prompt, completion in pairs:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -100,14 +102,26 @@ class CodeSFTDataModule(LightningDataModule):
         batch["problems"] = Problems(problems)
         return batch
 
+    def _from_module(self) -> None:
+        """The training module's tokenizer and context size (its ``setup`` has run before any loader)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if self.tokenizer is None:
+            self.tokenizer = getattr(module, "tokenizer", None)
+        ctx = getattr(getattr(getattr(module, "model", None), "config", None), "max_position_embeddings", None)
+        if ctx:
+            self.max_length = min(self.max_length, ctx)
+
     def train_dataloader(self):
+        self._from_module()
         return DataLoader(self.train_pairs, batch_size=self.hparams.batch_size, shuffle=True,
                           collate_fn=self.collate, num_workers=self.hparams.num_workers, drop_last=True)
 
     def val_dataloader(self):
+        self._from_module()
         return DataLoader(self.problems["val"], batch_size=self.hparams.val_batch_size, shuffle=False,
                           collate_fn=self._collate_problems)
 
     def test_dataloader(self):
+        self._from_module()
         return DataLoader(self.problems["test"], batch_size=self.hparams.val_batch_size, shuffle=False,
                           collate_fn=self._collate_problems)

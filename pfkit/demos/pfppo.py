@@ -74,7 +74,7 @@ def _trainer(run_dir: Path | None, progress: bool, **kw):
 def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, log,
                      policy_path: str = "embedded") -> tuple:
     """(reward model, info dict). Trains one unless a matching shipped/given one exists."""
-    from pfkit.modules.reward import EMBEDDED_RM, ScalarHeadModel, policy_fingerprint
+    from pfkit.models import EMBEDDED_RM, ScalarHeadModel, policy_fingerprint
 
     fp = policy_fingerprint(policy)
     if choice != "train":
@@ -106,20 +106,22 @@ def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, 
 def train_reward_model(policy, tok, cfg: dict, seed: int, out: Path | None, log,
                        policy_path: str = "embedded") -> tuple:
     """Sample the policy on RM prompts, label by tests, train Bradley-Terry, calibrate; (rm, info)."""
-    from pfkit.data.preference import PreferenceDataModule, collect_samples
+    from pfkit.data.preference import PreferenceDataModule
     from pfkit.modules.reward import RewardModule
+    from pfkit.rollout import sample_and_check
     from pfkit.tasks import codegen
 
     t0 = time.perf_counter()
     problems = codegen.splits(seed)["train"][: min(cfg["rm_prompts"], RM_PROMPT_POOL)]
-    samples = collect_samples(policy, tok, problems, cfg["rm_samples"], max_new_tokens=cfg["max_new_tokens"],
-                              temperature=1.0, top_p=0.9, seed=seed + 17, progress=True)
+    samples = sample_and_check(policy, tok, problems, cfg["rm_samples"], max_new_tokens=cfg["max_new_tokens"],
+                               temperature=1.0, top_p=0.9, seed=seed + 17, batch_prompts=16,
+                               progress="sampling (RM data)")
     dm = PreferenceDataModule(policy=policy_path, samples=samples, val_fraction=0.25, batch_size=16, seed=seed)
     dm.tokenizer = tok
     try:
         dm.setup()
     except ValueError as e:
-        from pfkit.cli import UserError
+        from pfkit.errors import UserError
 
         raise UserError(f"cannot train a reward model for this policy: {e}") from None
     module = RewardModule.from_models(policy, tok, policy=policy_path, lr=cfg["rm_lr"], warmup_steps=10,
@@ -130,12 +132,12 @@ def train_reward_model(policy, tok, cfg: dict, seed: int, out: Path | None, log,
     acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
     rm = module.rm.eval()
     rm.meta.update({"pairs_train": len(dm.train_pairs), "pairs_val": len(dm.val_pairs),
-                    "samples_pass_rate": float(samples["passed"].mean())})
+                    "samples_pass_rate": float(samples["score"].mean())})
     if out:
         rm.save(out / "reward_model", tok)
     info = {"source": "trained in this demo", "val_acc": acc, "pairs_train": len(dm.train_pairs),
             "pairs_val": len(dm.val_pairs), "samples": len(samples),
-            "samples_pass_rate": float(samples["passed"].mean()), "train_seconds": time.perf_counter() - t0}
+            "samples_pass_rate": float(samples["score"].mean()), "train_seconds": time.perf_counter() - t0}
     log(f"reward model: {len(dm.train_pairs)} train / {len(dm.val_pairs)} held-out pairs from {len(samples)} "
         f"samples (pass rate {info['samples_pass_rate']:.2f}); held-out pairwise accuracy {acc:.3f}")
     return rm, info
@@ -145,16 +147,15 @@ def sft_r2_table(policy, tok, rm, cfg: dict, seed: int, out: Path | None, strate
     """Samples of the SFT policy on val problems, scored by RM and tests -> R² per strategy (paper Table 1)."""
     import pandas as pd
 
-    from pfkit.commands.analyze import strategy_table
-    from pfkit.data.preference import collect_samples
+    from pfkit.rl.filtration import strategy_table
+    from pfkit.rollout import sample_and_check
     from pfkit.runs import RunDir
     from pfkit.tasks import codegen
 
     problems = codegen.splits(seed)["val"][: cfg["r2_prompts"]]
-    s = collect_samples(policy, tok, problems, cfg["n_samples"], max_new_tokens=cfg["max_new_tokens"],
-                        temperature=1.0, top_p=0.9, seed=seed + 29)
+    s = sample_and_check(policy, tok, problems, cfg["n_samples"], max_new_tokens=cfg["max_new_tokens"],
+                         temperature=1.0, top_p=0.9, seed=seed + 29, batch_prompts=16)
     s["reward"] = rm.score_texts(tok, list(s["prompt"]), list(s["response"])).numpy()
-    s["score"] = s["passed"].astype(float)
     s["step"] = 0
     s["kept"] = True
     s["advantage"] = float("nan")
@@ -170,10 +171,10 @@ def sft_r2_table(policy, tok, rm, cfg: dict, seed: int, out: Path | None, strate
 def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, strategies=("none", "br", "bw"),
              policy_path: str = "embedded", reward_model: str = "auto", steps: int | None = None,
              verbose: bool = True, **overrides) -> dict:
-    from pfkit.commands.analyze import format_table, recommend
     from pfkit.data.preference import CodePromptDataModule
     from pfkit.models import load_policy
     from pfkit.modules.pfppo import PFPPOModule, evaluate_pass_at_1
+    from pfkit.rl.filtration import format_table, recommend
     from pfkit.runs import RunDir
     from pfkit.tasks import codegen
 
@@ -290,10 +291,13 @@ def format_summary(summary: dict) -> str:
 
 
 def main(args) -> int:
-    from pfkit.cli import UserError
-    from pfkit.commands.analyze import parse_strategies
+    from pfkit.errors import UserError
+    from pfkit.rl.filtration import parse_strategies
 
-    strategies = parse_strategies(args.strategies)
+    try:
+        strategies = parse_strategies(args.strategies)
+    except ValueError as e:
+        raise UserError(f"--strategies: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -68,10 +68,10 @@ print("quick:", QUICK, "| runs:", OUT, "| N =", N)
 # pass), and score each with the reward model.
 
 # %%
-from pfkit.data.preference import collect_samples
 from pfkit.demos.pfppo import SETTINGS as DEMO_SETTINGS
 from pfkit.demos.pfppo import get_reward_model
 from pfkit.models import load_policy
+from pfkit.rollout import sample_and_check
 from pfkit.tasks import codegen
 
 model, tok = load_policy(POLICY)
@@ -82,8 +82,8 @@ RM_PATH = str(OUT / "reward_model") if rm_info["source"] == "trained in this dem
 print("reward model:", RM_PATH)
 n_prompts = 24 if QUICK else 200
 problems = codegen.splits(seed=0)["test"][:n_prompts]
-samples = collect_samples(model, tok, problems, n=N, max_new_tokens=96, temperature=1.0, top_p=0.9, seed=0)
-samples["score"] = samples["passed"].astype(float)
+samples = sample_and_check(model, tok, problems, N, max_new_tokens=96, temperature=1.0, top_p=0.9, seed=0,
+                           batch_prompts=16)
 samples["reward"] = rm.score_texts(tok, samples["prompt"].tolist(), samples["response"].tolist()).numpy()
 samples["step"] = 0
 samples_path = OUT / "sft_samples.parquet"
@@ -144,14 +144,14 @@ one.sort_values("reward", ascending=False)
 # **R² per strategy**: fit score ~ reward over what each strategy keeps. `pfkit analyze-filtration` does
 # this from a run folder or a parquet of samples (BR is scored by its *expected* kept set, each sample
 # weighted by its inclusion probability, so the number has no sampling noise), prints a recommendation and
-# saves a plot. The same function from Python is `pfkit.commands.analyze.strategy_table`:
+# saves a plot. The same function from Python is `pfkit.rl.filtration.strategy_table`:
 
 # %%
 print(f"pfkit analyze-filtration {samples_path}")
 rc = pfkit_main(["analyze-filtration", str(samples_path), "--plot", str(OUT / "filtration_r2.png")])
 
 # %%
-from pfkit.commands.analyze import strategy_table
+from pfkit.rl.filtration import strategy_table
 
 table = strategy_table(samples.copy(), STRATEGIES, bins=10)
 display(table.round(3))
