@@ -32,6 +32,44 @@ VERBS = {
 
 
 # ------------------------------------------------------------------------------------------- LightningCLI
+#: (section, old key) -> new dotted key: one name per concept (docs/DEVELOPING.md "Names"); an old key in a
+#: config or on the command line is a one-line error naming the new one, not jsonargparse's long usage text.
+RENAMED = {
+    ("model", "n_samples"): "model.init_args.group_size",
+    ("data", "n_samples"): "data.init_args.group_size",
+    ("data", "prompts_per_step"): "model.init_args.prompts_per_step",
+}
+
+
+def check_renamed(argv: list[str]) -> None:
+    """Raise UserError for a renamed key in ``-c/--config`` YAML files or ``--model.[init_args.]KEY`` args."""
+    import yaml
+
+    found: list[tuple[str, str, str]] = []  # (where, section, key)
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv) or arg.startswith("--config="):
+            path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1]
+            try:
+                cfg = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # LightningCLI reports unreadable configs itself
+            for section in ("model", "data"):
+                sec = cfg.get(section) if isinstance(cfg, dict) else None
+                if isinstance(sec, dict):
+                    keys = set(sec) | set(sec.get("init_args") or {})
+                    found += [(path, section, k) for k in sorted(keys)]
+        elif arg.startswith("--model.") or arg.startswith("--data."):
+            parts = arg[2:].split("=", 1)[0].split(".")
+            key = parts[2] if len(parts) > 2 and parts[1] == "init_args" else parts[1]
+            found.append(("the command line", parts[0], key))
+    for where, section, key in found:
+        new = RENAMED.get((section, key))
+        if new:
+            what = (f"moved to `{new}`" if new.endswith(f".{key}") else
+                    f"was renamed to `{new.rsplit('.', 1)[1]}` (`{new}`)")
+            raise UserError(f"`{section}: {key}` {what}; update {where}")
+
+
 def _register_components() -> None:
     """Import every module of pfkit.modules and pfkit.data so LightningCLI can find them by class name."""
     import pkgutil
@@ -43,7 +81,13 @@ def _register_components() -> None:
                 importlib.import_module(f"{pkg_name}.{info.name}")
 
 
-def lightning_main(argv: list[str]) -> int:
+def make_cli(argv: list[str], *, run: bool = True):
+    """The ``pfkit fit|validate|test`` LightningCLI on ``argv`` (the verb first when ``run``). With
+    ``run=False`` (no verb) it only parses the configs and builds ``cli.model``, ``cli.datamodule`` and
+    ``cli.trainer`` (the run folder's CSV logger and ``config.yaml`` included), so demos and studies run
+    ``configs/*.yaml`` with overrides exactly as ``pfkit fit`` would: ``cli.trainer.fit(cli.model,
+    datamodule=cli.datamodule)``."""
+    check_renamed(argv)
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
@@ -69,17 +113,26 @@ def lightning_main(argv: list[str]) -> int:
                 self.trainer_defaults = {**self.trainer_defaults, "default_root_dir": run_dir}
             return super().instantiate_trainer(**kwargs)
 
-    PfkitCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        # LightningCLI warns when given args that equal sys.argv; pass None then (same result).
-        args=None if argv == sys.argv[1:] else argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "pfkit", "description": "pfkit training (LightningCLI)"},
-        auto_configure_optimizers=False,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # in-process use (run=False) passes args while sys.argv holds the demo's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return PfkitCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # LightningCLI warns when given args that equal sys.argv; pass None then (same result).
+            args=None if argv == sys.argv[1:] else argv,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "pfkit", "description": "pfkit training (LightningCLI)"},
+            auto_configure_optimizers=False,
+        )
+
+
+def lightning_main(argv: list[str]) -> int:
+    make_cli(argv)
     return 0
 
 

@@ -141,18 +141,17 @@ def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_leng
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     seqs = [(p + r + eos)[-max_length:] for p, r in zip(p_ids, r_ids)]
     n_resp = [min(len(r) + len(eos), len(s)) for r, s in zip(r_ids, seqs)]
+    from pfkit.rollout import left_pad
+
     L = max((len(s) for s in seqs), default=1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    resp = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, L - len(s):] = torch.tensor(s)
-            mask[i, L - len(s):] = 1
-        if n_resp[i]:
-            resp[i, L - n_resp[i]:] = 1
-    return {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
+    if not seqs:
+        empty = torch.zeros((0, L), dtype=torch.long)
+        return {"input_ids": empty, "attention_mask": empty, "response_mask": empty}
+    ones = [torch.ones(n, dtype=torch.long) for n in (len(s) for s in seqs)]
+    return {"input_ids": left_pad([torch.tensor(s, dtype=torch.long) for s in seqs], L, value=pad),
+            "attention_mask": left_pad(ones, L),
+            "response_mask": left_pad([torch.ones(n, dtype=torch.long) for n in n_resp], L)}
 
 
 EMBEDDED_RM = ROOT / "data" / "reward"

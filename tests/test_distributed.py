@@ -214,9 +214,10 @@ def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_
     out, run = tmp_path / "dump", tmp_path / "run"
     cfg = yaml.safe_load((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
     cfg["model"]["init_args"].update(policy=str(tiny_code / "pol"), reward_model=str(tiny_code / "rm"),
-                                     strategy="br", n_samples=3, max_new_tokens=12, ppo_epochs=1, minibatch_size=4,
+                                     strategy="br", prompts_per_step=4, group_size=3, max_new_tokens=12, ppo_epochs=1,
+                                     minibatch_size=4,
                                      actor_lr=1e-3, critic_lr=1e-3, save_policy=True)
-    cfg["data"]["init_args"].update(prompts_per_step=4, n_train=8, n_val=4, offset=0)
+    cfg["data"]["init_args"].update(n_train=8, n_val=4, offset=0)
     cfg["trainer"].update(limit_train_batches=2, limit_val_batches=0, callbacks=[
         {"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

@@ -32,12 +32,12 @@ def test_one_pfppo_step_updates_policy_and_logs(tiny, tmp_path, strategy, kept_p
     probs, tok, policy = tiny
     policy = __import__("copy").deepcopy(policy)
     rm = ScalarHeadModel.from_policy(policy)
-    module = PFPPOModule.from_models(policy, tok, rm, strategy=strategy, n_samples=3, max_new_tokens=12,
-                                     minibatch_size=4, ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3,
+    module = PFPPOModule.from_models(policy, tok, rm, strategy=strategy, prompts_per_step=4, group_size=3,
+                                     max_new_tokens=12, minibatch_size=4, ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3,
                                      save_policy=False)
     before = [p.detach().clone() for p in module.policy.parameters()]
     critic_before = [p.detach().clone() for p in module.critic.parameters()]
-    dm = CodePromptDataModule(prompts_per_step=4, n_train=8, n_val=4)
+    dm = CodePromptDataModule(n_train=8, n_val=4)
     dm.setup()
     dm.problems["train"] = probs[:8]
     run = tmp_path / "run"
@@ -74,7 +74,7 @@ def test_experience_rewards_and_advantages(tiny):
     """RM score lands on the last kept token, minus beta * k1 on every token; whitened over the kept buffer."""
     probs, tok, policy = tiny
     module = PFPPOModule.from_models(__import__("copy").deepcopy(policy), tok,
-                                     ScalarHeadModel.from_policy(policy), strategy="bw", n_samples=4,
+                                     ScalarHeadModel.from_policy(policy), strategy="bw", group_size=4,
                                      max_new_tokens=10, kl_coef=0.5, lam=1.0)
     exp = module.make_experience(probs[:3])
     assert exp.keep.view(3, 4).sum(1).tolist() == [2, 2, 2]

@@ -92,14 +92,14 @@ class PreferenceDataModule(LightningDataModule):
 
     ``samples``: a parquet file (or DataFrame) with columns prompt_id, prompt, response, score (the unit-test
     result; ``passed`` in older files; ``pfkit.rollout.sample_and_check``'s table); when None,
-    the policy at ``policy`` samples ``n_samples`` responses for each of ``n_prompts`` training problems of
+    the policy at ``policy`` samples ``group_size`` responses for each of ``n_prompts`` training problems of
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
     ``synthetic_per_prompt`` adds that many reference > near-miss pairs (:func:`synthetic_pairs`) for
     every *training* prompt of the embedded task; validation pairs are always the policy's own.
     """
 
     def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
-                 n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
+                 group_size: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
                  max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0):
         super().__init__()
@@ -126,7 +126,7 @@ class PreferenceDataModule(LightningDataModule):
             from pfkit.tasks import codegen
 
             problems = codegen.splits(h.seed)["train"][: h.n_prompts]
-            self.samples = sample_and_check(model, tokenizer, problems, h.n_samples, max_new_tokens=h.max_new_tokens,
+            self.samples = sample_and_check(model, tokenizer, problems, h.group_size, max_new_tokens=h.max_new_tokens,
                                             temperature=h.temperature, top_p=h.top_p, seed=h.seed, batch_prompts=16,
                                             progress="sampling (RM data)")
         cols = set(self.samples.columns)
@@ -143,7 +143,7 @@ class PreferenceDataModule(LightningDataModule):
         self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
         if self.train_pairs.empty:
             raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
-                             "sample more responses per prompt (n_samples) or use a policy with pass@1 in 0.2..0.8")
+                             "sample more responses per prompt (group_size) or use a policy with pass@1 in 0.2..0.8")
 
     def _codegen_problems(self, ids) -> list[CodeProblem]:
         from pfkit.tasks import codegen
@@ -189,7 +189,7 @@ class CodePromptDataModule(LightningDataModule):
     can be kept apart from the reward model's), shuffled with ``seed``; val: the val split.
     """
 
-    def __init__(self, seed: int = 0, prompts_per_step: int = 8, n_train: int = 512, offset: int = 0,
+    def __init__(self, seed: int = 0, n_train: int = 512, offset: int = 0,
                  n_val: int = 64):
         super().__init__()
         self.save_hyperparameters()
@@ -205,13 +205,17 @@ class CodePromptDataModule(LightningDataModule):
                              "test": sp["test"]}
 
     def train_dataloader(self):
-        # prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler) each rank
-        # takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
+        # the module's prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler)
+        # each rank takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
         world = self.trainer.world_size if self.trainer is not None else 1
-        if self.hparams.prompts_per_step % world:
-            raise ValueError(f"prompts_per_step={self.hparams.prompts_per_step} is not divisible by the "
-                             f"{world} DDP processes; use a multiple of the device count")
-        return DataLoader(_Problems(self.problems["train"]), batch_size=self.hparams.prompts_per_step // world,
+        k = getattr(getattr(self.trainer, "lightning_module", None), "hparams", {}).get("prompts_per_step")
+        if k is None:
+            raise ValueError("CodePromptDataModule batches by the training module's prompts_per_step; train a "
+                             "module that has one (PFPPOModule)")
+        if k % world:
+            raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
+                             "multiple of the device count")
+        return DataLoader(_Problems(self.problems["train"]), batch_size=k // world,
                           shuffle=True,
                           drop_last=True, collate_fn=list,
                           generator=torch.Generator().manual_seed(self.hparams.seed))

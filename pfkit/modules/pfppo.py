@@ -61,6 +61,9 @@ def evaluate_pass_at_1(model, tokenizer, problems: Sequence[CodeProblem], *, sam
 class PFPPOModule(LightningModule):
     """PPO with policy filtration on code problems (batches of ``CodeProblem`` from ``CodePromptDataModule``).
 
+    ``prompts_per_step`` prompts (the global batch, split over DDP ranks) x ``group_size`` responses each
+    make one iteration; the datamodule batches its problems by this module's ``prompts_per_step``.
+
     ``policy`` / ``reward_model``: local checkpoint folders or ``"embedded"`` (data/policy, data/reward).
     ``strategy``: none (PPO-M) | bon | br | bw. The defaults are the authors' PPO settings (KL 0.01, gamma 1,
     lambda 0.95, clip 0.2, value clip 0.2, temperature 1.0, top-p 0.9, Adam betas (0.9, 0.95), grad-norm 1.0)
@@ -68,7 +71,7 @@ class PFPPOModule(LightningModule):
     """
 
     def __init__(self, policy: str = "embedded", reward_model: str = "embedded", strategy: str = "br",
-                 n_samples: int = 5, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
+                 prompts_per_step: int = 8, group_size: int = 5, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  kl_coef: float = 0.01, gamma: float = 1.0, lam: float = 0.95, clip_low: float = 0.2,
                  clip_high: float = 0.2, value_clip: float | None = 0.2, ratio_level: str = "token",
                  agg: str = "token-mean", ppo_epochs: int = 2, minibatch_size: int = 16, actor_lr: float = 2e-5,
@@ -153,7 +156,7 @@ class PFPPOModule(LightningModule):
     # ------------------------------------------------------------------ one PPO iteration
     @property
     def config(self) -> ppo.PPOConfig:
-        return ppo.PPOConfig.from_dict({**self.hparams, "group_size": self.hparams.n_samples})
+        return ppo.PPOConfig.from_dict(self.hparams)
 
     def make_experience(self, problems: Sequence[CodeProblem]) -> ppo.Experience:
         """Steps 1-4 of :mod:`pfkit.rl.ppo` with this module's models (each rank its own sampling seed)."""

@@ -68,7 +68,6 @@ print("quick:", QUICK, "| runs:", OUT, "| N =", N)
 # pass), and score each with the reward model.
 
 # %%
-from pfkit.demos.pfppo import SETTINGS as DEMO_SETTINGS
 from pfkit.demos.pfppo import get_reward_model
 from pfkit.models import load_policy
 from pfkit.rollout import sample_and_check
@@ -76,9 +75,9 @@ from pfkit.tasks import codegen
 
 model, tok = load_policy(POLICY)
 # the shipped RM if it was trained from this policy, else one trained here (as `pfkit demo pfppo` does)
-rm, rm_info = get_reward_model(model, tok, DEMO_SETTINGS[QUICK], "auto" if REWARD_MODEL == "embedded" else
-                               REWARD_MODEL, seed=0, out=OUT, log=print, policy_path=POLICY)
-RM_PATH = str(OUT / "reward_model") if rm_info["source"] == "trained in this demo" else rm_info["source"]
+rm, rm_info, rm_folder = get_reward_model(model, tok, "auto" if REWARD_MODEL == "embedded" else REWARD_MODEL,
+                                          seed=0, out=OUT, log=print, policy_path=POLICY, quick=QUICK)
+RM_PATH = str(rm_folder)
 print("reward model:", RM_PATH)
 n_prompts = 24 if QUICK else 200
 problems = codegen.splits(seed=0)["test"][:n_prompts]
@@ -179,7 +178,7 @@ ITERS = 2 if QUICK else 30
 common = ["-c", str(ROOT / "configs" / "pfppo_codegen.yaml"),
           "--model.init_args.policy", POLICY, "--model.init_args.reward_model", RM_PATH,
           "--model.init_args.max_new_tokens", "64" if QUICK else "96", "--model.init_args.save_policy", "false",
-          "--data.init_args.prompts_per_step", "4" if QUICK else "8", "--data.init_args.n_val", "8" if QUICK else "64",
+          "--model.init_args.prompts_per_step", "4" if QUICK else "8", "--data.init_args.n_val", "8" if QUICK else "64",
           "--trainer.limit_train_batches", str(ITERS), "--trainer.limit_val_batches", "1",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 RUN_STRATEGIES = ["none", "br"] if QUICK else ["none", "br", "bw"]
