@@ -9,8 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from pfkit.commands.analyze import recommend, strategy_table
-from pfkit.rl.filtration import select
+from pfkit.rl.filtration import recommend, select, strategy_table
 from pfkit.runs import RunDir
 
 

@@ -10,8 +10,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from pfkit import models
 from pfkit.data.preference import CodePromptDataModule
+from pfkit.models import ScalarHeadModel
 from pfkit.modules.pfppo import PFPPOModule
-from pfkit.modules.reward import ScalarHeadModel
 from pfkit.runs import RunDir
 from pfkit.tasks import codegen
 
@@ -32,12 +32,12 @@ def test_one_pfppo_step_updates_policy_and_logs(tiny, tmp_path, strategy, kept_p
     probs, tok, policy = tiny
     policy = __import__("copy").deepcopy(policy)
     rm = ScalarHeadModel.from_policy(policy)
-    module = PFPPOModule.from_models(policy, tok, rm, strategy=strategy, n_samples=3, max_new_tokens=12,
-                                     minibatch_size=4, ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3,
+    module = PFPPOModule.from_models(policy, tok, rm, strategy=strategy, prompts_per_step=4, group_size=3,
+                                     max_new_tokens=12, minibatch_size=4, ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3,
                                      save_policy=False)
     before = [p.detach().clone() for p in module.policy.parameters()]
     critic_before = [p.detach().clone() for p in module.critic.parameters()]
-    dm = CodePromptDataModule(prompts_per_step=4, n_train=8, n_val=4)
+    dm = CodePromptDataModule(n_train=8, n_val=4)
     dm.setup()
     dm.problems["train"] = probs[:8]
     run = tmp_path / "run"
@@ -74,22 +74,22 @@ def test_experience_rewards_and_advantages(tiny):
     """RM score lands on the last kept token, minus beta * k1 on every token; whitened over the kept buffer."""
     probs, tok, policy = tiny
     module = PFPPOModule.from_models(__import__("copy").deepcopy(policy), tok,
-                                     ScalarHeadModel.from_policy(policy), strategy="bw", n_samples=4,
+                                     ScalarHeadModel.from_policy(policy), strategy="bw", group_size=4,
                                      max_new_tokens=10, kl_coef=0.5, lam=1.0)
     exp = module.make_experience(probs[:3])
-    assert exp["keep"].view(3, 4).sum(1).tolist() == [2, 2, 2]
-    m = exp["rmask"]
+    assert exp.keep.view(3, 4).sum(1).tolist() == [2, 2, 2]
+    m = exp.mask
     # policy == reference at the start, so KL is ~0; with gamma = lambda = 1 the return at the first token
     # is the Monte Carlo return, i.e. the RM reward
-    assert exp["kl"].abs().max() < 1e-3
-    kept_reward = exp["reward"][exp["idx"]]
+    assert exp.kl.abs().max() < 1e-3
+    kept_reward = exp.reward[exp.keep]
     has = m.sum(-1) > 0
-    torch.testing.assert_close(exp["ret"][has, 0], kept_reward[has], atol=2e-3, rtol=0)
-    adv = exp["adv"][m.bool()]
+    torch.testing.assert_close(exp.returns[has, 0], kept_reward[has], atol=2e-3, rtol=0)
+    adv = exp.advantages[m.bool()]
     assert abs(adv.mean().item()) < 1e-4 and adv.std().item() == pytest.approx(1.0, abs=1e-3)
-    assert np.isnan(exp["adv_per_sample"][~exp["keep"]].numpy()).all()
+    assert np.isnan(exp.advantage_per_sample[~exp.keep].numpy()).all()
     module.hparams.strategy = "none"  # PPO-M keeps everything
-    assert module.make_experience(probs[:2])["keep"].all()
+    assert module.make_experience(probs[:2]).keep.all()
 
 
 def test_unknown_strategy_fails_early(tiny):

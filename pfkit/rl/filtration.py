@@ -265,6 +265,76 @@ def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning
     return float(min(1.0, sxy**2 / (sxx * syy)))
 
 
+# ---------------------------------------------------------------------------- choosing a strategy (paper §4)
+# Which strategy to train with: R² between reward and unit-test score over what each strategy keeps, on
+# samples of the starting policy. ``pfkit analyze-filtration`` and ``pfkit demo pfppo`` print these tables.
+
+STRATEGY_LABELS = {"none": "none (PPO-M)", "bon": "BoN", "br": "BR", "bw": "BW"}
+CAVEAT = ("R² is a guide, not a guarantee (the paper: 'not a perfect tool'): it ignores how many samples a "
+          "strategy keeps and what the policy learns from them; BoN keeps only top-reward samples, so its "
+          "R² rests on few, similar points.")
+
+
+def strategy_table(df, strategies=("none", "bon", "br", "bw"), bins: int | None = 10):
+    """R² of each strategy's (expected) kept set over per-prompt groups of ``df``.
+
+    Adds a column ``p_<strategy>`` (inclusion probability) to ``df`` in place for plotting.
+    """
+    import pandas as pd
+
+    keys = ["step", "prompt_id"] if "step" in df.columns else ["prompt_id"]
+    rows = []
+    for s in strategies:
+        resolve(s)
+        probs = pd.Series(np.nan, index=df.index)
+        for _, g in df.groupby(keys, sort=False):
+            g = g.sort_values("sample_idx") if "sample_idx" in g.columns else g
+            p = inclusion_probs(torch.tensor(g["reward"].to_numpy(float))[None], s)[0].numpy()
+            probs.loc[g.index] = p
+        df[f"p_{s}"] = probs
+        w = probs.to_numpy()
+        rows.append({
+            "strategy": s,
+            "label": STRATEGY_LABELS.get(s, s),
+            "kept_per_prompt": float(w.sum() / df.groupby(keys).ngroups),
+            "r2": r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), weights=w),
+            "r2_binned": (r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), bins=bins, weights=w)
+                          if bins else float("nan")),
+            "kept_score": float(np.average(df["score"], weights=w)),
+            "kept_reward": float(np.average(df["reward"], weights=w)),
+        })
+    return pd.DataFrame(rows)
+
+
+def recommend(table) -> str | None:
+    """The strategy with the highest R² (ties: the first listed); None when no R² is defined."""
+    ok = table.dropna(subset=["r2"])
+    if ok.empty:
+        return None
+    return str(ok.sort_values("r2", ascending=False, kind="stable").iloc[0]["strategy"])
+
+
+def format_table(table) -> str:
+    """:func:`strategy_table` as aligned text (what ``pfkit analyze-filtration`` and the demo print)."""
+    import math
+
+    lines = [f"{'strategy':<14}{'kept/prompt':>12}{'R²':>9}{'R² binned':>11}{'kept score':>12}{'kept reward':>13}"]
+    for _, r in table.iterrows():
+        def f(x, w=9):
+            return f"{x:>{w}.3f}" if not (isinstance(x, float) and math.isnan(x)) else f"{'n/a':>{w}}"
+        lines.append(f"{r['label']:<14}{r['kept_per_prompt']:>12.2f}{f(r['r2'])}{f(r['r2_binned'], 11)}"
+                     f"{f(r['kept_score'], 12)}{f(r['kept_reward'], 13)}")
+    return "\n".join(lines)
+
+
+def parse_strategies(text: str) -> list[str]:
+    """A comma-separated list of strategy names, each checked (ValueError naming the bad one)."""
+    strategies = [s.strip().lower() for s in text.split(",") if s.strip()]
+    for s in strategies:
+        resolve(s)
+    return strategies
+
+
 def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile", confidence: float = 0.95):
     """The paper's Figure-1 analysis: actual score (pass rate) per reward bin, with counts and intervals.
 
