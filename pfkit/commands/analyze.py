@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from pfkit.errors import UserError
-from pfkit.rl.filtration import CAVEAT, format_table, parse_strategies, recommend, strategy_table
+from pfkit.rl.filtration import (
+    CAVEAT,
+    format_curve,
+    format_table,
+    parse_strategies,
+    recommend,
+    reliability_curve,
+    strategy_table,
+)
 
 __all__ = ["add_arguments", "load_samples", "main", "plot", "strategy_table", "recommend", "format_table"]
 
@@ -133,11 +141,18 @@ def main(args) -> int:
     print(f"R² between reward and unit-test score over each strategy's kept samples "
           f"({len(df)} samples, {df.groupby('prompt_id').ngroups} prompts, {where})")
     print(format_table(table))
+    curve = reliability_curve(df["reward"], df["score"], bins=args.bins or 10)
+    print(f"\nreliability (all {len(df)} samples): unit-test pass rate per reward bin, 95% CI "
+          f"(Clopper-Pearson for pass/fail scores)")
+    print(format_curve(curve))
     best = recommend(table)
     if best is None:
         print("recommendation: none (R² undefined: the scores do not vary over the kept samples)")
     else:
-        print(f"recommendation: {best} (highest R²). Caveat: {CAVEAT}")
+        plain = recommend(table, by="r2")
+        print(f"recommendation: {best} (highest binned R², the paper's criterion"
+              + (f"; by plain per-sample R² it would be {plain}" if plain != best else "; plain R² agrees")
+              + f"). Caveat: {CAVEAT}")
     path = Path(args.plot) if args.plot else out_dir / "filtration_r2.png"
     plot(df, table, path)
     print(f"plot: {path}")

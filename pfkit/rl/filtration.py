@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 __all__ = ["STRATEGIES", "RankWindow", "RankWeights", "resolve", "paper_weights", "ranks", "select",
-           "inclusion_probs", "r_squared", "reliability_curve"]
+           "inclusion_probs", "r_squared", "reliability_curve", "strategy_table", "recommend", "format_table",
+           "parse_strategies", "format_curve"]
 
 STRATEGIES = ("none", "bon", "br", "bw")
 
@@ -306,12 +307,21 @@ def strategy_table(df, strategies=("none", "bon", "br", "bw"), bins: int | None 
     return pd.DataFrame(rows)
 
 
-def recommend(table) -> str | None:
-    """The strategy with the highest R² (ties: the first listed); None when no R² is defined."""
-    ok = table.dropna(subset=["r2"])
+def recommend(table, by: str = "r2_binned") -> str | None:
+    """The strategy with the highest R² (ties: the first listed); None when no R² is defined.
+
+    ``by="r2_binned"`` (default) is the paper's criterion: R² of the grouped (binned) points, which measures
+    whether the reward tracks the *pass rate* across reward regions rather than predicting each binary
+    outcome. When no binned R² is defined (``bins=None``) it falls back to the plain per-sample ``"r2"``.
+    """
+    if by not in ("r2_binned", "r2"):
+        raise ValueError(f"recommend by 'r2_binned' or 'r2', got {by!r}")
+    if by == "r2_binned" and ("r2_binned" not in table or table["r2_binned"].isna().all()):
+        by = "r2"
+    ok = table.dropna(subset=[by])
     if ok.empty:
         return None
-    return str(ok.sort_values("r2", ascending=False, kind="stable").iloc[0]["strategy"])
+    return str(ok.sort_values(by, ascending=False, kind="stable").iloc[0]["strategy"])
 
 
 def format_table(table) -> str:
@@ -378,3 +388,12 @@ def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile"
                      "ci_low": float(lo), "ci_high": float(hi)})
     return pd.DataFrame(rows, columns=["bin", "reward_low", "reward_high", "reward_mean", "score_mean", "count",
                                        "ci_low", "ci_high"])
+
+
+def format_curve(curve) -> str:
+    """:func:`reliability_curve` as aligned text."""
+    lines = [f"{'bin':>4}{'reward range':>22}{'count':>7}{'pass rate':>11}{'95% CI':>18}"]
+    for r in curve.itertuples():
+        lines.append(f"{r.bin:>4}{f'[{r.reward_low:.3f}, {r.reward_high:.3f}]':>22}{r.count:>7}"
+                     f"{r.score_mean:>11.3f}{f'[{r.ci_low:.3f}, {r.ci_high:.3f}]':>18}")
+    return "\n".join(lines)
