@@ -58,6 +58,19 @@ def evaluate_pass_at_1(model, tokenizer, problems: Sequence[CodeProblem], *, sam
     return float(table["score"].sum()) / max(1, len(problems) * n)
 
 
+def check_reward_source(source: str, profile: str, sigma: float) -> None:
+    """One clear error for a reward source the PPO step does not know (before any model is loaded)."""
+    from pfkit.rl.oracle import PROFILES
+
+    if source not in ("model", "oracle"):
+        raise ValueError(f"reward_source must be 'model' (the reward model) or 'oracle' (unit-test score + "
+                         f"controlled noise), got {source!r}")
+    if source == "oracle" and profile not in PROFILES:
+        raise ValueError(f"oracle_profile {profile!r} is not one of {', '.join(PROFILES)}")
+    if sigma < 0:
+        raise ValueError(f"oracle_sigma must be >= 0, got {sigma}")
+
+
 class PFPPOModule(LightningModule):
     """PPO with policy filtration on code problems (batches of ``CodeProblem`` from ``CodePromptDataModule``).
 
@@ -65,7 +78,10 @@ class PFPPOModule(LightningModule):
     make one iteration; the datamodule batches its problems by this module's ``prompts_per_step``.
 
     ``policy`` / ``reward_model``: local checkpoint folders or ``"embedded"`` (data/policy, data/reward).
-    ``strategy``: none (PPO-M) | bon | br | bw. The defaults are the authors' PPO settings (KL 0.01, gamma 1,
+    ``strategy``: none (PPO-M) | bon | br | bw; PPO-S is ``group_size: 1`` with ``strategy: none``.
+    ``reward_source``: ``model`` (the reward model) or ``oracle`` (:mod:`pfkit.rl.oracle`, the mechanism
+    experiment: unit-test score + noise whose scale depends on the reward region, ``oracle_profile`` and
+    ``oracle_sigma``; the reward model then only initialises the critic). The defaults are the authors' PPO settings (KL 0.01, gamma 1,
     lambda 0.95, clip 0.2, value clip 0.2, temperature 1.0, top-p 0.9, Adam betas (0.9, 0.95), grad-norm 1.0)
     with learning rates sized for the tiny embedded policy.
     """
@@ -77,10 +93,12 @@ class PFPPOModule(LightningModule):
                  agg: str = "token-mean", ppo_epochs: int = 2, minibatch_size: int = 16, actor_lr: float = 2e-5,
                  critic_lr: float = 1e-4, vf_coef: float = 1.0, entropy_coef: float = 0.0,
                  whiten_advantages: bool = True, reward_clip: float = 10.0, max_grad_norm: float = 1.0,
-                 seed: int = 0, sandbox_timeout: float = 3.0, log_rollouts: bool = True, save_policy: bool = True):
+                 seed: int = 0, sandbox_timeout: float = 3.0, log_rollouts: bool = True, save_policy: bool = True,
+                 reward_source: str = "model", oracle_profile: str = "noisy_middle", oracle_sigma: float = 0.3):
         super().__init__()
         self.save_hyperparameters()
         resolve(strategy)  # fail early on an unknown strategy
+        check_reward_source(reward_source, oracle_profile, oracle_sigma)
         from pfkit import models
 
         model, tokenizer = models.load_policy(policy)
@@ -101,6 +119,7 @@ class PFPPOModule(LightningModule):
             raise TypeError(f"unknown PF-PPO option(s): {sorted(unknown)}")
         self.save_hyperparameters({**defaults, "policy": "<in memory>", "reward_model": "<in memory>", **hparams})
         resolve(self.hparams.strategy)
+        check_reward_source(self.hparams.reward_source, self.hparams.oracle_profile, self.hparams.oracle_sigma)
         self._init_models(policy_model, tokenizer, reward_model)
         return self
 

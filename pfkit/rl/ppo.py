@@ -5,6 +5,7 @@ module (``pfkit.modules.pfppo``) only wires optimizer, strategy hooks, logging a
     for each batch of P prompts:                                              (make_experience)
         1. sample N = group_size responses per prompt; run each against the unit tests (score, logged only)
         2. reward = RM(prompt, response), normalised with the RM's fixed statistics, clamped to +-reward_clip
+           (or, with reward_source: oracle, the unit-test score + controlled noise: pfkit.rl.oracle)
         3. keep = filtration.select(reward[P, N], strategy)          per prompt: none | bon | br | bw | ...
         4. on the kept samples only:
                per-token reward r_t = -kl_coef * k1(old || ref), plus the RM reward at the last token
@@ -37,6 +38,7 @@ from pfkit import distributed as dist
 from pfkit.rl.advantages import gae, masked_mean
 from pfkit.rl.filtration import select
 from pfkit.rl.losses import kl, policy_loss, value_loss
+from pfkit.rl.oracle import oracle_rewards
 from pfkit.rollout import Rollout, sample_and_check, sequence_logprobs
 
 
@@ -65,6 +67,9 @@ class PPOConfig:
     reward_clip: float = 10.0
     max_grad_norm: float = 1.0
     sandbox_timeout: float = 3.0
+    reward_source: str = "model"          # model (the learned RM) | oracle (pfkit.rl.oracle: tests + noise)
+    oracle_profile: str = "noisy_middle"  # uniform | noisy_middle | noisy_top | exact | pure_noise
+    oracle_sigma: float = 0.3
 
     @classmethod
     def from_dict(cls, d) -> PPOConfig:
@@ -103,9 +108,13 @@ def make_experience(policy, tokenizer, ref, reward_model, critic, problems: Sequ
                                      temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
                                      timeout=cfg.sandbox_timeout, return_rollout=True)
     score = torch.tensor(table["score"].tolist())
-    # 2. reward model
-    raw = reward_model.score_texts(tokenizer, table["prompt"].tolist(), ro.texts, normalize=False)
-    reward = reward_model.normalize(raw, clip=cfg.reward_clip)
+    # 2. reward: the reward model, or the controlled-noise oracle (unit-test score + region-dependent noise)
+    if cfg.reward_source == "oracle":
+        noisy, _ = oracle_rewards(score, cfg.oracle_profile, cfg.oracle_sigma, generator=generator)
+        reward = ((noisy - 0.5) / 0.5).clamp(-cfg.reward_clip, cfg.reward_clip)  # fixed scale: clean c -> [-1, 1]
+    else:
+        raw = reward_model.score_texts(tokenizer, table["prompt"].tolist(), ro.texts, normalize=False)
+        reward = reward_model.normalize(raw, clip=cfg.reward_clip)
     # 3. filter per prompt by reward rank
     keep = select(reward.view(P, N), cfg.strategy, generator=generator).view(-1)
     idx = keep.nonzero().squeeze(1)
