@@ -318,3 +318,62 @@ def main(args) -> int:
           f"{RUN_NAMES.get(strategies[-1], strategies[-1])}")
     return 0
 
+
+
+# ------------------------------------------------------------------------------------------ the study's job
+def run_arm(run) -> dict:
+    """One (arm, seed) of ``studies/pfppo.yaml``: PPO from the SFT policy on ``run.config`` (the same
+    configs/pfppo_codegen.yaml the CLI uses, with the arm's overrides), then held-out pass@1 on problems no
+    run trains on or selects from (``codegen.extra_split("study_eval")``): greedy and sampled (``eval_samples``
+    per problem at ``eval_temperature``, top-p 1). ``args.train: false`` evaluates the SFT policy itself.
+
+    R² by strategy is measured on the run's first ``r2_steps`` iterations (the policy is still ~SFT): the
+    logged rewards of every sample, so it is exact for arms that keep all N (PPO-M) and per reward source.
+    """
+    import math
+
+    from pfkit.cli import make_cli
+    from pfkit.models import load_policy
+    from pfkit.modules.pfppo import evaluate_pass_at_1
+    from pfkit.rl.filtration import STRATEGIES, strategy_table
+    from pfkit.runs import RunDir
+    from pfkit.tasks import codegen
+
+    a = {"train": True, "eval_problems": 1024, "eval_samples": 4, "eval_temperature": 1.0, "r2_steps": 5,
+         "r2_bins": 10, **run.args}
+    cfg = run.run_dir / "study_config.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(run.config, sort_keys=False))
+    out: dict = {}
+    if a["train"]:
+        cli = make_cli(["-c", str(cfg)], run=False)
+        t = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        out["train_s"] = time.perf_counter() - t
+        policy, tok, h = cli.model.policy, cli.model.tokenizer, cli.model.hparams
+        m = RunDir(run.run_dir).metrics()
+        out["iterations"] = int(m["train/rl_step"].dropna().max()) + 1
+        out["train_pass_rate"] = float(m["train/pass_rate"].mean())
+        out["kept_fraction"] = float(m["train/kept_fraction"].mean())
+        out["kl_final"] = float(m["train/kl"].dropna().iloc[-1])
+        roll = RunDir(run.run_dir).read("rollouts")
+        early = roll[roll["step"] < a["r2_steps"]].reset_index(drop=True)
+        if h.group_size > 1 and early.groupby(["step", "prompt_id"]).size().min() == h.group_size:
+            table = strategy_table(early, STRATEGIES, bins=a["r2_bins"]).set_index("strategy")
+            for s in STRATEGIES:
+                out[f"r2_{s}"] = float(table.loc[s, "r2"])
+                out[f"r2_binned_{s}"] = float(table.loc[s, "r2_binned"])
+        max_new = h.max_new_tokens
+    else:
+        policy, tok = load_policy(run.config["model"]["init_args"].get("policy", "embedded"))
+        max_new = run.config["model"]["init_args"].get("max_new_tokens", 96)
+    problems = codegen.extra_split("study_eval", int(a["eval_problems"]))
+    out["pass1_greedy"] = evaluate_pass_at_1(policy, tok, problems, max_new_tokens=max_new)
+    out["pass1_sampled"] = evaluate_pass_at_1(policy, tok, problems, samples=int(a["eval_samples"]),
+                                              temperature=float(a["eval_temperature"]), top_p=1.0,
+                                              max_new_tokens=max_new, seed=1000 + run.seed)
+    n = len(problems)
+    out["pass1_sampled_se"] = math.sqrt(out["pass1_sampled"] * (1 - out["pass1_sampled"]) / (n * a["eval_samples"]))
+    out["n_eval"] = n * (1 + int(a["eval_samples"]))
+    return out
