@@ -57,9 +57,13 @@ def _leftovers(sb: sandbox.Sandbox, uids: set[int]) -> list:
     for w in sb._workers:
         if w is None:
             continue
-        kids = psutil.Process(w.proc.pid).children(recursive=True)
-        allowed = 1 if w.mode == "namespace" else 0  # the launcher's only child is the zygote (PID 1 inside)
-        left += kids[allowed:]
+        top = psutil.Process(w.proc.pid)
+        # namespace modes: the launcher's only child is the judge (PID 1 inside); the judge's first child
+        # is the zygote, forked at start-up; anything else is a job's
+        judge = top.children()[0] if w.mode in ("namespace", "userns") else top
+        kids = sorted(judge.children(), key=lambda p: p.create_time())
+        allowed = {judge.pid, kids[0].pid} if kids else {judge.pid}
+        left += [p for p in top.children(recursive=True) if p.pid not in allowed]
     return left
 
 
@@ -126,8 +130,9 @@ def test_orphan_is_killed_even_while_other_jobs_run():
     with sandbox.Sandbox(workers=1, jobs_per_worker=2) as sb:
         out = sb.run([Job(daemon, ""), Job("import time\ntime.sleep(1.0)\n", "")], timeout=3.0)
         assert [v.status for v in out] == ["passed", "passed"]
-        zygote = psutil.Process(sb._workers[0].proc.pid).children()[0]
-        assert zygote.children(recursive=True) == []
+        judge = psutil.Process(sb._workers[0].proc.pid).children()[0]
+        left = judge.children(recursive=True)  # only the zygote, forked at start-up, remains
+        assert len(left) == 1 and left[0].children() == [], left
 
 
 def test_ipc_objects_do_not_outlive_their_job():

