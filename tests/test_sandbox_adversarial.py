@@ -148,3 +148,36 @@ def test_ipc_objects_do_not_outlive_their_job():
         after = sb.run([Job(count, "")])[0]
     assert made.passed and made.stdout.strip() == "3", made
     assert after.passed and after.stdout.strip() == "0", after
+
+
+@pytest.mark.slow  # starts an unprivileged interpreter and imports pfkit there (~10-20 s on a busy machine)
+def test_adversarial_programs_unprivileged_userns(tmp_path):
+    """The containment suite as a non-root user, in unprivileged user namespaces (PID/mount/net/IPC)."""
+    from _sandbox_nonroot import NOBODY, run_unprivileged
+
+    tag = uuid.uuid4().hex[:8]
+    progs, outside = programs(str(tmp_path), tag)
+    # killing its parent kills the zygote (same uid): the job crashes and the worker is replaced, which
+    # is checked on its own below; every other program runs in one pool whose workers must survive
+    kill_parent = progs.pop("kill the parent")
+    names = list(progs)
+    jobs = [Job(F + src, T, "f") for src in progs.values()]
+    t = time.monotonic()
+    out, info = run_unprivileged(jobs, "userns", timeout=TIMEOUT)
+    wall = time.monotonic() - t
+    verdicts = dict(zip(names, out))
+    assert [k for k, v in verdicts.items() if v.passed] == [], verdicts
+    assert info["alive"], "a worker died"
+    assert all(v.isolation == "userns" for v in out)
+    for name in ("infinite loop", "sleep", "SIGTERM ignored"):
+        assert verdicts[name].status == "timeout", verdicts[name]
+    for name in ("sys.exit(0)", "os._exit(0)", "raise SystemExit", "fake pass line"):
+        assert verdicts[name].status == "failed" and "exit" in verdicts[name].hack, verdicts[name]
+    assert "AssertionError" in verdicts["network"].detail  # every connection failed: no network
+    assert "AssertionError" in verdicts["write outside"].detail  # read-only view of the filesystem
+    assert not [v for v in out if v.seconds > TIMEOUT + 2]
+    assert wall < 120 + len(jobs) * (TIMEOUT + 2) / 2
+    assert [p for p in outside if os.path.exists(p)] == []
+    assert [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == NOBODY] == []
+    (v,), info = run_unprivileged([Job(F + kill_parent, T, "f")], "userns", timeout=TIMEOUT, workers=1)
+    assert v.status in ("failed", "crashed") and not v.passed, v

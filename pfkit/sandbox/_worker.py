@@ -543,31 +543,48 @@ def _child(job: dict, cfg: dict, chan: int, out_fd: int, err_fd: int) -> None:
 
 
 def _builtins_probe():
-    """A check, bound before the program runs, of whether the program replaced or added builtins."""
+    """(changed, ours, theirs), bound before the program runs: ``changed(g)`` tells whether the program
+    replaced or added builtins; ``ours()`` puts the original builtins back for the sandbox's own code (a
+    program that replaced ``isinstance`` must not break the protocol) and returns the program's, which
+    ``theirs(saved)`` restores before control goes back to the program."""
     import builtins
 
     d = builtins.__dict__
+    original = dict(d)
     snap = list(d.items())
     n = len(d)
 
-    def changed(g: dict) -> bool:
+    def changed(g: dict, len=len, any=any, builtins=builtins) -> bool:
         b = g.get("__builtins__", builtins)
         return (b is not builtins and b is not d) or len(d) != n or any(d.get(k) is not v for k, v in snap)
 
-    return changed
+    def ours(g: dict, dict=dict):
+        if not changed(g):
+            return None
+        saved = dict(d)
+        d.clear()
+        d.update(original)
+        return saved
+
+    def theirs(saved) -> None:
+        if saved is not None:
+            d.clear()
+            d.update(saved)
+
+    return changed, ours, theirs
 
 
 def _serve_candidate(program: str, fd: int) -> None:
     """The untrusted side of the call protocol: run the program, send its names, answer calls until EOF."""
     write, exit_, read, dumps, loads = os.write, os._exit, os.read, json.dumps, json.loads
-    changed = _builtins_probe()
+    changed, ours, theirs = _builtins_probe()
 
     def send(obj) -> None:
         data = (dumps(obj, separators=(",", ":")) + "\n").encode()
         while data:
             data = data[write(fd, data):]
 
-    def flags_of(g: dict, flags: set) -> list:
+    def flags_of(g: dict, flags: set, sorted=sorted) -> list:
         if changed(g):
             flags.add("builtins")
         return sorted(flags)
@@ -576,11 +593,17 @@ def _serve_candidate(program: str, fd: int) -> None:
     try:
         exec(compile(program, "<candidate>", "exec"), g)
     except SystemExit as e:
-        send({"exit": f"SystemExit({e.code!r}) before the tests completed", "flags": flags_of(g, {"exit"})})
+        flags = flags_of(g, {"exit"})
+        ours(g)
+        send({"exit": f"SystemExit({e.code!r}) before the tests completed", "flags": flags})
         exit_(0)
     except BaseException as e:  # noqa: BLE001 - the program's own failure
-        send({"error": _describe(e, program), "flags": flags_of(g, set())})
+        flags = flags_of(g, set())
+        ours(g)
+        send({"error": _describe(e, program), "flags": flags})
         exit_(0)
+    flags = flags_of(g, set())
+    saved = ours(g)
     names = {}
     import types
 
@@ -596,7 +619,7 @@ def _serve_candidate(program: str, fd: int) -> None:
                 names[k] = ["v", encode(v)]
             except (BoundaryError, RecursionError):
                 names[k] = ["o", type(v).__name__]
-    send({"ready": names, "flags": flags_of(g, set())})
+    send({"ready": names, "flags": flags})
     buf = b""
     while True:
         while b"\n" not in buf:
@@ -608,9 +631,16 @@ def _serve_candidate(program: str, fd: int) -> None:
         msg = loads(line)
         flags: set = set()
         reply: dict = {"n": msg["n"]}
+        result = None
         try:
-            fn = g[msg["f"]]
-            result = fn(*decode(msg["a"]), **decode(msg["k"]))
+            fn, args, kwargs = g[msg["f"]], decode(msg["a"]), decode(msg["k"])
+            theirs(saved)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                if changed(g):
+                    flags.add("builtins")
+                saved = ours(g)
             reply["ok"] = encode(_lower(result, flags))
         except SystemExit as e:
             flags.add("exit")
@@ -645,12 +675,13 @@ def _run_inprocess(job: dict, fd: int) -> None:
     if job.get("entry_point"):
         source += f"check({job['entry_point']})\n"
     write, exit_, nonce = os.write, os._exit, job["nonce"]
-    changed = _builtins_probe()
+    changed, ours, _ = _builtins_probe()
     del job
 
     def report(ok: bool, flags: set, detail: str, g: dict) -> None:
         if changed(g):
             flags.add("builtins")
+        ours(g)
         msg = "\t".join((nonce, "passed" if ok else "failed", ",".join(sorted(flags)),
                          detail.replace("\n", " ")[:2000])) + "\n"
         write(fd, msg.encode())
@@ -700,12 +731,14 @@ def _zygote(ctl: socket.socket, cfg: dict) -> None:
         for fd, _ in poller.poll():
             if fd == cfd:
                 data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 16)
-                if not data:
+                if not data:  # the judge is done: end the candidates, reap them (their CPU time is counted)
                     for _, pid in running.values():
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except OSError:
                             pass
+                    for _, pid in running.values():
+                        os.waitpid(pid, 0)
                     os._exit(0)
                 buf += data
                 fds_q.extend(fds)
@@ -1045,12 +1078,13 @@ class _Judge:
                 except BoundaryError as e:
                     status, detail = "failed", f"BoundaryError (sandbox): {e}"
             elapsed = time.monotonic() - start
-            mine.close()
-            if pid is not None:
+            if pid is not None:  # killed before its channel closes: an exit of its own stays visible below
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+            mine.close()
+            if pid is not None:
                 while exit_status is None:
                     msg = q.get(timeout=30)
                     if "exit" in msg:
@@ -1070,6 +1104,9 @@ class _Judge:
             else:
                 code = os.WEXITSTATUS(exit_status)
                 detail = f"exited with status {code} before the tests completed"
+        if mode == "isolated" and status != "passed" and exit_status is not None and os.WIFEXITED(exit_status) \
+                and os.WEXITSTATUS(exit_status) != SETUP_FAILED:
+            ch.flags.add("exit")  # it ended itself (os._exit after a fake write, ...) before the verdict
         _sweep(uid, keep={self.zpid})
         if uid is not None:
             _remove_ipc(uid)
@@ -1137,6 +1174,8 @@ class _Judge:
             self.jobs.put(None)
         for t in slots:
             t.join()
+        self.ctl.shutdown(socket.SHUT_WR)  # EOF: the zygote ends its candidates and exits; reap it
+        os.waitpid(self.zpid, 0)
 
 
 def _prepare() -> None:
