@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import marshal
 import os
 import queue
 import select
@@ -69,7 +70,6 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_CAPBSET_DROP = 1, 4, 15, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 SETUP_FAILED = 70
 MAX_MESSAGE = 4 << 20  # bytes of one reply from a candidate (a value, its names); more is a boundary failure
-LINE_OFFSET_CHECK = "\ncheck({ep})\n"
 
 # Imported once here so forked children don't pay for them (HumanEval/MBPP programs use these). Kept to
 # small pure-Python modules: every extra shared library (hashlib's libcrypto, shutil's bz2/lzma) makes each
@@ -115,86 +115,82 @@ class _Deadline(BaseException):
     """The job's wall-clock limit passed while the judge waited for the candidate."""
 
 
-def encode(x, depth: int = 0):
-    """Exact built-in literals -> JSON-able data (tagged where JSON has no type). Anything else raises."""
-    t = type(x)
-    if t is str or t is bool or t is float or x is None:
-        return x
-    if t is int:
-        return x if -(1 << 62) < x < (1 << 62) else {"x": hex(x)}  # hex: no int-to-str digit limit
-    if depth > 200:
-        raise BoundaryError("value nested too deeply to cross the sandbox boundary")
-    if t is list:
-        return [encode(v, depth + 1) for v in x]
-    if t is tuple:
-        return {"t": [encode(v, depth + 1) for v in x]}
-    if t is dict:
-        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
-    if t is set or t is frozenset:
-        return {"s" if t is set else "f": [encode(v, depth + 1) for v in x]}
-    if t is bytes:
-        return {"b": x.hex()}
-    if t is complex:
-        return {"c": [x.real, x.imag]}
-    raise BoundaryError(f"a {t.__module__}.{t.__qualname__} object cannot cross the sandbox boundary")
+_SCALARS = (str, int, float, bool, type(None))
+_BIG = 1 << 62
 
 
-def decode(v, depth: int = 0):
-    """Inverse of :func:`encode`, strict: only the shapes it produces, into exact built-in types."""
-    t = type(v)
-    if t is str or t is int or t is float or t is bool or v is None:
-        return v
-    if depth > 200:
-        raise BoundaryError("value nested too deeply")
-    if t is list:
-        return [decode(e, depth + 1) for e in v]
-    if t is dict and len(v) == 1:
-        ((tag, body),) = v.items()
-        try:
-            if tag == "x" and type(body) is str:
-                return int(body, 16)
-            if tag == "b" and type(body) is str:
-                return bytes.fromhex(body)
-            if tag == "c" and type(body) is list and len(body) == 2 and all(type(p) is float for p in body):
-                return complex(body[0], body[1])
-            if type(body) is list:
-                items = [decode(e, depth + 1) for e in body]
-                if tag == "t":
-                    return tuple(items)
-                if tag == "s":
-                    return set(items)
-                if tag == "f":
-                    return frozenset(items)
-                if tag == "d" and all(type(p) is list and len(p) == 2 for p in items):
-                    return dict(items)
-        except (TypeError, ValueError) as e:  # unhashable set element / dict key, bad hex
-            raise BoundaryError(f"malformed value from the candidate: {e}") from None
-    raise BoundaryError("malformed value from the candidate")
+def _tag(obj: dict):
+    """json ``object_hook`` of the judge: every JSON object in a reply must be one tagged literal (a reply's
+    envelope is an array, plain lists and scalars decode in C untouched). Anything else raises."""
+    if len(obj) == 1:
+        ((tag, body),) = obj.items()
+        tb = type(body)
+        if tag == "t" and tb is list:
+            return tuple(body)
+        if tag == "d" and tb is list and all(type(p) is list and len(p) == 2 for p in body):
+            return dict(body)
+        if tag == "s" and tb is list:
+            return set(body)
+        if tag == "f" and tb is list:
+            return frozenset(body)
+        if tag == "x" and tb is str:
+            return int(body, 16)
+        if tag == "b" and tb is str:
+            return bytes.fromhex(body)
+        if tag == "c" and tb is list and len(body) == 2 and all(type(p) is float for p in body):
+            return complex(body[0], body[1])
+    raise ValueError("not a tagged literal")
+
+
+_DECODER = json.JSONDecoder(object_hook=_tag)
+
+
+def decode_reply(data: bytes) -> list:
+    """A candidate's reply line -> ``[n, kind, payload, flags]`` with exact built-in types, or BoundaryError.
+    The parser is json's (C); the only objects it can build are the literals of :func:`_tag`."""
+    try:
+        msg = _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, TypeError, RecursionError):  # bad JSON/UTF-8, unhashable set item or dict key, bad tag
+        raise BoundaryError("the candidate wrote something that is not a well-formed reply") from None
+    if type(msg) is not list or len(msg) != 4 or type(msg[0]) is not int or type(msg[1]) is not str \
+            or type(msg[3]) is not list:
+        raise BoundaryError("the candidate wrote something that is not a well-formed reply")
+    return msg
 
 
 _LOWER = (int, float, complex, str, bytes, tuple, list, dict, frozenset, set)
 
 
 def _lower(x, flags: set, depth: int = 0):
-    """Candidate side: make a return value crossable. Instances of subclasses of the literal types (a
-    namedtuple, an IntEnum, a ``str`` subclass with a forged ``__eq__``) become the plain value, so the judge
-    compares real data; numpy scalars become Python numbers. Objects of classes the program defined are
-    flagged ``user_object`` (the always-equal trick). Untrusted code: the judge does not rely on this."""
+    """Candidate side: a return value -> JSON-able data with tags (tuple, dict, set, frozenset, bytes,
+    complex, big int). Instances of subclasses of the literal types (a namedtuple, an IntEnum, a ``str``
+    subclass with a forged ``__eq__``) become the plain value, so the judge compares real data; numpy
+    scalars become Python numbers. Objects of classes the program defined are flagged ``user_object`` (the
+    always-equal trick). Untrusted code: the judge relies on none of this, only on :func:`decode_reply`."""
     t = type(x)
-    if t in (str, bool, float, int, type(None), bytes, complex):
+    if t is str or t is bool or t is float or x is None:
         return x
+    if t is int:
+        return x if -_BIG < x < _BIG else {"x": hex(x)}  # hex: no int-to-str digit limit
     if depth > 200:
         raise BoundaryError("value nested too deeply to cross the sandbox boundary")
+    if t is list:
+        for e in x:
+            if type(e) not in _SCALARS or (type(e) is int and not -_BIG < e < _BIG):
+                return [_lower(v, flags, depth + 1) for v in x]
+        return x  # the common case, a flat list of scalars: json encodes it in C
+    if t is tuple:
+        return {"t": [_lower(v, flags, depth + 1) for v in x]}
+    if t is dict:
+        return {"d": [[_lower(k, flags, depth + 1), _lower(v, flags, depth + 1)] for k, v in x.items()]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "f": [_lower(v, flags, depth + 1) for v in x]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [x.real, x.imag]}
     if getattr(t, "__module__", None) == "__candidate__":
         flags.add("user_object")
-    if t is list:
-        return [_lower(v, flags, depth + 1) for v in x]
-    if t is tuple:
-        return tuple(_lower(v, flags, depth + 1) for v in x)
-    if t is dict:
-        return {_lower(k, flags, depth + 1): _lower(v, flags, depth + 1) for k, v in x.items()}
-    if t is set or t is frozenset:
-        return t(_lower(v, flags, depth + 1) for v in x)
     if getattr(t, "__module__", None) == "numpy" and getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
         return _lower(x.item(), flags, depth + 1)
     for base in _LOWER:
@@ -429,7 +425,8 @@ def _sweep(uid: int | None, keep: set[int]) -> None:
 
     Targets: every process running as the job's private ``uid`` (namespace mode; a job cannot change uid:
     NO_NEW_PRIVS and nosuid mounts), and every orphan re-parented to us (we are PID 1 of the namespace, or
-    a child subreaper) that is not in ``keep`` (the zygote). Only processes we found are reaped, never
+    a child subreaper) that is not in ``keep`` (the zygote, other jobs' candidates). Only processes we found are
+    reaped, never
     ``waitpid(-1)``.
     """
     me = os.getpid()
@@ -581,97 +578,94 @@ def _builtins_probe():
 
 
 def _serve_candidate(program: str, fd: int) -> None:
-    """The untrusted side of the call protocol: run the program, send its names, answer calls until EOF."""
-    write, exit_, read, dumps, loads = os.write, os._exit, os.read, json.dumps, json.loads
+    """The untrusted side of the call protocol: run the program, send its names, answer calls until EOF.
+
+    Replies are one JSON array per line, ``[n, kind, payload, flags]``; calls arrive as a 4-byte length and a
+    marshal of ``(n, name, args, kwargs)`` (written by the trusted judge, so marshal is safe to read here)."""
+    import marshal
+    import types
+
+    write, exit_, read, dumps, loads = os.write, os._exit, os.read, json.dumps, marshal.loads
     changed, ours, theirs = _builtins_probe()
 
-    def send(obj) -> None:
-        data = (dumps(obj, separators=(",", ":")) + "\n").encode()
+    def send(n: int, kind: str, payload, flags) -> None:
+        data = (dumps([n, kind, payload, sorted(flags)], separators=(",", ":")) + "\n").encode()
         while data:
             data = data[write(fd, data):]
-
-    def flags_of(g: dict, flags: set, sorted=sorted) -> list:
-        if changed(g):
-            flags.add("builtins")
-        return sorted(flags)
 
     g = {"__name__": "__candidate__"}
     try:
         exec(compile(program, "<candidate>", "exec"), g)
     except SystemExit as e:
-        flags = flags_of(g, {"exit"})
+        flags = {"exit", "builtins"} if changed(g) else {"exit"}
         ours(g)
-        send({"exit": f"SystemExit({e.code!r}) before the tests completed", "flags": flags})
+        send(0, "exit", f"SystemExit({e.code!r}) before the tests completed", flags)
         exit_(0)
     except BaseException as e:  # noqa: BLE001 - the program's own failure
-        flags = flags_of(g, set())
+        flags = {"builtins"} if changed(g) else set()
         ours(g)
-        send({"error": _describe(e, program), "flags": flags})
+        send(0, "error", _describe(e, program), flags)
         exit_(0)
-    flags = flags_of(g, set())
     saved = ours(g)
-    names = {}
-    import types
-
+    flags = {"builtins"} if saved is not None else set()
+    names = []
     for k, v in list(g.items()):
         if k.startswith("__"):
             continue
         if isinstance(v, types.ModuleType):
-            names[k] = ["m", v.__name__]
+            names.append([k, "m", v.__name__])
         elif callable(v):
-            names[k] = ["f"]
+            names.append([k, "f", None])
         else:
             try:
-                names[k] = ["v", encode(v)]
+                names.append([k, "v", _lower(v, set())])
             except (BoundaryError, RecursionError):
-                names[k] = ["o", type(v).__name__]
-    send({"ready": names, "flags": flags})
+                names.append([k, "o", type(v).__name__])
+    send(0, "ready", names, flags)
     buf = b""
     while True:
-        while b"\n" not in buf:
+        while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
             chunk = read(fd, 1 << 16)
             if not chunk:
                 exit_(0)
             buf += chunk
-        line, buf = buf.split(b"\n", 1)
-        msg = loads(line)
-        flags: set = set()
-        reply: dict = {"n": msg["n"]}
+        size = 4 + int.from_bytes(buf[:4], "big")
+        n, name, args, kwargs = loads(buf[4:size])
+        buf = buf[size:]
+        flags = set()
         result = None
         try:
-            fn, args, kwargs = g[msg["f"]], decode(msg["a"]), decode(msg["k"])
+            fn = g[name]
             theirs(saved)
             try:
                 result = fn(*args, **kwargs)
             finally:
-                if changed(g):
+                saved = ours(g)  # original builtins for our own code; None when untouched (one check)
+                if saved is not None:
                     flags.add("builtins")
-                saved = ours(g)
-            reply["ok"] = encode(_lower(result, flags))
+            kind, payload = "ok", _lower(result, flags)
         except SystemExit as e:
             flags.add("exit")
-            send({"n": msg["n"], "exit": f"SystemExit({e.code!r}) before the tests completed",
-                  "flags": flags_of(g, flags)})
+            send(n, "exit", f"SystemExit({e.code!r}) before the tests completed", flags)
             exit_(0)
         except BoundaryError as e:
             try:  # not a literal: it crosses as an opaque value that only answers bool() (see _Opaque)
-                reply["opaque"] = [type(result).__qualname__[:100], result.__bool__() if hasattr(result, "__bool__")
-                                   else (len(result) != 0 if hasattr(result, "__len__") else True)]
-                if type(reply["opaque"][1]) is not bool:
+                truth = result.__bool__() if hasattr(result, "__bool__") else (
+                    len(result) != 0 if hasattr(result, "__len__") else True)
+                if type(truth) is not bool:
                     raise TypeError
-            except BaseException:  # noqa: BLE001 - a forged __bool__/__len__, or no result at all
-                reply.pop("opaque", None)
-                reply["bad"] = str(e)[:500]
+                kind, payload = "opaque", [type(result).__qualname__[:100], truth]
+            except BaseException:  # noqa: BLE001 - a forged __bool__/__len__
+                kind, payload = "bad", str(e)[:500]
         except RecursionError:
-            reply["bad"] = "the candidate's return value is nested too deeply to cross the sandbox boundary"
+            kind, payload = "bad", "the candidate's return value is nested too deeply to cross the sandbox boundary"
         except BaseException as e:  # noqa: BLE001 - re-raised in the judge by type name and message
             try:
                 text = str(e)[:500]
             except BaseException:  # noqa: BLE001 - a forged __str__
                 text = ""
-            reply["raise"] = [type(e).__name__ if type(e).__module__ == "builtins" else "", text]
-        reply["flags"] = flags_of(g, flags)
-        send(reply)
+            kind, payload = "raise", [type(e).__name__ if type(e).__module__ == "builtins" else "", text]
+        send(n, kind, payload, flags)
 
 
 def _run_inprocess(job: dict, fd: int) -> None:
@@ -704,8 +698,9 @@ def _run_inprocess(job: dict, fd: int) -> None:
         report(True, set(), "", g)
 
 
-def _describe(exc: BaseException, source: str) -> str:
-    """``AssertionError (line 12: assert f(1) == 2)`` — the exception and the line of the program it came from."""
+def _describe(exc: BaseException, source: str, tests_offset: int = 0) -> str:
+    """``AssertionError (line 12: assert f(1) == 2)`` — the exception and the line of the program it came from.
+    Frames of code compiled as ``<tests>`` count lines from ``tests_offset`` of ``source``."""
     import traceback
 
     try:
@@ -713,9 +708,9 @@ def _describe(exc: BaseException, source: str) -> str:
     except BaseException:  # noqa: BLE001 - a forged __str__
         text = type(exc).__name__
     try:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<candidate>"]
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in ("<candidate>", "<tests>")]
         if frames:
-            lineno = frames[-1].lineno
+            lineno = frames[-1].lineno + (tests_offset if frames[-1].filename == "<tests>" else 0)
             line = source.splitlines()[lineno - 1].strip()
             text += f" (line {lineno}: {line[:200]})"
     except Exception:  # noqa: BLE001
@@ -724,19 +719,19 @@ def _describe(exc: BaseException, source: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the zygote
-def _zygote(ctl: socket.socket, cfg: dict) -> None:
-    """Fork one candidate per job message; report its pid, then its wait status. Exits when the judge goes."""
-    buf, fds_q = b"", []
-    running: dict[int, tuple[int, int]] = {}  # pidfd -> (key, pid)
-    cfd = ctl.fileno()
+def _zygote(ctls: list, cfg: dict) -> None:
+    """Fork one candidate per job message; report its pid, then its wait status, on the slot's socket.
+    Exits when the judge closes the sockets (or dies: PDEATHSIG)."""
+    by_fd = {c.fileno(): [c, b"", []] for c in ctls}  # fd -> [socket, buffer, received fds]
+    running: dict[int, tuple[socket.socket, int]] = {}  # pidfd -> (slot socket, pid)
+    poller = select.poll()
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     while True:
-        poller = select.poll()
-        poller.register(cfd, select.POLLIN)
-        for pfd in running:
-            poller.register(pfd, select.POLLIN)
         for fd, _ in poller.poll():
-            if fd == cfd:
-                data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 16)
+            if fd in by_fd:
+                st = by_fd[fd]
+                data, fds, _, _ = socket.recv_fds(st[0], 1 << 20, 16)
                 if not data:  # the judge is done: end the candidates, reap them (their CPU time is counted)
                     for _, pid in running.values():
                         try:
@@ -746,18 +741,18 @@ def _zygote(ctl: socket.socket, cfg: dict) -> None:
                     for _, pid in running.values():
                         os.waitpid(pid, 0)
                     os._exit(0)
-                buf += data
-                fds_q.extend(fds)
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
+                st[1] += data
+                st[2].extend(fds)
+                while b"\n" in st[1]:
+                    line, st[1] = st[1].split(b"\n", 1)
                     job = json.loads(line)
-                    mine, fds_q = fds_q[:3], fds_q[3:]
+                    mine, st[2] = st[2][:3], st[2][3:]
                     try:
                         pid = os.fork()
                     except OSError as e:
                         for f in mine:
                             os.close(f)
-                        _send_ctl(ctl, {"key": job["key"], "error": f"fork: {e}"})
+                        _send_ctl(st[0], {"error": f"fork: {e}"})
                         continue
                     if pid == 0:
                         try:
@@ -769,13 +764,16 @@ def _zygote(ctl: socket.socket, cfg: dict) -> None:
                             os._exit(SETUP_FAILED)
                     for f in mine:
                         os.close(f)
-                    running[os.pidfd_open(pid)] = (job["key"], pid)
-                    _send_ctl(ctl, {"key": job["key"], "pid": pid})
+                    pidfd = os.pidfd_open(pid)
+                    running[pidfd] = (st[0], pid)
+                    poller.register(pidfd, select.POLLIN)
+                    _send_ctl(st[0], {"pid": pid})
             else:
-                key, pid = running.pop(fd)
+                sock, pid = running.pop(fd)
+                poller.unregister(fd)
                 _, status = os.waitpid(pid, 0)
                 os.close(fd)
-                _send_ctl(ctl, {"key": key, "exit": status})
+                _send_ctl(sock, {"exit": status})
 
 
 def _send_ctl(ctl: socket.socket, obj: dict, fds=()) -> None:
@@ -803,7 +801,8 @@ class _Channel:
         self.poller.register(self.fd, select.POLLIN)
         self.gone = ""  # why the candidate ended early, once it has
 
-    def read(self) -> dict:
+    def read(self) -> tuple[int, str, object]:
+        """The next reply ``(n, kind, payload)``; raises _Deadline, _Gone or BoundaryError."""
         while b"\n" not in self.buf:
             left = self.deadline - time.monotonic()
             if left <= 0 or not self.poller.poll(int(left * 1000) + 1):
@@ -822,54 +821,48 @@ class _Channel:
                 raise BoundaryError(f"a reply from the candidate is over {MAX_MESSAGE >> 20} MiB")
         line, self.buf = self.buf.split(b"\n", 1)
         try:
-            msg = json.loads(line)
-            if type(msg) is not dict:
-                raise ValueError
-        except (ValueError, RecursionError):
+            n, kind, payload, flags = decode_reply(line)
+        except BoundaryError:
             self.flags.add("protocol")
-            raise BoundaryError("the candidate wrote something that is not a reply") from None
-        fl = msg.get("flags", ())
-        if type(fl) is list:
-            self.flags.update(f for f in fl if f in ("exit", "builtins", "user_object"))
-        if "exit" in msg:
+            raise
+        self.flags.update(f for f in flags if f in ("exit", "builtins", "user_object"))
+        if kind == "exit":
             self.gone = "exit"
             self.flags.add("exit")
-            raise _Gone(str(msg["exit"])[:500])
-        return msg
+            raise _Gone(str(payload)[:500])
+        return n, kind, payload
 
     def call(self, name: str, args: tuple, kwargs: dict):
         if self.gone:
             raise _Gone("the candidate process ended before the tests completed")
         self.n += 1
         try:
-            data = (json.dumps({"n": self.n, "f": name, "a": encode(list(args)), "k": encode(kwargs)},
-                               separators=(",", ":")) + "\n").encode()
-        except BoundaryError as e:
-            raise BoundaryError(f"{e} (a test passed it to {name}(); this task's tests need "
-                                "mode='inprocess')") from None
+            data = marshal.dumps((self.n, name, args, kwargs))
+        except ValueError as e:
+            raise BoundaryError(f"an argument cannot cross the sandbox boundary ({e}; a test passed it to "
+                                f"{name}()); this task's tests need mode='inprocess'") from None
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(len(data).to_bytes(4, "big") + data)
         except OSError:
             self.gone = self.gone or "eof"
             self.flags.add("exit")
             raise _Gone("the candidate process ended before the tests completed") from None
-        msg = self.read()
-        if msg.get("n") != self.n:
+        n, kind, payload = self.read()
+        if n != self.n:
             self.flags.add("protocol")
             raise BoundaryError("the candidate answered out of turn")
-        if "ok" in msg:
-            return decode(msg["ok"])
-        if "raise" in msg and type(msg["raise"]) is list and len(msg["raise"]) == 2:
-            name_, text = (str(x)[:500] for x in msg["raise"])
+        if kind == "ok":
+            return payload
+        if kind == "raise" and type(payload) is list and len(payload) == 2:
+            name_, text = (str(x)[:500] for x in payload)
             cls = _BUILTIN_EXCEPTIONS.get(name_)
             if cls is None:
                 raise CandidateError(f"{name_ or 'exception'} raised in the candidate: {text}")
             raise cls(text)
-        if "opaque" in msg and type(msg["opaque"]) is list and len(msg["opaque"]) == 2 \
-                and type(msg["opaque"][1]) is bool:
-            return _Opaque(str(msg["opaque"][0])[:100], msg["opaque"][1])
-        if "bad" in msg:
-            raise BoundaryError(str(msg["bad"])[:500])
+        if kind == "opaque" and type(payload) is list and len(payload) == 2 and type(payload[1]) is bool:
+            return _Opaque(str(payload[0])[:100], payload[1])
+        if kind == "bad":
+            raise BoundaryError(str(payload)[:500])
         self.flags.add("protocol")
         raise BoundaryError("the candidate sent a malformed reply")
 
@@ -945,7 +938,7 @@ def _proxy(ch: _Channel, name: str):
     return remote
 
 
-_COMPILED: dict = {}  # (tests, entry point, line offset) -> code: GRPO groups and repeated evaluations
+_COMPILED: dict = {}  # (tests, entry point) -> code: GRPO groups and repeated evaluations share it
 
 
 def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
@@ -953,36 +946,33 @@ def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
     import builtins
     import importlib
 
-    msg = ch.read()
-    if "error" in msg:
-        return "failed", str(msg["error"])[:1000]
-    names = msg.get("ready")
-    if type(names) is not dict:
+    _, kind, names = ch.read()
+    if kind == "error":
+        return "failed", str(names)[:1000]
+    if kind != "ready" or type(names) is not list:
         ch.flags.add("protocol")
         raise BoundaryError("the candidate did not send its names")
     ns = {"__name__": "__candidate__", "__builtins__": builtins}
-    for name, spec in names.items():
-        if type(name) is not str or type(spec) is not list or not spec:
+    for spec in names:
+        if type(spec) is not list or len(spec) != 3 or type(spec[0]) is not str or type(spec[1]) is not str:
             continue
-        kind = spec[0]
+        name, kind, value = spec
         if kind == "f":
             ns[name] = _proxy(ch, name)
-        elif kind == "v" and len(spec) == 2:
-            ns[name] = decode(spec[1])
-        elif kind == "m" and len(spec) == 2 and type(spec[1]) is str and spec[1].split(".")[0] in _IMPORTABLE:
+        elif kind == "v":
+            ns[name] = value  # already exact literals (decode_reply)
+        elif kind == "m" and type(value) is str and value.split(".")[0] in _IMPORTABLE:
             try:
-                ns[name] = importlib.import_module(spec[1])
+                ns[name] = importlib.import_module(value)
             except Exception:  # noqa: BLE001
-                ns[name] = _Placeholder(name, f"module {spec[1]}")
+                ns[name] = _Placeholder(name, f"module {value}")
         else:
-            ns[name] = _Placeholder(name, "module" if kind == "m" else str(spec[-1])[:50] + " object")
+            ns[name] = _Placeholder(name, "module" if kind == "m" else str(value)[:50] + " object")
     program, tests, ep = job["program"], job["tests"], job.get("entry_point")
-    offset = (program + "\n").count("\n")  # line numbers as in program + tests: details read as before
-    key = (tests, ep, offset)
+    key = (tests, ep)
     code = _COMPILED.get(key)
     if code is None:
-        src = "\n" * offset + tests + "\n" + (LINE_OFFSET_CHECK.format(ep=ep) if ep else "")
-        code = compile(src, "<candidate>", "exec")
+        code = compile(tests + "\n" + (f"check({ep})\n" if ep else ""), "<tests>", "exec")
         if len(_COMPILED) > 4096:
             _COMPILED.clear()
         _COMPILED[key] = code
@@ -990,59 +980,45 @@ def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
         exec(code, ns)
     except (_Gone, _Deadline):
         raise
-    except BoundaryError as e:
-        return "failed", _describe_boundary(e, program, tests, ep)
     except BaseException as e:  # noqa: BLE001 - a failed test
-        return "failed", _describe(e, program + "\n" + tests + "\n" + (f"check({ep})\n" if ep else ""))
+        # described with line numbers of program + tests, as when both ran as one source
+        offset = (program + "\n").count("\n")
+        text = _describe(e, program + "\n" + tests + "\n" + (f"check({ep})\n" if ep else ""), offset)
+        return "failed", text.replace("BoundaryError", "BoundaryError (sandbox)", 1)
     return "passed", ""
 
 
-def _describe_boundary(e: BaseException, program: str, tests: str, ep: str | None) -> str:
-    return _describe(e, program + "\n" + tests + "\n" + (f"check({ep})\n" if ep else "")).replace(
-        "BoundaryError", "BoundaryError (sandbox)", 1)
+class _Slot:
+    """A job slot's own control socket to the zygote: one job at a time, so replies arrive in order."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf = sock, b""
+
+    def send(self, obj: dict, fds) -> None:
+        _send_ctl(self.sock, obj, fds)
+
+    def get(self, timeout: float) -> dict:
+        while b"\n" not in self.buf:
+            if not select.select([self.sock], [], [], timeout)[0]:
+                raise OSError("the zygote did not answer")
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                os._exit(3)  # the zygote died (a candidate may kill it outside namespace mode): respawn us
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
 
 
 class _Judge:
     """The trusted front of a worker: reads jobs, runs each in a slot thread, writes results."""
 
-    def __init__(self, inp: int, out, cfg: dict, ctl: socket.socket, zygote_pid: int):
-        self.inp, self.out, self.cfg, self.ctl, self.zpid = inp, out, cfg, ctl, zygote_pid
-        self.out_lock, self.ctl_lock, self.wait_lock = threading.Lock(), threading.Lock(), threading.Lock()
-        self.waiting: dict[int, queue.Queue] = {}
-        self.keys = iter(range(1 << 62))
+    def __init__(self, inp: int, out, cfg: dict, ctls: list, zygote_pid: int):
+        self.inp, self.out, self.cfg, self.zpid = inp, out, cfg, zygote_pid
+        self.slots = [_Slot(c) for c in ctls]
+        self.out_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
-        self.broken = threading.Event()
-        mode = cfg["mode"]
-        self.uids = list(cfg["uids"]) if mode == "namespace" else [None] * int(cfg["slots"])
-
-    # ---- zygote control
-    def _dispatch(self) -> None:
-        buf = b""
-        while True:
-            try:
-                chunk = self.ctl.recv(1 << 16)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.broken.set()
-                os._exit(3)  # the zygote died (a candidate may kill it outside namespace mode): respawn us
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                msg = json.loads(line)
-                with self.wait_lock:
-                    q = self.waiting.get(msg["key"])
-                if q is not None:
-                    q.put(msg)
-
-    def _spawn(self, job: dict, fds) -> tuple[int, queue.Queue]:
-        key = next(self.keys)
-        q: queue.Queue = queue.Queue()
-        with self.wait_lock:
-            self.waiting[key] = q
-        with self.ctl_lock:
-            _send_ctl(self.ctl, {**job, "key": key}, fds)
-        return key, q
+        self.uids = list(cfg["uids"]) if cfg["mode"] == "namespace" else [None] * len(ctls)
+        self.running: set[int] = set()  # candidates of the slots (never swept by another slot's job)
 
     # ---- one job
     def run_job(self, job: dict, slot: int) -> dict:
@@ -1062,43 +1038,42 @@ class _Judge:
         if mode == "inprocess":
             nonce = os.urandom(16).hex()
             spec.update(tests=job["tests"], entry_point=job.get("entry_point"), nonce=nonce)
-        key, q = self._spawn(spec, (theirs.fileno(), out_fd, err_fd))
+        q = self.slots[slot]  # the zygote answers on this slot's socket: the pid, later the wait status
+        q.send(spec, (theirs.fileno(), out_fd, err_fd))
         theirs.close()
         ch = _Channel(mine, deadline)
         status, detail, pid, exit_status = "crashed", "", None, None
-        try:
-            first = q.get(timeout=60)
-            if "error" in first:
-                status, detail = "crashed", f"sandbox error: {first['error']}"
-            else:
-                pid = first["pid"]
-                try:
-                    if mode == "isolated":
-                        status, detail = _judge(job, ch)
-                    else:
-                        status, detail = self._inprocess(ch, nonce, q)
-                except _Deadline:
-                    status, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
-                    ch.gone = ""
-                except _Gone as e:
-                    status, detail = "failed", str(e)
-                except BoundaryError as e:
-                    status, detail = "failed", f"BoundaryError (sandbox): {e}"
-            elapsed = time.monotonic() - start
-            if pid is not None:  # killed before its channel closes: an exit of its own stays visible below
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            mine.close()
-            if pid is not None:
-                while exit_status is None:
-                    msg = q.get(timeout=30)
-                    if "exit" in msg:
-                        exit_status = msg["exit"]
-        finally:
-            with self.wait_lock:
-                self.waiting.pop(key, None)
+        first = q.get(timeout=60)
+        if "error" in first:
+            status, detail = "crashed", f"sandbox error: {first['error']}"
+        else:
+            pid = first["pid"]
+            self.running.add(pid)
+            try:
+                if mode == "isolated":
+                    status, detail = _judge(job, ch)
+                else:
+                    status, detail = self._inprocess(ch, nonce)
+            except _Deadline:
+                status, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
+                ch.gone = ""
+            except _Gone as e:
+                status, detail = "failed", str(e)
+            except BoundaryError as e:
+                status, detail = "failed", f"BoundaryError (sandbox): {e}"
+        elapsed = time.monotonic() - start
+        if pid is not None:  # killed before its channel closes: an exit of its own stays visible below
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        mine.close()
+        if pid is not None:
+            while exit_status is None:
+                msg = q.get(timeout=30)
+                if "exit" in msg:
+                    exit_status = msg["exit"]
+            self.running.discard(pid)
         if status == "failed" and ch.gone == "eof" and exit_status is not None:
             # the candidate died mid-test: by a signal (limits, segfault) is a crash, by exiting a failure
             if os.WIFSIGNALED(exit_status):
@@ -1114,7 +1089,10 @@ class _Judge:
         if mode == "isolated" and status != "passed" and exit_status is not None and os.WIFEXITED(exit_status) \
                 and os.WEXITSTATUS(exit_status) != SETUP_FAILED:
             ch.flags.add("exit")  # it ended itself (os._exit after a fake write, ...) before the verdict
-        _sweep(uid, keep={self.zpid})
+        keep = set(self.running)  # a copy taken under the GIL: other slots add and remove theirs
+        keep.discard(pid)
+        keep.add(self.zpid)
+        _sweep(uid, keep=keep)
         if uid is not None:
             _remove_ipc(uid)
         limit = int(job.get("output_limit", 2000))
@@ -1129,7 +1107,7 @@ class _Judge:
                 "stderr": outs[1][:limit], "seconds": round(elapsed, 4), "mode": mode,
                 "hack": ",".join(sorted(ch.flags)), "truncated": any(len(o) > limit for o in outs)}
 
-    def _inprocess(self, ch: _Channel, nonce: str, q: queue.Queue) -> tuple[str, str]:
+    def _inprocess(self, ch: _Channel, nonce: str) -> tuple[str, str]:
         """Weaker mode: the candidate's own report line, checked against the job's nonce."""
         while b"\n" not in ch.buf:
             left = ch.deadline - time.monotonic()
@@ -1154,16 +1132,31 @@ class _Judge:
             job = self.jobs.get()
             if job is None:
                 return
-            try:
-                result = self.run_job(job, slot)
-            except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's
-                result = {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "seconds": 0.0,
-                          "detail": f"sandbox error: {type(e).__name__}: {e}", "truncated": False,
-                          "mode": job.get("mode") or "isolated", "hack": ""}
-            _send(self.out, result, self.out_lock)
+            self._one(job, slot)
+
+    def _one(self, job: dict, slot: int) -> None:
+        try:
+            result = self.run_job(job, slot)
+        except Exception as e:  # noqa: BLE001 - a sandbox failure, not the program's
+            result = {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "seconds": 0.0,
+                      "detail": f"sandbox error: {type(e).__name__}: {e}", "truncated": False,
+                      "mode": job.get("mode") or "isolated", "hack": ""}
+        _send(self.out, result, self.out_lock)
 
     def serve(self) -> None:
-        threading.Thread(target=self._dispatch, daemon=True).start()
+        if len(self.slots) == 1:  # one job at a time: no threads at all (no GIL hand-offs per job)
+            buf = b""
+            while True:
+                chunk = os.read(self.inp, 1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._one(json.loads(line), 0)
+            self._finish()
+            return
         slots = [threading.Thread(target=self._slot, args=(s,), daemon=True) for s in range(len(self.uids))]
         for t in slots:
             t.start()
@@ -1181,7 +1174,11 @@ class _Judge:
             self.jobs.put(None)
         for t in slots:
             t.join()
-        self.ctl.shutdown(socket.SHUT_WR)  # EOF: the zygote ends its candidates and exits; reap it
+        self._finish()
+
+    def _finish(self) -> None:
+        for sl in self.slots:
+            sl.sock.shutdown(socket.SHUT_WR)  # EOF: the zygote ends its candidates and exits; reap it
         os.waitpid(self.zpid, 0)
 
 
@@ -1233,7 +1230,7 @@ def _warm_up() -> None:
         exec(compile(source, "<candidate>", "exec"), {"__name__": "__candidate__"})
     except AssertionError as e:
         _describe(e, source)
-    json.loads(json.dumps({"n": 1, "ok": encode([1, (2.5, "x"), {3: b"y"}])}))
+    decode_reply(json.dumps([1, "ok", _lower([1, (2.5, "x"), {3: b"y"}], set()), []]).encode())
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -1265,19 +1262,21 @@ def main() -> None:
         # neither the judge (holding the tests) nor the zygote may be traced or read by a candidate
         _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
         gc.freeze()  # a child's garbage collection then skips (and does not copy-on-write) these objects
-        ctl, zctl = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(int(cfg["slots"]))]
         zpid = os.fork()  # before any job: the zygote's memory never holds a test
         if zpid == 0:
             _name(b"pfkit-zygote")
-            ctl.close()
+            for mine, _ in pairs:
+                mine.close()
             os.close(inp)
             out.close()
             _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
             os.dup2(null, 0)
             os.dup2(null, 1)
-            _zygote(zctl, cfg)
+            _zygote([theirs for _, theirs in pairs], cfg)
             os._exit(0)
-        zctl.close()
+        for _, theirs in pairs:
+            theirs.close()
         _name(b"pfkit-judge")
     except Exception as e:  # noqa: BLE001 - reported to the pool, which falls back or raises
         _send(out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
@@ -1285,7 +1284,7 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     _send(out, {"ready": True, "mode": cfg["mode"], "pid": os.getpid()})
-    _Judge(inp, out, cfg, ctl, zpid).serve()
+    _Judge(inp, out, cfg, [mine for mine, _ in pairs], zpid).serve()
 
 
 def _owned(pid: str) -> bool:
