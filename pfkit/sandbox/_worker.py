@@ -142,17 +142,31 @@ def _tag(obj: dict):
     raise ValueError("not a tagged literal")
 
 
-_DECODER = json.JSONDecoder(object_hook=_tag)
+_SCAN = json.JSONDecoder(object_hook=_tag).scan_once
+
+
+def _json_encoder():
+    """json's C encoder, built once before the zygote forks (``json.dumps`` builds one per call)."""
+    from json import encoder
+
+    if encoder.c_make_encoder is None:  # pragma: no cover - json without its C accelerator
+        return json.JSONEncoder(separators=(",", ":")).encode
+    make = encoder.c_make_encoder(None, None, encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda obj, join="".join: join(make(obj, 0))
+
+
+_JSON_ENCODE = _json_encoder()
 
 
 def decode_reply(data: bytes) -> list:
     """A candidate's reply line -> ``[n, kind, payload, flags]`` with exact built-in types, or BoundaryError.
     The parser is json's (C); the only objects it can build are the literals of :func:`_tag`."""
     try:
-        msg = _DECODER.decode(data.decode("utf-8"))
-    except (ValueError, TypeError, RecursionError):  # bad JSON/UTF-8, unhashable set item or dict key, bad tag
+        text = data.decode("utf-8")
+        msg, end = _SCAN(text, 0)  # json's C scanner itself (no Python frames, no regex per reply)
+    except (ValueError, TypeError, RecursionError, StopIteration):  # bad JSON/UTF-8, unhashable item, bad tag
         raise BoundaryError("the candidate wrote something that is not a well-formed reply") from None
-    if type(msg) is not list or len(msg) != 4 or type(msg[0]) is not int or type(msg[1]) is not str \
+    if end != len(text) or type(msg) is not list or len(msg) != 4 or type(msg[0]) is not int or type(msg[1]) is not str \
             or type(msg[3]) is not list:
         raise BoundaryError("the candidate wrote something that is not a well-formed reply")
     return msg
@@ -545,6 +559,33 @@ def _child(job: dict, cfg: dict, chan: int, out_fd: int, err_fd: int) -> None:
         _serve_candidate(job["program"], hi)
 
 
+def _dict_version_reader():
+    """CPython's per-dict version tag (PEP 509: changes on every write to the dict), read with ctypes, or
+    None where this interpreter's layout is not the one checked here: then the full comparison runs."""
+    if sys.implementation.name != "cpython":
+        return None
+    offset = 3 * ctypes.sizeof(ctypes.c_ssize_t)  # PyObject_HEAD (refcount, type), ma_used, ma_version_tag
+
+    def read(dct: dict, c=ctypes.c_uint64, offset=offset) -> int:
+        return c.from_address(id(dct) + offset).value
+
+    probe = {"a": 1}
+    seen = [read(probe)]
+    for value in (2, 3):
+        probe["a"] = value
+        seen.append(read(probe))
+    del probe["a"]
+    seen.append(read(probe))
+    return read if len(set(seen)) == 4 else None
+
+
+_VERSION_READER = _dict_version_reader()
+
+
+def _dict_version(dct: dict, reader=_VERSION_READER):
+    return None if reader is None else reader(dct)
+
+
 def _builtins_probe():
     """(changed, ours, theirs), bound before the program runs: ``changed(g)`` tells whether the program
     replaced or added builtins; ``ours()`` puts the original builtins back for the sandbox's own code (a
@@ -556,10 +597,15 @@ def _builtins_probe():
     original = dict(d)
     snap = list(d.items())
     n = len(d)
+    version = _dict_version(d)
 
-    def changed(g: dict, len=len, any=any, builtins=builtins) -> bool:
+    def changed(g: dict, len=len, any=any, builtins=builtins, version_of=_dict_version) -> bool:
         b = g.get("__builtins__", builtins)
-        return (b is not builtins and b is not d) or len(d) != n or any(d.get(k) is not v for k, v in snap)
+        if b is not builtins and b is not d:
+            return True
+        if version is not None and version_of(d) == version:
+            return False  # the dict was not written since the snapshot: no comparison needed
+        return len(d) != n or any(d.get(k) is not v for k, v in snap)
 
     def ours(g: dict, dict=dict):
         if not changed(g):
@@ -585,11 +631,11 @@ def _serve_candidate(program: str, fd: int) -> None:
     import marshal
     import types
 
-    write, exit_, read, dumps, loads = os.write, os._exit, os.read, json.dumps, marshal.loads
+    write, exit_, read, dumps, loads = os.write, os._exit, os.read, _JSON_ENCODE, marshal.loads
     changed, ours, theirs = _builtins_probe()
 
     def send(n: int, kind: str, payload, flags) -> None:
-        data = (dumps([n, kind, payload, sorted(flags)], separators=(",", ":")) + "\n").encode()
+        data = (dumps([n, kind, payload, sorted(flags)]) + "\n").encode()
         while data:
             data = data[write(fd, data):]
 
@@ -825,7 +871,8 @@ class _Channel:
         except BoundaryError:
             self.flags.add("protocol")
             raise
-        self.flags.update(f for f in flags if f in ("exit", "builtins", "user_object"))
+        if flags:
+            self.flags.update(f for f in flags if f in ("exit", "builtins", "user_object"))
         if kind == "exit":
             self.gone = "exit"
             self.flags.add("exit")
