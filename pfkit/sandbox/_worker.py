@@ -439,8 +439,7 @@ def _sweep(uid: int | None, keep: set[int]) -> None:
 
     Targets: every process running as the job's private ``uid`` (namespace mode; a job cannot change uid:
     NO_NEW_PRIVS and nosuid mounts), and every orphan re-parented to us (we are PID 1 of the namespace, or
-    a child subreaper) that is not in ``keep`` (the zygote, other jobs' candidates). Only processes we found are
-    reaped, never
+    a child subreaper) that is not in ``keep`` (the zygote). Only processes we found are reaped, never
     ``waitpid(-1)``.
     """
     me = os.getpid()
@@ -1065,7 +1064,6 @@ class _Judge:
         self.out_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
         self.uids = list(cfg["uids"]) if cfg["mode"] == "namespace" else [None] * len(ctls)
-        self.running: set[int] = set()  # candidates of the slots (never swept by another slot's job)
 
     # ---- one job
     def run_job(self, job: dict, slot: int) -> dict:
@@ -1090,24 +1088,24 @@ class _Judge:
         theirs.close()
         ch = _Channel(mine, deadline)
         status, detail, pid, exit_status = "crashed", "", None, None
+        try:  # the zygote's "pid" message is read afterwards: no wait (and context switch) for it here
+            if mode == "isolated":
+                status, detail = _judge(job, ch)
+            else:
+                status, detail = self._inprocess(ch, nonce)
+        except _Deadline:
+            status, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
+            ch.gone = ""
+        except _Gone as e:
+            status, detail = "failed", str(e)
+        except BoundaryError as e:
+            status, detail = "failed", f"BoundaryError (sandbox): {e}"
         first = q.get(timeout=60)
-        if "error" in first:
+        if "error" in first:  # the fork failed (the channel then read as closed): the sandbox's failure
             status, detail = "crashed", f"sandbox error: {first['error']}"
+            ch.flags.discard("exit")
         else:
             pid = first["pid"]
-            self.running.add(pid)
-            try:
-                if mode == "isolated":
-                    status, detail = _judge(job, ch)
-                else:
-                    status, detail = self._inprocess(ch, nonce)
-            except _Deadline:
-                status, detail = "timeout", f"exceeded the {job['timeout']} s wall-clock limit"
-                ch.gone = ""
-            except _Gone as e:
-                status, detail = "failed", str(e)
-            except BoundaryError as e:
-                status, detail = "failed", f"BoundaryError (sandbox): {e}"
         elapsed = time.monotonic() - start
         if pid is not None:  # killed before its channel closes: an exit of its own stays visible below
             try:
@@ -1120,7 +1118,6 @@ class _Judge:
                 msg = q.get(timeout=30)
                 if "exit" in msg:
                     exit_status = msg["exit"]
-            self.running.discard(pid)
         if status == "failed" and ch.gone == "eof" and exit_status is not None:
             # the candidate died mid-test: by a signal (limits, segfault) is a crash, by exiting a failure
             if os.WIFSIGNALED(exit_status):
@@ -1136,10 +1133,7 @@ class _Judge:
         if mode == "isolated" and status != "passed" and exit_status is not None and os.WIFEXITED(exit_status) \
                 and os.WEXITSTATUS(exit_status) != SETUP_FAILED:
             ch.flags.add("exit")  # it ended itself (os._exit after a fake write, ...) before the verdict
-        keep = set(self.running)  # a copy taken under the GIL: other slots add and remove theirs
-        keep.discard(pid)
-        keep.add(self.zpid)
-        _sweep(uid, keep=keep)
+        _sweep(uid, keep={self.zpid})
         if uid is not None:
             _remove_ipc(uid)
         limit = int(job.get("output_limit", 2000))
