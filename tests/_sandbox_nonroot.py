@@ -23,15 +23,18 @@ DRIVER = r"""
 import dataclasses, json, os, sys, warnings
 from pfkit import sandbox
 spec = json.load(sys.stdin)
-try:
-    sb = sandbox.Sandbox(workers=spec["workers"], isolation=spec["isolation"]).start()
-except sandbox.WorkerError as e:
-    print(json.dumps({"refused": str(e), "uid": os.getuid()}))
-    sys.exit(0)
-out = sb.run([sandbox.Job(**j) for j in spec["jobs"]], timeout=spec["timeout"], memory_mb=spec["memory_mb"])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        sb = sandbox.Sandbox(workers=spec["workers"], isolation=spec["isolation"], **spec["opts"])
+        out = sb.run([sandbox.Job(**j) for j in spec["jobs"]], timeout=spec["timeout"], memory_mb=spec["memory_mb"])
+    except sandbox.WorkerError as e:
+        print(json.dumps({"refused": str(e), "uid": os.getuid()}))
+        sys.exit(0)
 alive = all(w.proc.poll() is None for w in sb._workers if w is not None)
 sb.close()
-print(json.dumps({"uid": os.getuid(), "alive": alive, "verdicts": [dataclasses.asdict(v) for v in out]}))
+print(json.dumps({"uid": os.getuid(), "alive": alive, "isolation": sb.isolation,
+                  "warnings": [str(w.message) for w in caught], "verdicts": [dataclasses.asdict(v) for v in out]}))
 """
 
 NOBODY = 65534
@@ -49,10 +52,11 @@ def _blocked_prefix() -> tuple[str, str] | None:
 
 
 def run_unprivileged(jobs: list[Job], isolation: str, *, timeout: float = 2.0, memory_mb: int = 512,
-                     workers: int = 2) -> tuple[list[Verdict], dict]:
-    """Verdicts of ``jobs`` run by a non-root user's Sandbox(isolation=...); skips where that cannot run."""
+                     workers: int = 2, **opts) -> tuple[list[Verdict], dict]:
+    """Verdicts of ``jobs`` run by a non-root user's Sandbox(isolation=..., **opts); skips where that cannot
+    run. The dict has the pool's final ``isolation``, its ``warnings`` and whether its workers are ``alive``."""
     spec = json.dumps({"isolation": isolation, "timeout": timeout, "memory_mb": memory_mb, "workers": workers,
-                       "jobs": [dataclasses.asdict(j) for j in jobs]})
+                       "opts": opts, "jobs": [dataclasses.asdict(j) for j in jobs]})
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PYTHONDONTWRITEBYTECODE": "1",
            "HOME": "/tmp", "LANG": "C.UTF-8"}
     stage = None

@@ -139,3 +139,18 @@ def test_verdict_record_has_stable_columns(sb):
                                           "sandbox_isolation": sb.isolation, "sandbox_mode": "isolated"}
     assert sandbox.verdict_record(hack)["sandbox_hack"] == "exit"
     assert sandbox.verdict_record(hack)["sandbox_status"] == "failed"
+
+
+@pytest.mark.slow  # starts an unprivileged interpreter twice (~10-20 s on a busy machine)
+def test_unprivileged_auto_isolation_is_userns_and_degrades_to_process_with_a_warning():
+    from _sandbox_nonroot import run_unprivileged
+
+    jobs = [Job(ADD, TESTS, "add"), Job(ADD, TESTS.replace("== 3", "== 4"), "add")]
+    out, info = run_unprivileged(jobs, "auto")
+    assert info["isolation"] == "userns" and [v.status for v in out] == ["passed", "failed"], (out, info)
+    assert all(v.isolation == "userns" for v in out) and info["warnings"] == []
+    # a worker that cannot set up its namespaces (here: an invalid tmpfs size) -> process, with a warning
+    out, info = run_unprivileged(jobs, "auto", tmp_size_mb=-1)
+    assert info["isolation"] == "process" and [v.status for v in out] == ["passed", "failed"], (out, info)
+    assert all(v.isolation == "process" for v in out)
+    assert any("userns isolation unavailable" in w and "falling back to process" in w for w in info["warnings"])
