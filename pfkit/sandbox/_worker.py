@@ -650,6 +650,8 @@ def _serve_candidate(program: str, fd: int) -> None:
         flags = {"builtins"} if changed(g) else set()
         ours(g)
         send(0, "error", _describe(e, program), flags)
+        while read(fd, 1 << 16):  # wait to be ended: a process that exits by itself is flagged "exit"
+            pass
         exit_(0)
     saved = ours(g)
     flags = {"builtins"} if saved is not None else set()
