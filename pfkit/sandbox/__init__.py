@@ -81,7 +81,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Job", "Verdict", "Sandbox", "run", "check_completions", "default_isolation", "verdict_record"]
+__all__ = ["Job", "Verdict", "Sandbox", "run", "check_completions", "default_isolation", "verdict_record",
+           "start_shared"]
 
 STATUSES = ("passed", "failed", "timeout", "crashed")
 _WORKER = str(Path(__file__).with_name("_worker.py"))
@@ -419,6 +420,22 @@ def _shared(workers: int | None, isolation: str, **opts) -> Sandbox:
 def _close_shared() -> None:
     for sb in _DEFAULT.values():
         sb.close()
+
+
+def start_shared(workers: int | None = None, isolation: str = "auto", **pool_opts) -> threading.Thread:
+    """Start the shared pool that :func:`run` with these arguments uses, in a background thread, so its
+    start-up (a fresh interpreter per worker) overlaps the caller's own; join the thread before ``run``.
+    A failure here is left for ``run`` to report."""
+
+    def start() -> None:
+        try:
+            _shared(workers, isolation, **pool_opts).start()
+        except Exception:  # noqa: BLE001 - run() starts (and reports) again
+            pass
+
+    t = threading.Thread(target=start, name="pfkit-sandbox-start", daemon=True)
+    t.start()
+    return t
 
 
 def run(jobs: Sequence[Job], timeout: float = 3.0, memory_mb: int = 1024, workers: int | None = None, *,
