@@ -162,13 +162,17 @@ class _Worker:
         uids = [100_000 + secrets.randbelow(2**31 - 200_000) for _ in range(slots)]
         base = tempfile.mkdtemp(prefix="pfkit-sandbox-") if isolation == "process" else "/tmp"
         self.base, self.slots = base, slots
+        import site
+
         cfg = {"mode": isolation, "uids": uids, "slots": slots, "tmp_size_mb": tmp_size_mb, "fsize_mb": fsize_mb,
-               "nproc": nproc, "base": base}
+               "nproc": nproc, "base": base, "site_packages": [p for p in site.getsitepackages() if os.path.isdir(p)]}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "2", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
         if "LD_LIBRARY_PATH" in os.environ:  # some interpreter builds need it to start at all
             env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
-        self.proc = subprocess.Popen([sys.executable, "-I", _WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
+        # -S: no site import at start-up (its .pth files, e.g. editable installs, cost ~0.1 s per worker);
+        # the worker adds the site-packages directories to sys.path itself
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", _WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/")
         self._buf = b""
         hello = self._read_line(timeout=60)
@@ -273,11 +277,27 @@ class Sandbox:
             raise
 
     def start(self) -> Sandbox:
-        """Start all workers now (otherwise they start on the first run)."""
+        """Start all workers now (otherwise they start on the first run): the first alone (it settles the
+        isolation fallback), the others concurrently."""
         self._after_fork()
-        for i, w in enumerate(self._workers):
-            if w is None or w.proc.poll() is not None:
+        todo = [i for i, w in enumerate(self._workers) if w is None or w.proc.poll() is not None]
+        if todo:
+            self._workers[todo[0]] = self._spawn()
+        errors: list[BaseException] = []
+
+        def spawn(i: int) -> None:
+            try:
                 self._workers[i] = self._spawn()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+
+        threads = [threading.Thread(target=spawn, args=(i,), daemon=True) for i in todo[1:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
         return self
 
     def close(self) -> None:

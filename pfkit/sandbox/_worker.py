@@ -1361,4 +1361,7 @@ def _owned(pid: str) -> bool:
 
 
 if __name__ == "__main__":
+    if sys.flags.no_site:  # started with -S: the pool's site-packages (programs may import installed
+        # packages), without running site's .pth files
+        sys.path.extend(p for p in json.loads(sys.argv[1]).get("site_packages", ()) if p not in sys.path)
     main()
