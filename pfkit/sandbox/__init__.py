@@ -266,23 +266,23 @@ class Sandbox:
 
     # --------------------------------------------------------------------------------------- workers
     def _spawn(self) -> _Worker:
+        isolation = self.isolation  # workers may start concurrently (start()): decide on what this one tried
         try:
-            return _Worker(self.isolation, **self._opts)
+            return _Worker(isolation, **self._opts)
         except WorkerError as e:
-            if self._auto and self.isolation in ("namespace", "userns"):
-                warnings.warn(f"pfkit.sandbox: {self.isolation} isolation unavailable ({e}); falling back to "
-                              "process isolation (weaker: see pfkit.sandbox docs)", RuntimeWarning, stacklevel=3)
-                self.isolation = "process"
-                return _Worker(self.isolation, **self._opts)
+            if self._auto and isolation in ("namespace", "userns"):
+                if self.isolation == isolation:
+                    warnings.warn(f"pfkit.sandbox: {isolation} isolation unavailable ({e}); falling back to "
+                                  "process isolation (weaker: see pfkit.sandbox docs)", RuntimeWarning,
+                                  stacklevel=3)
+                    self.isolation = "process"
+                return _Worker("process", **self._opts)
             raise
 
     def start(self) -> Sandbox:
-        """Start all workers now (otherwise they start on the first run): the first alone (it settles the
-        isolation fallback), the others concurrently."""
+        """Start all workers now, concurrently (otherwise they start on the first run)."""
         self._after_fork()
         todo = [i for i, w in enumerate(self._workers) if w is None or w.proc.poll() is not None]
-        if todo:
-            self._workers[todo[0]] = self._spawn()
         errors: list[BaseException] = []
 
         def spawn(i: int) -> None:
@@ -291,7 +291,7 @@ class Sandbox:
             except BaseException as e:  # noqa: BLE001 - re-raised below
                 errors.append(e)
 
-        threads = [threading.Thread(target=spawn, args=(i,), daemon=True) for i in todo[1:]]
+        threads = [threading.Thread(target=spawn, args=(i,), daemon=True) for i in todo]
         for t in threads:
             t.start()
         for t in threads:
