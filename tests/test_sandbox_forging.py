@@ -173,8 +173,9 @@ def _check(verdicts, isolation: str) -> None:
 
 
 def test_control_a_correct_program_passes_the_secret_tests():
-    ok = sandbox.run([Job("def f(x):\n    return 7 * x + 3\n", TESTS, "f")])[0]
+    ok, wrong = sandbox.run([Job("def f(x):\n    return 7 * x + 3\n", TESTS, "f"), Job(WRONG, TESTS, "f")])
     assert ok.passed and ok.hack == "" and ok.mode == "isolated", ok
+    assert wrong.status == "failed" and wrong.hack == "", wrong  # no false flags
 
 
 @pytest.mark.skipif(sandbox.default_isolation() != "namespace", reason="namespace isolation needs root")
@@ -191,7 +192,10 @@ def test_forgers_fail_unprivileged(isolation):
     jobs = _jobs() + [Job("def f(x):\n    return 7 * x + 3\n", TESTS, "f")]
     verdicts, info = run_unprivileged(jobs, isolation)
     assert info["alive"], "a worker died"
-    assert verdicts[-1].passed and verdicts[-1].isolation == isolation, verdicts[-1]
+    assert verdicts[-1].passed and verdicts[-1].isolation == isolation and verdicts[-1].hack == "", verdicts[-1]
+    # no false flags: a program that only returns a wrong answer carries none
+    wrong, _ = run_unprivileged([Job(WRONG, TESTS, "f")], isolation, workers=1)
+    assert wrong[0].status == "failed" and wrong[0].hack == "", wrong
     _check(verdicts[:-1], isolation)
 
 

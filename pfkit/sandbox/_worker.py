@@ -552,6 +552,8 @@ def _child(job: dict, cfg: dict, chan: int, out_fd: int, err_fd: int) -> None:
     os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the (minimal) environment: _prepare
     if cfg["mode"] == "process":
         _guard(jobdir)
+        global _PROBE
+        _PROBE = _builtins_probe()  # the guard's own ``open`` is not the program's doing
     if job.get("mode") == "inprocess":
         _run_inprocess(job, hi)
     else:
