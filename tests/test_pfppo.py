@@ -62,6 +62,8 @@ def test_one_pfppo_step_updates_policy_and_logs(tiny, tmp_path, strategy, kept_p
     assert best.kept.all()
     assert df.loc[~df.kept, "advantage"].isna().all()
     assert set(df.score.unique()) <= {0.0, 1.0}
+    # the sandbox's reward-hack flag and isolation reach the table (the filtration inspector filters on it)
+    assert {"hack", "isolation", "mode"} <= set(df.columns) and df.hack.map(type).eq(str).all()
     m = RunDir(run).metrics()
     for col in ("train/reward", "train/pass_rate", "train/kept_fraction", "train/r2_kept", "train/r2_all",
                 "train/kl", "train/clip_frac"):

@@ -110,7 +110,9 @@ def math_match(completion: str, answer) -> float:
 def code_match(completion: str, record: Mapping, timeout: float = 3.0) -> float:
     from pfkit.sandbox import Job, run
 
-    verdict = run([Job(str(record["prompt"]) + completion, str(record["tests"]), record.get("entry_point"))],
+    prompt = str(record["prompt"])
+    # prompt= : helpers the prompt defines run on the trusted side, so a completion cannot redefine them
+    verdict = run([Job(prompt + completion, str(record["tests"]), record.get("entry_point"), prompt=prompt)],
                   timeout=timeout)[0]
     return float(verdict.passed)
 
