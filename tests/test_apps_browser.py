@@ -27,6 +27,12 @@ def f3(x) -> str:
     return f"{x:.3f}"
 
 
+def cells(pg, selector: str, rows: int, cols: int) -> list[list[str]]:
+    """The text of a Gradio table's first ``rows`` x ``cols`` body cells (its grid cells carry data-testid)."""
+    return [[pg.locator(f'{selector} [data-testid="cell-{r}-{c}"]').inner_text().strip() for c in range(cols)]
+            for r in range(rows)]
+
+
 def test_filtration_in_browser(page, tmp_path):  # noqa: F811
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5)
     raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
@@ -146,3 +152,72 @@ def test_not_a_run_folder_in_browser(page, tmp_path):  # noqa: F811
         text = wait_text(page, "#pfkit-error", "is not a folder")
         assert "Cannot show this run" in text and "not-a-run" in text
         screenshot(page, tmp_path / "error.png")
+
+
+# ------------------------------------------------------------------ filtration: across the run (issue #20)
+def _found_line(frame: pd.DataFrame, total: int) -> str:
+    return (f"{len(frame)} of {total} samples match · {frame.step.nunique()} steps, "
+            f"{frame[['step', 'prompt_id']].drop_duplicates().shape[0]} prompt groups · pass rate "
+            f"{f3((frame.score >= 1).mean())} · mean reward {f3(frame.reward.mean())} · kept {int(frame.kept.sum())}")
+
+
+def test_filtration_search_results_csv_and_jump(page, tmp_path):  # noqa: F811
+    filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, hack=True, long_lines=True)
+    raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    with serve(F.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#found", f"{len(raw)} of {len(raw)} samples match")  # the empty query lists all
+
+        # text + kept + reward range: counted here with pandas
+        page.locator("#q-text textarea, #q-text input").first.fill("return x + 4")
+        page.locator("#q-kept").get_by_label("kept", exact=True).check()
+        rmin = page.locator("#q-rmin textarea, #q-rmin input").first
+        rmin.fill("2.5")
+        rmin.press("Tab")
+        page.locator("#search").click()
+        want = raw[raw.response.str.contains("return x + 4", regex=False) & raw.kept & (raw.reward >= 2.5)]
+        assert len(want) > 0
+        want = want.sort_values(["step", "prompt_id", "sample_idx"])
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+
+        # the CSV is this view: the same samples, with their texts and numbers
+        with page.expect_download() as dl:
+            page.locator("#download").click()
+        got = pd.read_csv(dl.value.path())
+        assert list(zip(got.step, got.prompt_id, got.sample_idx)) == list(zip(want.step, want.prompt_id,
+                                                                                 want.sample_idx))
+        assert np.allclose(got.reward, want.reward) and got.response.tolist() == want.response.tolist()
+        assert got.hack.fillna("").tolist() == want.hack.tolist()
+
+        # a result row opens that sample: step, prompt and sample follow, and the link names them
+        target = want.iloc[1]
+        page.locator('#results [data-testid="cell-1-0"]').click()
+        wait_text(page, "#summary", f"Step {target.step}, prompt {target.prompt_id}")
+        wait_text(page, "#share", f"step={target.step}&prompt={target.prompt_id}&sample={target.sample_idx}")
+        cards = wait_text(page, "#responses", f"# s{target.step} p{target.prompt_id // 7} i")
+        assert f"END{target.sample_idx}" in cards  # the 300-character line is there, wrapped (below)
+
+        # reward-hack flag, regex over the response, and a failed-tests filter
+        page.locator("#q-text textarea, #q-text input").first.fill(r"i[34]\s")
+        page.locator("#q-regex input").check()
+        page.locator("#q-kept").get_by_label("any", exact=True).check()
+        rmin.fill("")
+        rmin.press("Tab")
+        page.locator("#q-passed").get_by_label("failed", exact=True).check()
+        page.locator("#q-hack").get_by_label("flagged", exact=True).check()
+        page.locator("#search").click()
+        want = raw[raw.response.str.contains(r"i[34]\s", regex=True) & (raw.score < 1) & (raw.hack != "")]
+        assert len(want) > 0
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+        page.locator("#q-text textarea, #q-text input").first.fill("x + (")
+        page.locator("#search").click()
+        wait_text(page, "#found", "Search not run: invalid regular expression 'x + ('")
+
+        # no cut lines: every response panel wraps (its scroller is no wider than the panel)
+        widths = page.eval_on_selector_all(
+            ".pfkit-response .cm-scroller",
+            "els => els.map(e => [e.scrollWidth, e.clientWidth, !!e.querySelector('.cm-lineWrapping')])")
+        assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
+        screenshot(page, tmp_path / "filtration-search.png")

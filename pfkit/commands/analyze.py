@@ -123,11 +123,13 @@ def strategy_table(df: pd.DataFrame, strategies=("none", "bon", "br", "bw"), bin
     return pd.DataFrame(rows)
 
 
-def recommend(table: pd.DataFrame) -> str | None:
-    ok = table.dropna(subset=["r2"])
+def recommend(table: pd.DataFrame, binned: bool = False) -> str | None:
+    """The strategy with the highest R² (``binned``: the paper's grouped R², column ``r2_binned``)."""
+    col = "r2_binned" if binned else "r2"
+    ok = table.dropna(subset=[col])
     if ok.empty:
         return None
-    return str(ok.sort_values("r2", ascending=False, kind="stable").iloc[0]["strategy"])
+    return str(ok.sort_values(col, ascending=False, kind="stable").iloc[0]["strategy"])
 
 
 def plot(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
