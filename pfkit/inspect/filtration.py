@@ -33,7 +33,7 @@ TITLE = "PF-PPO filtration inspector"
 COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "kept", "advantage"]
 STRATEGIES = ("logged", "none", "bon", "br", "bw")
 PASS_AT = 1.0 - 1e-9  # a sample "passes" when all its unit tests pass (score is the fraction passed)
-FIELDS = {"prompt + response": ("prompt", "response"), "prompt": ("prompt",), "response": ("response",)}
+FIELDS = {"prompt and response": ("prompt", "response"), "prompt only": ("prompt",), "response only": ("response",)}
 KEPT, DROPPED, PASSED, FAILED, FLAGGED, CLEAN = "kept", "dropped", "passed", "failed", "flagged", "clean"
 TOKEN_MODES = ("log-prob (policy)", "policy − reference")
 SHOWN = 200  # search results listed on the page; the CSV has them all
@@ -150,7 +150,7 @@ class Query:
 
     text: str = ""
     regex: bool = False
-    fields: str = "prompt + response"
+    fields: str = "prompt and response"
     reward: tuple = (None, None)
     score: tuple = (None, None)
     kept: str = C.ANY
@@ -485,7 +485,8 @@ def _build(data: Rollouts):
             try:
                 runs[key] = Rollouts(key)
             except (C.RunFolderError, OSError, ValueError, KeyError) as e:
-                return home, C.warning(f"could not open run {path!r} from the link: {e}. Showing {home}.")
+                return home, C.warning(f"could not open run {path!r} from the link: {str(e).rstrip('.')}. "
+                                          f"Showing {home}.")
         return key, ""
 
     first = data.steps[-1]
@@ -548,7 +549,7 @@ def _build(data: Rollouts):
                 q_text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
                                     placeholder="e.g. return x + 4   (regex: tick the box)")
                 q_regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
-                q_fields = gr.Radio(choices=list(FIELDS), value="prompt + response", label="search in",
+                q_fields = gr.Radio(choices=list(FIELDS), value="prompt and response", label="search in",
                                     elem_id="q-fields", scale=2)
             with gr.Row():
                 # text boxes, not gr.Number: an emptied number box sends 0, and empty must mean "no bound"
@@ -603,7 +604,7 @@ def _build(data: Rollouts):
 
         def refresh(run_v, step_v, prompt_v, sample_v, strategy_v, seed_v, bins_v, mode_v):
             d = get(run_v)
-            skip = (gr.skip(),) * 8
+            skip = (gr.skip(),) * 7
             if step_v is None or prompt_v is None or int(step_v) not in d._by_step:
                 return skip
             seed_i, b = int(seed_v or 0), nbins(bins_v)
@@ -616,7 +617,6 @@ def _build(data: Rollouts):
             html_v, info = token_view(d, int(step_v), str(prompt_v), sample_i, mode_v)
             return (summary_markdown(d, int(step_v), str(prompt_v), strategy_v, seed_i, b), str(text),
                     sample_table(d, int(step_v), str(prompt_v), strategy_v, seed_i),
-                    scatter_figure(d, int(step_v), strategy_v, seed_i, b),
                     gr.Dropdown(choices=ids, value=sample_i), html_v, info,
                     link_md(run_v, step_v, prompt_v, sample_i))
 
@@ -630,6 +630,13 @@ def _build(data: Rollouts):
                 return gr.skip(), gr.skip(), gr.skip()
             return (*token_view(get(run_v), int(step_v), str(prompt_v), int(sample_v), mode_v),
                     link_md(run_v, step_v, prompt_v, int(sample_v)))
+
+        def refresh_scatter(run_v, step_v, strategy_v, seed_v, bins_v):
+            # its own event after the sample panels: drawing a figure is the slow part of a refresh
+            d = get(run_v)
+            if step_v is None or int(step_v) not in d._by_step:
+                return gr.skip()
+            return scatter_figure(d, int(step_v), strategy_v, int(seed_v or 0), nbins(bins_v))
 
         def refresh_curves(run_v, strategy_v, seed_v, bins_v):  # all steps: independent of the chosen step
             return curves_figure(get(run_v), strategy_v, int(seed_v or 0), nbins(bins_v))
@@ -674,7 +681,7 @@ def _build(data: Rollouts):
             curve_t, strat_t = reliability_tables(rel)
             return reliability_markdown(rel), reliability_figure(rel), strat_t, curve_t
 
-        def from_url(request: gr.Request):
+        def from_url(request: gr.Request) -> tuple[str, str, int, str, int]:
             """The view named by the page URL (?run=&step=&prompt=&sample=); unknown values fall back."""
             p = C.query_params(request)
             run_v, msg = open_other(p.get("run", ""))
@@ -693,14 +700,19 @@ def _build(data: Rollouts):
                 smp = int(p["sample"]) if int(p.get("sample", -1)) in ids else ids[0]
             except ValueError:
                 smp = ids[0]
+            return run_v, msg, st, pid, smp
+
+        def first_view(strategy_v, seed_v, bins_v, mode_v, request: gr.Request):
+            run_v, msg, st, pid, smp = from_url(request)
+            d = get(run_v)
             return (run_v, head_md(run_v), msg, gr.Dropdown(choices=d.steps, value=st),
-                    gr.Dropdown(choices=choices, value=pid), gr.Dropdown(choices=ids, value=smp),
-                    gr.Number(value=d.steps[0]), gr.Number(value=d.steps[0]),
-                    gr.Radio(visible=d.has_hack))
+                    gr.Dropdown(choices=d.prompts(st), value=pid), gr.Dropdown(choices=d.samples(st, pid), value=smp),
+                    gr.Number(value=d.steps[0]), gr.Number(value=d.steps[0]), gr.Radio(visible=d.has_hack),
+                    *refresh(run_v, st, pid, smp, strategy_v, seed_v, bins_v, mode_v))
 
         # Gradio injects the request / the selection by annotation; this module's annotations are strings
         # (``from __future__ import annotations``) naming a local import, so give it the classes themselves.
-        from_url.__annotations__["request"] = gr.Request
+        first_view.__annotations__["request"] = gr.Request
         on_pick.__annotations__["evt"] = gr.SelectData
 
         def on_reload(run_v):
@@ -710,7 +722,8 @@ def _build(data: Rollouts):
             return gr.Dropdown(choices=d.steps, value=d.steps[-1]), msg, head_md(run_v)
 
         inputs = [run_state, step, prompt, sample, strategy, seed, bins, token_mode]
-        outs = [summary, prompt_code, table, scatter, sample, tokens_html, token_info, share]
+        outs = [summary, prompt_code, table, sample, tokens_html, token_info, share]
+        scatter_inputs = [run_state, step, strategy, seed, bins]
         q_inputs = [q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_kept, q_passed, q_hack]
         result_keys = gr.State([])
         search_outs = [found_md, results, download, result_keys]
@@ -718,23 +731,27 @@ def _build(data: Rollouts):
         rel_outs = [rel_md, rel_plot, rel_strat, rel_curve]
         curve_inputs = [run_state, strategy, seed, bins]
 
-        step.change(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
+        (step.change(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
+         .then(refresh_scatter, scatter_inputs, scatter))
         # prompt.input (a user's pick), not .change: a step change updates the prompt and refreshes itself
         gr.on([prompt.input, strategy.change, seed.change, bins.change], refresh, inputs, outs, trigger_mode=C.LATEST)
         gr.on([sample.input, token_mode.change], on_tokens, [run_state, step, prompt, sample, token_mode],
               [tokens_html, token_info, share], trigger_mode=C.LATEST)
-        gr.on([strategy.change, seed.change, bins.change], refresh_curves, curve_inputs, curves, trigger_mode=C.LATEST)
+        gr.on([strategy.change, seed.change, bins.change], refresh_scatter, scatter_inputs, scatter,
+              trigger_mode=C.LATEST).then(refresh_curves, curve_inputs, curves)
         gr.on([search_btn.click, q_text.submit], on_search, [run_state, *q_inputs], search_outs,
               trigger_mode=C.LATEST)
         results.select(on_pick, [run_state, result_keys], [step, prompt, sample]).then(refresh, inputs, outs)
         gr.on([rel_btn.click, rel_file.submit], on_reliability, rel_inputs, rel_outs, trigger_mode=C.LATEST)
-        # first view: what the URL names, then the sample panels first (usable), the run-wide parts after
-        (demo.load(from_url, None, [run_state, header, status, step, prompt, sample, rel_first, rel_last, q_hack])
-         .then(refresh, inputs, outs).then(refresh_curves, curve_inputs, curves)
-         .then(on_search, [run_state, *q_inputs], search_outs).then(on_reliability, rel_inputs, rel_outs))
+        # first view: what the URL names with its sample panels in one event (each chained event costs a
+        # round trip, seconds on a loaded machine), then the plots, then the run-wide parts
+        url_outs = [run_state, header, status, step, prompt, sample, rel_first, rel_last, q_hack]
+        (demo.load(first_view, [strategy, seed, bins, token_mode], url_outs + outs)
+         .then(refresh_scatter, scatter_inputs, scatter)
+         .then(refresh_curves, curve_inputs, curves).then(on_search, [run_state, *q_inputs], search_outs).then(on_reliability, rel_inputs, rel_outs))
         (reload_btn.click(on_reload, run_state, [step, status, header])
          .then(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
-         .then(refresh_curves, curve_inputs, curves))
+         .then(refresh_scatter, scatter_inputs, scatter).then(refresh_curves, curve_inputs, curves))
     return demo
 
 
