@@ -462,11 +462,23 @@ def build_app(run_dir):
     return C.guarded(TITLE, lambda: _build(Rollouts(run_dir)))
 
 
-def _build(data: Rollouts):
-    import gradio as gr
-    import seaborn  # noqa: F401  (imported now, not on the first page view: the server starts ready)
+def _warm_imports() -> None:
+    """seaborn, scipy.stats and torch (pfkit.rl.filtration) take seconds to import; the views need them."""
+    import scipy.stats  # noqa: F401
+    import seaborn  # noqa: F401
 
-    import pfkit.rl.filtration  # noqa: F401  (torch, same reason)
+    import pfkit.commands.analyze  # noqa: F401
+    import pfkit.rl.filtration  # noqa: F401
+
+
+def _build(data: Rollouts):
+    import threading
+
+    import gradio as gr
+
+    # Import them while the server starts and the browser loads the page, not on the first page view
+    # and not before serving (a handler that needs one meanwhile waits on Python's import lock).
+    threading.Thread(target=_warm_imports, name="pfkit-warm-imports", daemon=True).start()
 
     # One app serves the run it was started on and, by ``?run=DIR``, any other run folder; each session
     # keeps its folder in a State and the handlers look its data up here (read once, shared).
