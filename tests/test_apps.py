@@ -467,3 +467,25 @@ def test_url_and_text_helpers():
     assert C.flag_mask([True, False], "no", "yes", "no").tolist() == [False, True]
     html = C.token_html(["<a>", "b"], [-1.0, np.nan], ["t<1>", "t2"], diverging=False)
     assert "&lt;a&gt;" in html and 'title="t&lt;1&gt;"' in html and "rgba(0,0,0,0.000)" in html
+
+
+def test_filtration_10k_rows_search_tokens_reliability_cpu(tmp_path):
+    """The run-wide views on a 10k-row run with token columns: CPU time, printed (the browser test times the page)."""
+    big_filtration_run(tmp_path, rows=10_000, tokens=True, hack=True)
+    F.build_app(filtration_run(tmp_path / "warm", steps=1).path)
+    _join_warm_imports()
+    F.reliability(F.Rollouts(tmp_path / "warm").steps_between(0, 0), 10, "warm")  # scipy/torch paths warmed
+    c0 = time.process_time()
+    data = F.Rollouts(tmp_path)
+    c1 = time.process_time()
+    found = data.search(F.Query(text=r"x \+ [34]", regex=True, kept=F.KEPT, reward=(1, None), hack=F.CLEAN))
+    C.csv_file(F.csv_frame(found), "t")
+    c2 = time.process_time()
+    html, _ = F.token_view(data, 99, "0", 4, F.TOKEN_MODES[1])
+    c3 = time.process_time()
+    rel = F.reliability(data.steps_between(0, 0), 10, "step 0")
+    c4 = time.process_time()
+    assert len(found) and html and rel.samples == 100
+    print(f"filtration, 10k rows with tokens: read {c1 - c0:.2f} s CPU, search + CSV {c2 - c1:.2f} s, "
+          f"token view {c3 - c2:.3f} s, reliability of one step {c4 - c3:.2f} s")
+    assert c4 - c1 < 3.0
