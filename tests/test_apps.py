@@ -424,7 +424,7 @@ def test_token_view_numbers_and_missing_columns(tmp_path):
 
 
 def test_reliability_uses_analyze_and_recommends_by_binned_r2(tmp_path):
-    from pfkit.commands import analyze
+    from pfkit.rl import filtration as analyze
 
     filtration_run(tmp_path, steps=3, prompts=6, n=5, seed=4)
     data = F.Rollouts(tmp_path)
@@ -449,9 +449,9 @@ def test_reliability_uses_analyze_and_recommends_by_binned_r2(tmp_path):
         F.load_sample_file(str(tmp_path / "nope.parquet"))
     assert len(F.load_sample_file(str(tmp_path))) == 90
 
-    # analyze.recommend: plain R² by default (the CLI unchanged), the grouped column with binned=True
+    # the advice is analyze-filtration's: by the binned column, the plain one beside it
     table = pd.DataFrame({"strategy": ["a", "b"], "r2": [0.9, 0.2], "r2_binned": [0.1, 0.8]})
-    assert analyze.recommend(table) == "a" and analyze.recommend(table, binned=True) == "b"
+    assert analyze.recommend(table) == "b" and analyze.recommend(table, by="r2") == "a"
 
 
 def test_url_and_text_helpers():

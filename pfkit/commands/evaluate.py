@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _user_error(msg: str):
-    from pfkit.cli import UserError
+    from pfkit.errors import UserError
 
     return UserError(msg)
 

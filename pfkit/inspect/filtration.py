@@ -253,9 +253,9 @@ class Reliability:
 
 def reliability(samples: pd.DataFrame, bins: int, where: str,
                 strategies=("none", "bon", "br", "bw")) -> Reliability:
-    """Pass rate per reward bin (``reliability_curve``) and analyze-filtration's R² table and advice."""
-    from pfkit.commands.analyze import recommend, strategy_table
-    from pfkit.rl.filtration import reliability_curve
+    """Pass rate per reward bin (``reliability_curve``) and analyze-filtration's R² table and advice
+    (``pfkit.rl.filtration.strategy_table`` / ``recommend``, the functions the command calls)."""
+    from pfkit.rl.filtration import recommend, reliability_curve, strategy_table
 
     if int(bins) < 2:
         raise C.BadQuery(f"bins must be >= 2, got {bins}")
@@ -271,13 +271,13 @@ def reliability(samples: pd.DataFrame, bins: int, where: str,
     table = strategy_table(frame, strategies, bins=int(bins))
     keys = ["step", "prompt_id"] if "step" in frame.columns else ["prompt_id"]
     return Reliability(where, len(frame), int(frame.groupby(keys).ngroups), int(bins), curve, table,
-                       recommend(table, binned=True), recommend(table))
+                       recommend(table, by="r2_binned"), recommend(table, by="r2"))
 
 
 def load_sample_file(path: str) -> pd.DataFrame:
     """A samples file or run folder (e.g. the PF-PPO demo's ``sft_samples``), as analyze-filtration reads it."""
-    from pfkit.cli import UserError
     from pfkit.commands.analyze import load_samples
+    from pfkit.errors import UserError
 
     try:
         df, _ = load_samples(str(path).strip())
@@ -287,13 +287,17 @@ def load_sample_file(path: str) -> pd.DataFrame:
 
 
 def reliability_markdown(rel: Reliability) -> str:
-    from pfkit.commands.analyze import CAVEAT, STRATEGY_LABELS
+    from pfkit.rl.filtration import CAVEAT, STRATEGY_LABELS
 
     head = (f"**{rel.where}**: {rel.samples} samples, {rel.prompts} prompt groups, {rel.bins} equal-count "
             f"reward bins.")
     t = rel.table.set_index("strategy")
     if rel.best is None:
         return head + "\n\nRecommendation: none (binned R² undefined: the pass rate does not vary over the bins)."
+    if not np.isfinite(t.loc[rel.best, "r2_binned"]):  # recommend() falls back to the plain R²
+        return (head + f"\n\nRecommendation (as `pfkit analyze-filtration --bins {rel.bins}`): "
+                f"**{STRATEGY_LABELS.get(rel.best, rel.best)}** by plain R² = {C.fmt(t.loc[rel.best, 'r2'])} "
+                f"(binned R² undefined over these bins).\n\n_{CAVEAT}_")
     line = (f"Recommendation (as `pfkit analyze-filtration --bins {rel.bins}`, by **binned** R²): "
             f"**{STRATEGY_LABELS.get(rel.best, rel.best)}** — binned R² = **{C.fmt(t.loc[rel.best, 'r2_binned'])}**, "
             f"plain R² = {C.fmt(t.loc[rel.best, 'r2'])}.")

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 __all__ = ["STRATEGIES", "RankWindow", "RankWeights", "resolve", "paper_weights", "ranks", "select",
-           "inclusion_probs", "r_squared", "reliability_curve"]
+           "inclusion_probs", "r_squared", "reliability_curve", "strategy_table", "recommend", "format_table",
+           "parse_strategies", "format_curve"]
 
 STRATEGIES = ("none", "bon", "br", "bw")
 
@@ -265,6 +266,85 @@ def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning
     return float(min(1.0, sxy**2 / (sxx * syy)))
 
 
+# ---------------------------------------------------------------------------- choosing a strategy (paper §4)
+# Which strategy to train with: R² between reward and unit-test score over what each strategy keeps, on
+# samples of the starting policy. ``pfkit analyze-filtration`` and ``pfkit demo pfppo`` print these tables.
+
+STRATEGY_LABELS = {"none": "none (PPO-M)", "bon": "BoN", "br": "BR", "bw": "BW"}
+CAVEAT = ("R² is a guide, not a guarantee (the paper: 'not a perfect tool'): it ignores how many samples a "
+          "strategy keeps and what the policy learns from them; BoN keeps only top-reward samples, so its "
+          "R² rests on few, similar points.")
+
+
+def strategy_table(df, strategies=("none", "bon", "br", "bw"), bins: int | None = 10):
+    """R² of each strategy's (expected) kept set over per-prompt groups of ``df``.
+
+    Adds a column ``p_<strategy>`` (inclusion probability) to ``df`` in place for plotting.
+    """
+    import pandas as pd
+
+    keys = ["step", "prompt_id"] if "step" in df.columns else ["prompt_id"]
+    rows = []
+    for s in strategies:
+        resolve(s)
+        probs = pd.Series(np.nan, index=df.index)
+        for _, g in df.groupby(keys, sort=False):
+            g = g.sort_values("sample_idx") if "sample_idx" in g.columns else g
+            p = inclusion_probs(torch.tensor(g["reward"].to_numpy(float))[None], s)[0].numpy()
+            probs.loc[g.index] = p
+        df[f"p_{s}"] = probs
+        w = probs.to_numpy()
+        rows.append({
+            "strategy": s,
+            "label": STRATEGY_LABELS.get(s, s),
+            "kept_per_prompt": float(w.sum() / df.groupby(keys).ngroups),
+            "r2": r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), weights=w),
+            "r2_binned": (r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), bins=bins, weights=w)
+                          if bins else float("nan")),
+            "kept_score": float(np.average(df["score"], weights=w)),
+            "kept_reward": float(np.average(df["reward"], weights=w)),
+        })
+    return pd.DataFrame(rows)
+
+
+def recommend(table, by: str = "r2_binned") -> str | None:
+    """The strategy with the highest R² (ties: the first listed); None when no R² is defined.
+
+    ``by="r2_binned"`` (default) is the paper's criterion: R² of the grouped (binned) points, which measures
+    whether the reward tracks the *pass rate* across reward regions rather than predicting each binary
+    outcome. When no binned R² is defined (``bins=None``) it falls back to the plain per-sample ``"r2"``.
+    """
+    if by not in ("r2_binned", "r2"):
+        raise ValueError(f"recommend by 'r2_binned' or 'r2', got {by!r}")
+    if by == "r2_binned" and ("r2_binned" not in table or table["r2_binned"].isna().all()):
+        by = "r2"
+    ok = table.dropna(subset=[by])
+    if ok.empty:
+        return None
+    return str(ok.sort_values(by, ascending=False, kind="stable").iloc[0]["strategy"])
+
+
+def format_table(table) -> str:
+    """:func:`strategy_table` as aligned text (what ``pfkit analyze-filtration`` and the demo print)."""
+    import math
+
+    lines = [f"{'strategy':<14}{'kept/prompt':>12}{'R²':>9}{'R² binned':>11}{'kept score':>12}{'kept reward':>13}"]
+    for _, r in table.iterrows():
+        def f(x, w=9):
+            return f"{x:>{w}.3f}" if not (isinstance(x, float) and math.isnan(x)) else f"{'n/a':>{w}}"
+        lines.append(f"{r['label']:<14}{r['kept_per_prompt']:>12.2f}{f(r['r2'])}{f(r['r2_binned'], 11)}"
+                     f"{f(r['kept_score'], 12)}{f(r['kept_reward'], 13)}")
+    return "\n".join(lines)
+
+
+def parse_strategies(text: str) -> list[str]:
+    """A comma-separated list of strategy names, each checked (ValueError naming the bad one)."""
+    strategies = [s.strip().lower() for s in text.split(",") if s.strip()]
+    for s in strategies:
+        resolve(s)
+    return strategies
+
+
 def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile", confidence: float = 0.95):
     """The paper's Figure-1 analysis: actual score (pass rate) per reward bin, with counts and intervals.
 
@@ -308,3 +388,12 @@ def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile"
                      "ci_low": float(lo), "ci_high": float(hi)})
     return pd.DataFrame(rows, columns=["bin", "reward_low", "reward_high", "reward_mean", "score_mean", "count",
                                        "ci_low", "ci_high"])
+
+
+def format_curve(curve) -> str:
+    """:func:`reliability_curve` as aligned text."""
+    lines = [f"{'bin':>4}{'reward range':>22}{'count':>7}{'pass rate':>11}{'95% CI':>18}"]
+    for r in curve.itertuples():
+        lines.append(f"{r.bin:>4}{f'[{r.reward_low:.3f}, {r.reward_high:.3f}]':>22}{r.count:>7}"
+                     f"{r.score_mean:>11.3f}{f'[{r.ci_low:.3f}, {r.ci_high:.3f}]':>18}")
+    return "\n".join(lines)
