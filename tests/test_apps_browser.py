@@ -262,9 +262,12 @@ def test_filtration_url_and_per_token_view(page, tmp_path):  # noqa: F811
         wait_text(other, "#header", f"{tmp_path / 'plain'} · 12 samples, 2 steps")
         wait_text(other, "#summary", "Step 0, prompt 7")
         wait_text(other, "#token-info", "not logged in this run")
-        open_app(other, url + "?run=/no/such/run")
-        wait_text(other, "#status", "could not open run '/no/such/run'")
+        open_app(other, url + f"?run={tmp_path / 'nosuch'}")
+        wait_text(other, "#status", f"could not open run '{tmp_path / 'nosuch'}'")
         wait_text(other, "#summary", "Step 2, prompt 0")  # the served run instead
+        open_app(other, url + "?run=/etc")  # a link may not open folders elsewhere on the server
+        wait_text(other, "#status", "is not beside the served run")
+        wait_text(other, "#summary", "Step 2, prompt 0")
 
 
 def _weighted_r2(x, y, w) -> float:

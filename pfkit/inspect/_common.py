@@ -226,13 +226,29 @@ def share_query(**params) -> str:
 def csv_file(frame: pd.DataFrame, name: str) -> str:
     """Write ``frame`` to a fresh temporary ``name.csv`` (Gradio serves files from the temp dir) and return
     its path. A new folder per call: two sessions downloading at once never share a file."""
-    import tempfile
-    from pathlib import Path
+    import uuid
 
-    folder = Path(tempfile.mkdtemp(prefix="pfkit-inspect-"))
-    path = folder / f"{name}.csv"
+    path = _csv_dir() / uuid.uuid4().hex[:12] / f"{name}.csv"
+    path.parent.mkdir()
     frame.to_csv(path, index=False)
     return str(path)
+
+
+_CSV_DIR = None
+
+
+def _csv_dir():
+    """One temporary folder per server process, removed when it exits (every search writes a CSV)."""
+    global _CSV_DIR
+    if _CSV_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        _CSV_DIR = Path(tempfile.mkdtemp(prefix="pfkit-inspect-"))
+        atexit.register(shutil.rmtree, _CSV_DIR, ignore_errors=True)
+    return _CSV_DIR
 
 
 def token_html(tokens, values, titles, *, diverging: bool, scale: float | None = None) -> str:

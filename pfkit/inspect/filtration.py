@@ -497,6 +497,11 @@ def _build(data: Rollouts):
         key = str(Path(path).expanduser().resolve()) if path else home
         if key == str(Path(home).resolve()):
             return home, ""
+        # a shared link may open the served run's sibling folders only (e.g. a demo's ppo/br/bw runs), never an
+        # arbitrary path on the server (the page may be reachable by others with --host 0.0.0.0)
+        if Path(key).parent != Path(home).resolve().parent:
+            return home, C.warning(f"the link's run {path!r} is not beside the served run (only folders in "
+                                   f"{Path(home).resolve().parent} can be opened from a link). Showing {home}.")
         if key not in runs:
             try:
                 runs[key] = Rollouts(key)

@@ -284,16 +284,19 @@ def strategy_table(df, strategies=("none", "bon", "br", "bw"), bins: int | None 
     import pandas as pd
 
     keys = ["step", "prompt_id"] if "step" in df.columns else ["prompt_id"]
+    # groups of equal size N are stacked into one [groups, N] call (a per-group loop took 32 s on a 10k-row run)
+    order = df.sort_values([*keys, "sample_idx"] if "sample_idx" in df.columns else keys, kind="stable").index
+    group_id = df.loc[order].groupby(keys, sort=False).ngroup().to_numpy()
+    sizes = np.bincount(group_id)[group_id]
     rows = []
     for s in strategies:
         resolve(s)
-        probs = pd.Series(np.nan, index=df.index)
-        for _, g in df.groupby(keys, sort=False):
-            g = g.sort_values("sample_idx") if "sample_idx" in g.columns else g
-            p = inclusion_probs(torch.tensor(g["reward"].to_numpy(float))[None], s)[0].numpy()
-            probs.loc[g.index] = p
-        df[f"p_{s}"] = probs
-        w = probs.to_numpy()
+        w = np.full(len(df), np.nan)
+        for n in np.unique(sizes):
+            idx = order[sizes == n]  # whole groups, contiguous, each in sample order
+            rewards = torch.tensor(df.loc[idx, "reward"].to_numpy(float)).view(-1, int(n))
+            w[df.index.get_indexer(idx)] = inclusion_probs(rewards, s).reshape(-1).numpy()
+        df[f"p_{s}"] = w
         rows.append({
             "strategy": s,
             "label": STRATEGY_LABELS.get(s, s),
