@@ -64,6 +64,13 @@ def test_one_pfppo_step_updates_policy_and_logs(tiny, tmp_path, strategy, kept_p
     assert set(df.score.unique()) <= {0.0, 1.0}
     # the sandbox's reward-hack flag and isolation reach the table (the filtration inspector filters on it)
     assert {"hack", "isolation", "mode"} <= set(df.columns) and df.hack.map(type).eq(str).all()
+    # per-token columns: one log-prob per token; the reference's for kept rows (= the policy's at step 0)
+    for r in df.itertuples():
+        assert len(r.tokens) == len(r.token_logprobs) and all(lp <= 0 for lp in r.token_logprobs)
+        if r.kept:
+            assert np.allclose(r.ref_token_logprobs, r.token_logprobs, atol=1e-4)
+        else:
+            assert len(r.ref_token_logprobs) == 0
     m = RunDir(run).metrics()
     for col in ("train/reward", "train/pass_rate", "train/kept_fraction", "train/r2_kept", "train/r2_all",
                 "train/kl", "train/clip_frac"):

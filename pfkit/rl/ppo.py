@@ -108,6 +108,10 @@ def make_experience(policy, tokenizer, ref, reward_model, critic, problems: Sequ
                                      temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
                                      timeout=cfg.sandbox_timeout, return_rollout=True)
     score = torch.tensor(table["score"].tolist())
+    # per-token view (rollouts.parquet, the filtration inspector): each response's tokens and log-probs
+    on = ro.response_mask.bool()
+    table["tokens"] = [[tokenizer.decode([t]) for t in ro.response_ids[i][on[i]].tolist()] for i in range(len(ro))]
+    table["token_logprobs"] = [ro.logprobs[i][on[i]].float().tolist() for i in range(len(ro))]
     # 2. reward: the reward model, or the controlled-noise oracle (unit-test score + region-dependent noise)
     if cfg.reward_source == "oracle":
         noisy, _ = oracle_rewards(score, cfg.oracle_profile, cfg.oracle_sigma, generator=generator)
@@ -127,6 +131,10 @@ def make_experience(policy, tokenizer, ref, reward_model, critic, problems: Sequ
     ref.eval()
     critic.eval()
     ref_logp = sequence_logprobs(ref, seqs, amask, T).float() * mask
+    ref_rows = [[] for _ in range(P * N)]  # the reference's log-probs: computed for kept samples only
+    for row, i in enumerate(idx.tolist()):
+        ref_rows[i] = ref_logp[row][mask[row].bool()].tolist()
+    table["ref_token_logprobs"] = ref_rows
     values = critic(seqs, amask)[:, Pl - 1:Pl - 1 + T] * mask
     kl_tok = kl(old_logp, ref_logp, "k1") * mask
     tok_reward = -cfg.kl_coef * kl_tok
