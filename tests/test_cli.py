@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect"]
+VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect", "study"]
 
 
 def run(*args, timeout=120):
