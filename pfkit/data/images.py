@@ -311,11 +311,14 @@ class ImageNpzDataModule(LightningDataModule):
     Normalisation uses the training set's mean/std (the official code normalises with dataset
     constants, 0.3162/0.3213 for RadImageNet), so a multiplicative mask pulls pixels toward the mean.
     Training augmentation (``augment``): random flip, small rotation and shift, applied per image on
-    the whole batch after transfer.
+    the whole batch after transfer. ``train_subset`` / ``eval_subset`` draw a random subset (by ``seed``)
+    of train / val+test; ``val_subset`` (if set) sizes val alone, so the test set can stay whole while
+    per-epoch validation stays cheap.
     """
 
     def __init__(self, path: str = "synthetic", batch_size: int = 64, num_workers: int = 0, augment: bool = True,
-                 train_subset: int | None = None, eval_subset: int | None = None, seed: int = 0):
+                 train_subset: int | None = None, eval_subset: int | None = None, seed: int = 0,
+                 val_subset: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.data: ImageSet | None = None
@@ -328,8 +331,9 @@ class ImageNpzDataModule(LightningDataModule):
             return
         data = load_npz(resolve(self.hparams.path))
         rng = np.random.default_rng(self.hparams.seed)
-        for split, n in (("train", self.hparams.train_subset), ("val", self.hparams.eval_subset),
-                         ("test", self.hparams.eval_subset)):
+        h = self.hparams
+        for split, n in (("train", h.train_subset), ("val", h.val_subset or h.eval_subset),
+                         ("test", h.eval_subset)):
             if n and n < len(data.labels[split]):
                 idx = np.sort(rng.choice(len(data.labels[split]), n, replace=False))
                 data.images[split], data.labels[split] = data.images[split][idx], data.labels[split][idx]

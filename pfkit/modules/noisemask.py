@@ -120,10 +120,9 @@ class PlainClassifier(_ClassifierModule):
         if k > 1 and self.current_epoch >= last - k:
             from torch.optim.swa_utils import AveragedModel
 
-            if self._average is None:
+            if self._average is None:  # a copy with n_averaged = 0: the first update sets it to these weights
                 self._average = AveragedModel(self.classifier, use_buffers=True)
-            else:
-                self._average.update_parameters(self.classifier)
+            self._average.update_parameters(self.classifier)
 
     def on_train_end(self) -> None:
         if self._average is not None:  # the mean of the last k epochs replaces the last epoch's weights
@@ -281,8 +280,10 @@ class NoiseMaskPretrain(_ClassifierModule):
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
-        for s in self.lr_schedulers():
-            s.step()
+        sched_c, sched_p = self.lr_schedulers()
+        sched_c.step()
+        if not self.hparams.freeze_policy:  # a frozen policy's optimiser never steps: nor does its schedule
+            sched_p.step()
 
     def configure_optimizers(self):
         h = self.hparams
