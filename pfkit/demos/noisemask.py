@@ -172,6 +172,36 @@ def run_arm(run) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in res.items()}
 
 
+EPOCH_TRAIN = ("train/reward", "train/ce_epoch", "train/loss_epoch", "train/beta_entropy", "train/mask_mean",
+               "train/acc", "val/acc", "val/masked_acc")
+
+
+def epoch_table(study_dir: str | os.PathLike) -> pd.DataFrame:  # noqa: F821
+    """What the policy did, per epoch, for every pretraining run of a study folder: the ``mask_stats`` rows
+    (Beta entropy, E[m] spread, η² and p by class / modality) joined with the epoch-level training curves
+    (the policy's reward −CE, the loss, accuracy). One row per (arm, seed, epoch)."""
+    import pandas as pd
+
+    from pfkit.runs import RunDir
+
+    rows = []
+    for pre in sorted(Path(study_dir).glob("*/seed_*/pretrain")):
+        arm, seed = pre.parent.parent.name, int(pre.parent.name.split("_", 1)[1])
+        run = RunDir(pre)
+        stats = run.read("mask_stats") if run.has_table("mask_stats") else pd.DataFrame({"epoch": []})
+        m = run.metrics()
+        cols = [c for c in EPOCH_TRAIN if c in m.columns]
+        curves = m.groupby("epoch")[cols].mean().reset_index() if cols else pd.DataFrame({"epoch": []})
+        curves.columns = [c.replace("/", "_") for c in curves.columns]
+        frame = curves.merge(stats, on="epoch", how="outer")
+        rows.append(frame.assign(arm=arm, seed=seed))
+    if not rows:
+        raise FileNotFoundError(f"{study_dir} has no <arm>/seed_<k>/pretrain run folders; point at the --out "
+                                f"folder of `pfkit study -c studies/noisemask.yaml`")
+    out = pd.concat(rows, ignore_index=True)
+    return out[["arm", "seed", "epoch"] + [c for c in out.columns if c not in ("arm", "seed", "epoch")]]
+
+
 # ============================================================================================== demo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the study's smoke-test sizes (~2 min on CPU)")
@@ -179,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="also run on this MedMNIST-format npz (e.g. /work/shared/data/medmnist/pneumoniamnist.npz)")
     parser.add_argument("--arms", default=None,
-                        help="comma-separated arms (default: every arm of studies/noisemask.yaml, quick: its quick arms)")
+                        help="comma-separated arms (default: every arm of studies/noisemask.yaml)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
@@ -196,7 +226,38 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(rows)
+    fs = [{"dataset": r["dataset"], "arm": r["arm"], "eval": ev, "n": int(k.rsplit("_n", 1)[1]), "macro_f1": v}
+          for r in rows for k, v in r.items() for ev in ("probe", "ft")
+          if k.startswith(f"{ev}_f1_n") and isinstance(v, float) and not math.isnan(v)]
+    ncols = 2 if fs else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
+    sns.barplot(df, x="dataset", y="test_f1", hue="arm", ax=axes[0, 0])
+    axes[0, 0].set_ylim(0, 1)
+    axes[0, 0].set_title("held-in test macro-F1 (one seed)")
+    if fs:
+        sns.lineplot(pd.DataFrame(fs), x="n", y="macro_f1", hue="arm", style="eval", marker="o", ax=axes[0, 1])
+        axes[0, 1].set_xscale("log", base=2)
+        axes[0, 1].set_title("unseen concepts: few-shot macro-F1")
+        axes[0, 1].set_xlabel("labelled samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(args) -> int:
+    """One seed of every arm of studies/noisemask.yaml (its settings: the study's YAML and base config)."""
+    from dataclasses import asdict
+
+    import pandas as pd
     import torch
 
     from pfkit.cli import UserError
@@ -213,44 +274,49 @@ def main(args) -> int:
         except (NpzFormatError, FileNotFoundError) as e:
             raise UserError(str(e)) from None
     study = load_study(STUDY, quick=args.quick)
-    arms = [a for a in study.arms if a.factors.get("data", "synthetic") == "synthetic"]
+    arms = study.arms
     if args.arms:
         want = [s.strip() for s in args.arms.split(",") if s.strip()]
-        names = {a.factors.get("arm", a.name) for a in arms}
+        names = [a.name for a in arms]
         unknown = [w for w in want if w not in names]
         if unknown:
-            raise UserError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(sorted(names))}")
-        arms = [a for a in arms if a.factors.get("arm", a.name) in want]
+            raise UserError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(names)}")
+        arms = [a for a in arms if a.name in want]
     out = Path(args.out or f"runs/demo_noisemask-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     run = RunDir(out)
     run.config_path.write_text(json.dumps({"study": str(STUDY), "quick": bool(args.quick), "seed": args.seed,
                                            "data": args.data, "arms": [a.name for a in arms]}, indent=2) + "\n")
+    study.arms, study.seeds = arms, [int(args.seed)]
     datasets = [("synthetic", None)] + ([(Path(args.data).stem, args.data)] if args.data else [])
-    study.seeds = [int(args.seed)]
     rows, t0 = [], time.time()
     for name, path in datasets:
-        for arm in arms:
-            label = arm.factors.get("arm", arm.name)
-            if path is not None:
-                arm.overrides = {**arm.overrides, "data.init_args.path": path}
-            spec = next(s for s in study.runs(out / name) if s.arm == arm.name)
-            spec.run_dir = out / name / label
-            spec.config["run_dir"] = str(spec.run_dir)
-            print(f"[{name}] {label} ...", flush=True)
-            from dataclasses import asdict
-
-            row = execute(asdict(spec) | {"run_dir": str(spec.run_dir)}, study.job)
-            rows.append({"dataset": name, **row, "arm": label})
-            print(f"[{name}] {label}: test acc {row['test_acc']:.3f}, {row['wall_s']:.0f} s", flush=True)
+        if path is not None:
+            study.overrides = {**study.overrides, "data.init_args.path": path}
+        for spec in study.runs(out / name):
+            print(f"[{name}] {spec.arm} ...", flush=True)
+            row = execute(asdict(spec) | {"run_dir": str(spec.run_dir)}, study.job, threads=args.threads)
+            rows.append({"dataset": name, **row})
+            print(f"[{name}] {spec.arm}: test acc {row['test_acc']:.3f}, macro-F1 {row['test_f1']:.3f}, "
+                  f"{row['wall_s']:.0f} s", flush=True)
     wall = time.time() - t0
-    table = "\n\n".join(f"[{name}] one seed ({args.seed}): a demonstration, not a result (see studies/noisemask.yaml)\n"
-                        + _table([r for r in rows if r["dataset"] == name]) for name, _ in datasets)
+    table = "\n\n".join(f"[{name}] seed {args.seed} only: a demonstration, not a result (studies/noisemask.yaml "
+                        f"has the seeded study)\n" + _table([r for r in rows if r["dataset"] == name])
+                        for name, _ in datasets)
     print("\n" + table)
-    import pandas as pd
-
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    _plot(rows, out / "summary.png")
     run.write_summary({"quick": bool(args.quick), "wall_seconds": wall, "results": rows, "table": table})
-    print(f"\nwall time {wall:.0f}s; wrote {out}/summary.json, results.csv and run folders "
-          f"({', '.join(n for n, _ in datasets)}/<arm>/)")
+    print(f"\nwall time {wall:.0f}s; wrote {out}/summary.json, results.csv, summary.png and run folders "
+          f"({', '.join(n for n, _ in datasets)}/<arm>/seed_{args.seed}/)")
     return 0
+
+
+if __name__ == "__main__":  # python -m pfkit.demos.noisemask epochs STUDY_DIR OUT.csv
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "epochs":
+        sys.exit("usage: python -m pfkit.demos.noisemask epochs STUDY_DIR OUT.csv  (per-epoch policy table)")
+    table = epoch_table(sys.argv[2])
+    table.to_csv(sys.argv[3], index=False, float_format="%.6g")
+    print(f"wrote {sys.argv[3]}: {len(table)} rows ({table.arm.nunique()} arms, {table.seed.nunique()} seeds)")
