@@ -20,7 +20,7 @@ TINY = dict(widths=(4, 8, 8, 8), policy_widths=(4, 4, 4, 4), policy_hidden=8, gr
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("syn") / "tiny.npz", size=16, seed=0, n_train=32, n_val=8,
-                           n_test=8, n_unseen_train=8, n_unseen_test=8)
+                           n_test=8, n_unseen_train=8, n_unseen_test=8, n_shift_test=8)
 
 
 def _trainer(tmp_path, steps=None, epochs=1):
