@@ -23,7 +23,8 @@ def resnet_backbone(in_channels: int, widths: Sequence[int] = (16, 32, 64, 128),
 
     ``stem_stride=1`` and no max-pool keep enough resolution for 28 px inputs (the ImageNet stem,
     stride 2 + max-pool, would shrink 28 px to 7 px before the first block). ``stem_stride=2`` (no
-    max-pool: 28 px -> 14 px) makes a step ~3x cheaper on CPU, which is what lets the seeded study fit.
+    max-pool: 28 px -> 14 px) makes a step 2-3x cheaper on CPU (benchmarks/noisemask_step.py), which
+    is what lets the seeded study fit.
     """
     from monai.networks.nets import ResNet  # lazy: see pfkit.noise
 

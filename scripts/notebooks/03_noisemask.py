@@ -222,7 +222,7 @@ def arm_table(results: pd.DataFrame, st, metrics) -> pd.DataFrame:
     per_arm["cell"] = per_arm.apply(lambda r: f"{r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1)
     tab = per_arm.pivot(index="arm", columns="metric", values="cell").reindex(index=[a.name for a in st.arms])
     if len(paired):
-        paired["cell"] = paired.apply(lambda r: f"{r['mean']:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] p={r.p:.2g}",
+        paired["cell"] = paired.apply(lambda r: f"{r['mean_diff']:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] p={r.p:.2g}",
                                       axis=1)
         diff = paired.pivot(index="arm", columns="metric", values="cell")
         tab = tab.join(diff.add_prefix("Δ vs baseline: "))
