@@ -298,6 +298,7 @@ def _spec(tmp_path, tiny_npz, stage, **model):
                                              "repeats": 1, "curve_steps": 2})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["baseline", "random_mask"])
 def test_run_arm_returns_the_study_metrics(tmp_path, tiny_npz, stage):
     from pfkit.demos.noisemask import run_arm
