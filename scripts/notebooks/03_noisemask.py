@@ -233,6 +233,19 @@ HELD_IN = ["test_f1", "test_acc", "test_balanced_acc", "test_auc", "test_precisi
 arm_table(stored, study, HELD_IN)
 
 # %% [markdown]
+# **Is it the policy?** The same metrics paired by seed against the `random_mask` control instead of the
+# baseline: a policy that learned something useful should beat untrained Beta noise.
+
+# %%
+import copy
+
+vs_random = copy.deepcopy(study)
+vs_random.baseline = "random_mask"
+vs_random.arms = [a for a in study.arms if a.name != "baseline"]
+arm_table(stored, vs_random, ["test_f1", "shift_f1", "probe_f1_n64", "ft_f1_n64"]).rename(
+    columns=lambda c: c.replace("vs baseline", "vs random_mask"))
+
+# %% [markdown]
 # The same study, re-run here (QUICK: the YAML's `quick:` sizes, one seed — the intervals are undefined and
 # the numbers mean nothing; `PFKIT_NOTEBOOK_QUICK=0`: the full grid, which then replaces the stored table in
 # every cell below):
