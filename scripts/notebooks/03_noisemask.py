@@ -356,9 +356,10 @@ arm_table(results, study, [f"{ev}_f1_n{n}" for ev in ("probe", "ft") for n in (1
 # %% [markdown]
 # ## 7 · Real data: PneumoniaMNIST, and the inspector
 #
-# `studies/noisemask_pneumonia.yaml`: the same arms on 480 training images of PneumoniaMNIST (2 classes,
-# 624 test images), 3 seeds. The stored table is shown; it needs no shared data. Re-running it needs
-# `pneumoniamnist.npz` from the shared data folder (`PFKIT_SHARED_DATA`), and is left to the command line.
+# `studies/noisemask_pneumonia.yaml`: the same arms on 480 training images of PneumoniaMNIST (2 classes;
+# 468 test images in the shared, class-balanced copy), 3 seeds. The stored table is shown; it needs no
+# shared data. Re-running it needs `pneumoniamnist.npz` from the shared data folder (`PFKIT_SHARED_DATA`),
+# and is left to the command line.
 
 # %%
 pn_table = ROOT / "studies" / "results" / "noisemask_pneumonia.csv"
