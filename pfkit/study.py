@@ -441,6 +441,7 @@ def format_summary(study: Study, results: pd.DataFrame, per_arm: pd.DataFrame, p
                    confidence: float = 0.95) -> str:
     """The printed tables: every figure with its interval, seeds and evaluation samples."""
     pct = f"{confidence:.0%}"
+    w = max([len(a.name) for a in study.arms] + [10]) + 2
     lines = [f"study {study.name}" + (" (QUICK: smoke-test sizes, not a result)" if study.quick else "")]
     if study.prediction:
         lines.append(f"prediction (stated before running): {study.prediction}")
@@ -456,7 +457,7 @@ def format_summary(study: Study, results: pd.DataFrame, per_arm: pd.DataFrame, p
         for m, g in per_arm.groupby("metric", sort=False):
             lines.append(f"  {m}")
             for r in g.itertuples():
-                lines.append(f"    {r.arm:<32} {_fmt(r.mean):>9} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                lines.append(f"    {r.arm:<{w}} {_fmt(r.mean):>9} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
                              f"  n={r.n}/{r.seeds}")
     if not paired.empty:
         lines.append("")
@@ -466,7 +467,7 @@ def format_summary(study: Study, results: pd.DataFrame, per_arm: pd.DataFrame, p
             for r in g.itertuples():
                 verdict = ("differs" if not math.isnan(r.ci_low) and (r.ci_low > 0 or r.ci_high < 0)
                            else "CI includes 0")
-                lines.append(f"    {r.arm:<32} − {r.baseline:<18} {_fmt(r.mean_diff):>9} "
+                lines.append(f"    {r.arm:<{w}} − {r.baseline:<{w}} {_fmt(r.mean_diff):>9} "
                              f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]  p={_fmt(r.p)}  pairs={r.pairs}  {verdict}")
     return "\n".join(lines)
 

@@ -141,7 +141,7 @@ def reward_vs_score(df: pd.DataFrame, *, reward: str = "reward", score: str = "s
 
 
 def strategy_bars(table: pd.DataFrame, *, x: str = "label", ys: Sequence[str] = ("r2", "kept_score")):
-    """One bar panel per column of ``table`` (e.g. ``pfkit.commands.analyze.strategy_table``)."""
+    """One bar panel per column of ``table`` (e.g. ``pfkit.rl.filtration.strategy_table``)."""
     import seaborn as sns
 
     fig, axes = figure(len(ys), 1, 3.6, 3.0)

@@ -7,13 +7,21 @@ import pandas as pd
 
 from pfkit.runs import RunDir
 
+HACKS = ("", "", "", "", "exit_early", "patched_assert")  # the sandbox's label; "" = no hack seen
 
-def filtration_run(path, *, steps: int = 3, prompts: int = 4, n: int = 5, seed: int = 0) -> RunDir:
+
+def filtration_run(path, *, steps: int = 3, prompts: int = 4, n: int = 5, seed: int = 0, tokens: bool = False,
+                   ref: bool = True, hack: bool = False, long_lines: bool = False) -> RunDir:
     """rollouts.parquet (one part per step, the logged filter = best-worst) + metrics.csv.
 
     Rewards are distinct within a prompt (so every strategy's choice is unambiguous); the test score
-    is a noisy function of the reward, so R² is strictly between 0 and 1.
+    is a noisy function of the reward, so R² is strictly between 0 and 1. Optional columns as the modules
+    will log them: ``tokens`` (list<str>, the response split into tokens), ``token_logprobs`` and, with
+    ``ref``, ``ref_token_logprobs`` (list<float>); ``hack`` (string, "" = none); ``long_lines`` appends a
+    300-character line to each response (the panels must wrap it, not cut it).
     """
+    import re
+
     rng = np.random.default_rng(seed)
     run = RunDir(path)
     for step in range(steps):
@@ -24,23 +32,36 @@ def filtration_run(path, *, steps: int = 3, prompts: int = 4, n: int = 5, seed: 
             kept = np.zeros(n, bool)
             kept[[np.argmax(rewards), np.argmin(rewards)]] = True
             for i in range(n):
-                rows.append({
+                response = f"    return x + {i}  # s{step} p{p} i{i}\n"
+                if long_lines:
+                    response += "    # " + " ".join(f"word{k}" for k in range(50)) + f" END{i}\n"
+                row = {
                     "step": step, "prompt_id": p * 7, "sample_idx": i,
                     "prompt": f"def f{p}(x):\n    \"\"\"Return x plus {p}.\"\"\"\n",
-                    "response": f"    return x + {i}  # s{step} p{p} i{i}\n",
+                    "response": response,
                     "reward": float(rewards[i]), "score": float(scores[i]), "kept": bool(kept[i]),
                     "advantage": float(rewards[i] - rewards[kept].mean()) if kept[i] else float("nan"),
-                })
+                }
+                if tokens:
+                    toks = re.findall(r"\s+|\w+|[^\w\s]", response)
+                    lp = -rng.exponential(1.0, len(toks))
+                    row["tokens"] = toks
+                    row["token_logprobs"] = lp.tolist()
+                    if ref:
+                        row["ref_token_logprobs"] = (lp + rng.normal(0, 0.5, len(toks))).tolist()
+                if hack:
+                    row["hack"] = HACKS[int(rng.integers(len(HACKS)))]
+                rows.append(row)
         run.append("rollouts", rows, step=step)
     pd.DataFrame({"step": range(steps), "train/reward": rng.uniform(0, 1, steps)}).to_csv(run.metrics_path,
                                                                                             index=False)
     return run
 
 
-def big_filtration_run(path, rows: int = 10_000, n: int = 5) -> RunDir:
+def big_filtration_run(path, rows: int = 10_000, n: int = 5, **kw) -> RunDir:
     prompts = 20
     steps = rows // (prompts * n)
-    return filtration_run(path, steps=steps, prompts=prompts, n=n, seed=1)
+    return filtration_run(path, steps=steps, prompts=prompts, n=n, seed=1, **kw)
 
 
 def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group: int = 4, seed: int = 0,

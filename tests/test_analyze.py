@@ -9,8 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from pfkit.commands.analyze import recommend, strategy_table
-from pfkit.rl.filtration import select
+from pfkit.rl.filtration import recommend, select, strategy_table
 from pfkit.runs import RunDir
 
 
@@ -47,7 +46,10 @@ def test_strategy_table_matches_direct_computation():
         assert table.loc[s, "r2"] == pytest.approx(expected, rel=1e-9)
     assert table.loc["br", "kept_per_prompt"] == pytest.approx(2.0)
     assert table.loc["bon", "kept_per_prompt"] == pytest.approx(1.0)
-    assert recommend(table.reset_index()) == table["r2"].idxmax()
+    assert recommend(table.reset_index()) == table["r2"].idxmax()  # no bins: falls back to the plain R²
+    binned = strategy_table(first.copy(), bins=6).set_index("strategy")
+    assert recommend(binned.reset_index()) == binned["r2_binned"].idxmax()
+    assert recommend(binned.reset_index(), by="r2") == binned["r2"].idxmax()
 
 
 def test_cli_on_run_folder(tmp_path):
@@ -63,7 +65,11 @@ def test_cli_on_run_folder(tmp_path):
     assert (run_dir.path / "filtration_r2.png").stat().st_size > 10_000
     best = out.stdout.split("recommendation: ")[1].split()[0]
     table = strategy_table(df[df.step == 0].reset_index(drop=True), bins=10)
-    assert best == recommend(table)
+    assert best == recommend(table) == table.set_index("strategy")["r2_binned"].idxmax()  # the binned criterion
+    assert "highest binned R²" in out.stdout
+    # the reliability curve is printed with per-bin counts that add up to every sample of the step
+    curve_lines = out.stdout.split("reliability (all 300 samples)")[1].splitlines()[2:12]
+    assert sum(int(line.split()[3]) for line in curve_lines) == 300
 
 
 def test_cli_on_parquet_file_with_all_steps(tmp_path):

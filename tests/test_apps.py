@@ -235,9 +235,19 @@ def test_cli_arguments_and_main(name, tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ speed
+def _join_warm_imports():
+    """The app imports seaborn/torch in a background thread while it serves; let it finish before timing."""
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "pfkit-warm-imports":
+            t.join()
+
+
 def test_filtration_10k_rows_renders_in_seconds(tmp_path):
     big_filtration_run(tmp_path, rows=10_000)
     F.build_app(filtration_run(tmp_path / "warm", steps=1).path)  # imports (gradio, torch, seaborn) not timed
+    _join_warm_imports()
     t0, c0 = time.perf_counter(), time.process_time()
     F.build_app(tmp_path)
     data = F.Rollouts(tmp_path)
@@ -345,3 +355,137 @@ def test_control_events_keep_the_latest_value(name, tmp_path):
     assert controls
     assert all(d["trigger_mode"] == "always_last" for d in controls), \
         [(d["targets"], d["trigger_mode"]) for d in controls]
+
+
+# ------------------------------------------------------------------ filtration across the run (issue #20)
+def test_search_matches_pandas_and_rejects_bad_queries(tmp_path):
+    filtration_run(tmp_path, steps=3, prompts=4, n=5, hack=True)
+    raw = pd.read_parquet(tmp_path / "rollouts.parquet")
+    data = F.Rollouts(tmp_path)
+    key = ["step", "prompt_id", "sample_idx"]
+
+    def same(found, want):
+        return sorted(map(tuple, found[key].to_numpy().tolist())) == sorted(map(tuple, want[key].to_numpy().tolist()))
+
+    assert len(data.search(F.Query())) == len(raw)
+    q = F.Query(text="RETURN X + 2", reward=(1.0, "3.5"), kept=F.DROPPED)  # case-insensitive substring
+    want = raw[raw.response.str.lower().str.contains("return x + 2", regex=False) & raw.reward.between(1.0, 3.5)
+               & ~raw.kept]
+    assert len(want) and same(data.search(q), want)
+    q = F.Query(text=r"f[13]\(", regex=True, fields="prompt only", score=("", 0.5), passed=F.FAILED, hack=F.FLAGGED)
+    want = raw[raw.prompt.str.contains(r"f[13]\(") & (raw.score <= 0.5) & (raw.hack != "")]
+    assert len(want) and same(data.search(q), want)
+    assert same(data.search(F.Query(hack=F.CLEAN, passed=F.PASSED)), raw[(raw.hack == "") & (raw.score >= 1)])
+    assert len(data.search(F.Query(text="f1", fields="response only"))) == 0  # the prompt is not searched
+    for bad, words in ((F.Query(text="(", regex=True), "invalid regular expression"),
+                       (F.Query(reward=(2, 1)), "min 2 is above max 1"),
+                       (F.Query(score=("abc", None)), "'abc' is not a number")):
+        with pytest.raises(C.BadQuery, match=words):
+            data.search(bad)
+    plain = F.Rollouts(filtration_run(tmp_path / "plain", steps=1).path)
+    assert not plain.has_hack and len(plain.search(F.Query())) == 20
+    with pytest.raises(C.BadQuery, match="no 'hack' column"):
+        plain.search(F.Query(hack=F.FLAGGED))
+
+    found = data.search(F.Query(kept=F.KEPT))
+    t = F.results_table(found, limit=5)
+    assert len(t) == 5 and t["kept"].all() and list(t.columns[:3]) == ["step", "prompt", "sample"]
+    csv = pd.read_csv(C.csv_file(F.csv_frame(found), "x"))
+    assert len(csv) == raw.kept.sum() and "tokens" not in csv and csv["kept"].all()
+    md = F.search_markdown(found, len(raw))
+    assert f"**{len(found)}** of {len(raw)} samples match" in md
+    assert f"pass rate **{C.fmt((found.score >= 1).mean())}**" in md
+
+
+def test_token_view_numbers_and_missing_columns(tmp_path):
+    filtration_run(tmp_path / "t", steps=2, prompts=2, n=3, tokens=True)
+    raw = pd.read_parquet(tmp_path / "t" / "rollouts.parquet")
+    row = raw[(raw.step == 1) & (raw.prompt_id == 7) & (raw.sample_idx == 2)].iloc[0]
+    lp, ref = np.asarray(row.token_logprobs), np.asarray(row.ref_token_logprobs)
+    data = F.Rollouts(tmp_path / "t")
+    html, md = F.token_view(data, 1, "7", 2, F.TOKEN_MODES[0])
+    assert html.count('class="pfkit-tok"') == len(row.tokens)
+    assert f"sum log p = **{C.fmt(lp.sum())}**" in md and f"least likely token #{int(np.argmin(lp))}" in md
+    worst = int(np.argmin(lp))  # the least likely token is the darkest (opacity 1)
+    spans = html.split('<span class="pfkit-tok"')[1:]
+    assert "rgba(220,50,50,1.000)" in spans[worst]
+    assert f"rgba(220,50,50,{-lp[0] / -lp.min():.3f})" in spans[0]
+    html, md = F.token_view(data, 1, "7", 2, F.TOKEN_MODES[1])
+    d = lp - ref
+    assert f"mean (log p − log p_ref) = **{C.fmt(d.mean())}**" in md
+    top = int(np.argmax(np.abs(d)))
+    assert ("40,100,220,1.000" if d[top] > 0 else "220,50,50,1.000") in html.split('<span class="pfkit-tok"')[1:][top]
+
+    filtration_run(tmp_path / "noref", steps=1, prompts=1, n=2, tokens=True, ref=False)
+    html, md = F.token_view(F.Rollouts(tmp_path / "noref"), 0, "0", 1, F.TOKEN_MODES[1])
+    assert "reference log-probs: not logged in this run" in md and html.count("pfkit-tok") > 0
+    html, md = F.token_view(F.Rollouts(filtration_run(tmp_path / "none", steps=1).path), 0, "0", 0, F.TOKEN_MODES[0])
+    assert html == "" and "not logged in this run" in md
+
+
+def test_reliability_uses_analyze_and_recommends_by_binned_r2(tmp_path):
+    from pfkit.rl import filtration as analyze
+
+    filtration_run(tmp_path, steps=3, prompts=6, n=5, seed=4)
+    data = F.Rollouts(tmp_path)
+    sub = data.steps_between(1, 2)
+    assert sorted(sub["step"].unique()) == [1, 2] and len(sub) == 60
+    rel = F.reliability(sub, 6, "steps 1–2")
+    x = sub["reward"].to_numpy()
+    passed = (sub["score"].to_numpy() >= 1).astype(float)
+    groups = np.array_split(np.argsort(x, kind="stable"), 6)
+    assert rel.curve["count"].tolist() == [len(g) for g in groups]
+    assert np.allclose(rel.curve["score_mean"], [passed[g].mean() for g in groups])
+    assert rel.best == rel.table.sort_values("r2_binned", ascending=False).iloc[0]["strategy"]
+    assert rel.best_plain == rel.table.sort_values("r2", ascending=False).iloc[0]["strategy"]
+    t = rel.table.set_index("strategy")
+    assert t.loc["none", "r2"] == pytest.approx(r2(x, sub["score"]))
+    md = F.reliability_markdown(rel)
+    assert (f"by **binned** R²): **{analyze.STRATEGY_LABELS[rel.best]}** — binned R² = "
+            f"**{C.fmt(t.loc[rel.best, 'r2_binned'])}**, plain R² = {C.fmt(t.loc[rel.best, 'r2'])}") in md
+    with pytest.raises(C.BadQuery, match="no samples at steps 7–9"):
+        data.steps_between(7, 9)
+    with pytest.raises(C.BadQuery, match="does not exist"):
+        F.load_sample_file(str(tmp_path / "nope.parquet"))
+    assert len(F.load_sample_file(str(tmp_path))) == 90
+
+    # the advice is analyze-filtration's: by the binned column, the plain one beside it
+    table = pd.DataFrame({"strategy": ["a", "b"], "r2": [0.9, 0.2], "r2_binned": [0.1, 0.8]})
+    assert analyze.recommend(table) == "b" and analyze.recommend(table, by="r2") == "a"
+
+
+def test_url_and_text_helpers():
+    class Req:
+        query_params = {"run": "/r", "step": "3"}
+
+    assert C.query_params(Req()) == {"run": "/r", "step": "3"} and C.query_params(None) == {}
+    assert C.share_query(run=None, step=3, prompt="task/1 #1", sample=0) == "?step=3&prompt=task%2F1+%231&sample=0"
+    frame = pd.DataFrame({"a": ["x+1", "y"], "b": ["z", "X+1"]})
+    assert C.text_mask(frame, ["a", "b"], "x+1").tolist() == [True, True]
+    assert C.text_mask(frame, ["a"], r"^y$", regex=True).tolist() == [False, True]
+    assert C.range_mask([0, 1, 2], None, 1).tolist() == [True, True, False]
+    assert C.flag_mask([True, False], "no", "yes", "no").tolist() == [False, True]
+    html = C.token_html(["<a>", "b"], [-1.0, np.nan], ["t<1>", "t2"], diverging=False)
+    assert "&lt;a&gt;" in html and 'title="t&lt;1&gt;"' in html and "rgba(0,0,0,0.000)" in html
+
+
+def test_filtration_10k_rows_search_tokens_reliability_cpu(tmp_path):
+    """The run-wide views on a 10k-row run with token columns: CPU time, printed (the browser test times the page)."""
+    big_filtration_run(tmp_path, rows=10_000, tokens=True, hack=True)
+    F.build_app(filtration_run(tmp_path / "warm", steps=1).path)
+    _join_warm_imports()
+    F.reliability(F.Rollouts(tmp_path / "warm").steps_between(0, 0), 10, "warm")  # scipy/torch paths warmed
+    c0 = time.process_time()
+    data = F.Rollouts(tmp_path)
+    c1 = time.process_time()
+    found = data.search(F.Query(text=r"x \+ [34]", regex=True, kept=F.KEPT, reward=(1, None), hack=F.CLEAN))
+    C.csv_file(F.csv_frame(found), "t")
+    c2 = time.process_time()
+    html, _ = F.token_view(data, 99, "0", 4, F.TOKEN_MODES[1])
+    c3 = time.process_time()
+    rel = F.reliability(data.steps_between(0, 0), 10, "step 0")
+    c4 = time.process_time()
+    assert len(found) and html and rel.samples == 100
+    print(f"filtration, 10k rows with tokens: read {c1 - c0:.2f} s CPU, search + CSV {c2 - c1:.2f} s, "
+          f"token view {c3 - c2:.3f} s, reliability of one step {c4 - c3:.2f} s")
+    assert c4 - c1 < 3.0

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from _browser import TIMEOUT_MS, choose, chromium, open_app, page, screenshot, serve, wait_text  # noqa: F401  (fixtures)
-from _inspect_runs import difficulty_run, filtration_run, noisemask_run
+from _inspect_runs import big_filtration_run, difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
 from pfkit.inspect import filtration as F
@@ -25,6 +25,12 @@ pytestmark = pytest.mark.browser
 
 def f3(x) -> str:
     return f"{x:.3f}"
+
+
+def cells(pg, selector: str, rows: int, cols: int) -> list[list[str]]:
+    """The text of a Gradio table's first ``rows`` x ``cols`` body cells (its grid cells carry data-testid)."""
+    return [[pg.locator(f'{selector} [data-testid="cell-{r}-{c}"]').inner_text().strip() for c in range(cols)]
+            for r in range(rows)]
 
 
 def test_filtration_in_browser(page, tmp_path):  # noqa: F811
@@ -146,3 +152,257 @@ def test_not_a_run_folder_in_browser(page, tmp_path):  # noqa: F811
         text = wait_text(page, "#pfkit-error", "is not a folder")
         assert "Cannot show this run" in text and "not-a-run" in text
         screenshot(page, tmp_path / "error.png")
+
+
+# ------------------------------------------------------------------ filtration: across the run (issue #20)
+def _found_line(frame: pd.DataFrame, total: int) -> str:
+    return (f"{len(frame)} of {total} samples match · {frame.step.nunique()} steps, "
+            f"{frame[['step', 'prompt_id']].drop_duplicates().shape[0]} prompt groups · pass rate "
+            f"{f3((frame.score >= 1).mean())} · mean reward {f3(frame.reward.mean())} · kept {int(frame.kept.sum())}")
+
+
+def test_filtration_search_results_csv_and_jump(page, tmp_path):  # noqa: F811
+    filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, hack=True, long_lines=True)
+    raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    with serve(F.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#found", f"{len(raw)} of {len(raw)} samples match")  # the empty query lists all
+
+        # text + kept + reward range: counted here with pandas
+        page.locator("#q-text textarea, #q-text input").first.fill("return x + 4")
+        page.locator("#q-kept").get_by_label("kept", exact=True).check()
+        rmin = page.locator("#q-rmin textarea, #q-rmin input").first
+        rmin.fill("2.5")
+        rmin.press("Tab")
+        page.locator("#search").click()
+        want = raw[raw.response.str.contains("return x + 4", regex=False) & raw.kept & (raw.reward >= 2.5)]
+        assert len(want) > 0
+        want = want.sort_values(["step", "prompt_id", "sample_idx"])
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+
+        # the CSV is this view: the same samples, with their texts and numbers
+        with page.expect_download() as dl:
+            page.locator("#download").click()
+        got = pd.read_csv(dl.value.path())
+        assert list(zip(got.step, got.prompt_id, got.sample_idx)) == list(zip(want.step, want.prompt_id,
+                                                                                 want.sample_idx))
+        assert np.allclose(got.reward, want.reward) and got.response.tolist() == want.response.tolist()
+        assert got.hack.fillna("").tolist() == want.hack.tolist()
+
+        # a result row opens that sample: step, prompt and sample follow, and the link names them
+        target = want.iloc[1]
+        page.locator('#results [data-testid="cell-1-0"]').click()
+        wait_text(page, "#summary", f"Step {target.step}, prompt {target.prompt_id}")
+        wait_text(page, "#share", f"step={target.step}&prompt={target.prompt_id}&sample={target.sample_idx}")
+        cards = wait_text(page, "#responses", f"# s{target.step} p{target.prompt_id // 7} i")
+        assert f"END{target.sample_idx}" in cards  # the 300-character line is there, wrapped (below)
+
+        # reward-hack flag, regex over the response, and a failed-tests filter
+        page.locator("#q-text textarea, #q-text input").first.fill(r"i[34]\s")
+        page.locator("#q-regex input").check()
+        page.locator("#q-kept").get_by_label("any", exact=True).check()
+        rmin.fill("")
+        rmin.press("Tab")
+        page.locator("#q-passed").get_by_label("failed", exact=True).check()
+        page.locator("#q-hack").get_by_label("flagged", exact=True).check()
+        page.locator("#search").click()
+        want = raw[raw.response.str.contains(r"i[34]\s", regex=True) & (raw.score < 1) & (raw.hack != "")]
+        assert len(want) > 0
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+        page.locator("#q-text textarea, #q-text input").first.fill("x + (")
+        page.locator("#search").click()
+        wait_text(page, "#found", "Search not run: invalid regular expression 'x + ('")
+
+        # no cut lines: every response panel wraps (its scroller is no wider than the panel)
+        widths = page.eval_on_selector_all(
+            ".pfkit-response .cm-scroller",
+            "els => els.map(e => [e.scrollWidth, e.clientWidth, !!e.querySelector('.cm-lineWrapping')])")
+        assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
+        screenshot(page, tmp_path / "filtration-search.png")
+
+
+def test_filtration_url_and_per_token_view(page, tmp_path):  # noqa: F811
+    filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, tokens=True)
+    filtration_run(tmp_path / "plain", steps=2, prompts=2, n=3)  # no token columns
+    raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    row = raw[(raw.step == 1) & (raw.prompt_id == 14) & (raw.sample_idx == 3)].iloc[0]
+    lp, ref = np.asarray(row.token_logprobs), np.asarray(row.ref_token_logprobs)
+    with serve(F.build_app(tmp_path / "run")) as url:
+        open_app(page, url + "?step=1&prompt=14&sample=3")  # a shared link opens that view
+        wait_text(page, "#summary", "Step 1, prompt 14")
+        info = wait_text(page, "#token-info", "Sample 3 (step 1, prompt 14)")
+        assert f"{len(lp)} tokens · sum log p = {f3(lp.sum())} · mean log p = {f3(lp.mean())}" in info
+        assert f"least likely token #{int(np.argmin(lp))}" in info
+        wait_text(page, "#share", "?step=1&prompt=14&sample=3")
+        spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, e.title])")
+        assert "".join(t for t, _ in spans) == row.response and len(spans) == len(lp)
+        for (_tok, title), x, y in zip(spans, lp, ref):  # hover values
+            assert f"log p = {x:.4f} · log p_ref = {y:.4f} · policy − ref = {x - y:+.4f}" in title
+
+        page.get_by_label("policy − reference", exact=True).check()
+        d = lp - ref
+        info = wait_text(page, "#token-info", "the k1 KL estimate")
+        assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
+        assert f"largest |difference| at token #{int(np.argmax(np.abs(d)))}" in info
+        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
+        top = page.locator("#tokens .pfkit-tok").nth(int(np.argmax(np.abs(d)))).get_attribute("style")
+        assert ",1.000)" in top  # the largest difference is shaded fully
+        screenshot(page, tmp_path / "filtration-tokens.png")
+
+        choose(page, "sample", "0")
+        wait_text(page, "#token-info", "Sample 0 (step 1, prompt 14)")
+        wait_text(page, "#share", "?step=1&prompt=14&sample=0")
+
+        # ?run= opens another run folder in this session; it has no token columns and says so
+        other = page.context.new_page()
+        open_app(other, url + f"?run={tmp_path / 'plain'}&step=0&prompt=7")
+        wait_text(other, "#header", f"{tmp_path / 'plain'} · 12 samples, 2 steps")
+        wait_text(other, "#summary", "Step 0, prompt 7")
+        wait_text(other, "#token-info", "not logged in this run")
+        open_app(other, url + f"?run={tmp_path / 'nosuch'}")
+        wait_text(other, "#status", f"could not open run '{tmp_path / 'nosuch'}'")
+        wait_text(other, "#summary", "Step 2, prompt 0")  # the served run instead
+        open_app(other, url + "?run=/etc")  # a link may not open folders elsewhere on the server
+        wait_text(other, "#status", "is not beside the served run")
+        wait_text(other, "#summary", "Step 2, prompt 0")
+
+
+def _weighted_r2(x, y, w) -> float:
+    m = w > 0
+    x, y, w = x[m], y[m], w[m]
+    mx, my = np.average(x, weights=w), np.average(y, weights=w)
+    return float(np.sum(w * (x - mx) * (y - my)) ** 2 / (np.sum(w * (x - mx) ** 2) * np.sum(w * (y - my) ** 2)))
+
+
+def _binned_r2(x, y, w, bins) -> float:
+    m = w > 0
+    x, y, w = x[m], y[m], w[m]
+    groups = np.array_split(np.argsort(x, kind="stable"), min(bins, len(x)))
+    gx = [np.average(x[g], weights=w[g]) for g in groups]
+    gy = [np.average(y[g], weights=w[g]) for g in groups]
+    return float(np.corrcoef(gx, gy)[0, 1] ** 2)
+
+
+def _strategy_weights(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Inclusion probabilities by hand: none all, BoN the best, BW best + worst, BR best + 1/(N-1) each other."""
+    out = {k: np.zeros(len(frame)) for k in ("none", "bon", "br", "bw")}
+    for _, g in frame.groupby(["step", "prompt_id"]):
+        pos = frame.index.get_indexer(g.index)
+        best, worst = pos[np.argmax(g.reward.to_numpy())], pos[np.argmin(g.reward.to_numpy())]
+        out["none"][pos] = 1.0
+        out["bon"][best] = 1.0
+        out["bw"][[best, worst]] = 1.0
+        out["br"][pos] = 1.0 / (len(g) - 1)
+        out["br"][best] = 1.0
+    return out
+
+
+def test_filtration_reliability_in_browser(page, tmp_path):  # noqa: F811
+    from scipy import stats
+
+    filtration_run(tmp_path / "run", steps=4, prompts=5, n=5, seed=2)
+    filtration_run(tmp_path / "sft_samples", steps=1, prompts=6, n=4, seed=5)  # a samples set (one step)
+    raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    with serve(F.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#rel-summary", "step 0: 25 samples, 5 prompt groups, 10 equal-count reward bins")
+        for box, value in (("#rel-first", "1"), ("#rel-last", "3"), ("#rel-bins", "4")):
+            inp = page.locator(f"{box} input")
+            inp.fill(value)
+            inp.press("Tab")
+        page.locator("#rel-compute").click()
+        text = wait_text(page, "#rel-summary", "steps 1–3: 75 samples, 15 prompt groups, 4 equal-count reward bins")
+
+        sub = raw[raw.step.between(1, 3)].sort_values(["step", "prompt_id", "sample_idx"]).reset_index(drop=True)
+        x, score = sub.reward.to_numpy(), sub.score.to_numpy()
+        passed = (score >= 1).astype(float)
+        groups = np.array_split(np.argsort(x, kind="stable"), 4)
+        got = cells(page, "#rel-curve", 4, 7)
+        for g, row in zip(groups, got):
+            k, n = int(passed[g].sum()), len(g)
+            lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0  # Clopper-Pearson, by its formula
+            hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+            assert int(row[3]) == n and float(row[1]) == pytest.approx(x[g].min(), abs=1e-4)
+            assert float(row[4]) == pytest.approx(k / n, abs=1e-4)
+            assert float(row[5]) == pytest.approx(lo, abs=1e-4) and float(row[6]) == pytest.approx(hi, abs=1e-4)
+
+        w = _strategy_weights(sub)
+        labels = {"none": "none (PPO-M)", "bon": "BoN", "br": "BR", "bw": "BW"}
+        table = {r[0]: r for r in cells(page, "#rel-table", 4, 4)}
+        binned = {}
+        for s, ws in w.items():
+            r = table[labels[s]]
+            binned[s] = _binned_r2(x, score, ws, 4)
+            assert float(r[1]) == pytest.approx(ws.sum() / 15, abs=0.01)
+            assert float(r[2]) == pytest.approx(binned[s], abs=1e-4), s
+            assert float(r[3]) == pytest.approx(_weighted_r2(x, score, ws), abs=1e-4), s
+        best = max(binned, key=binned.get)
+        assert (f"by binned R²): {labels[best]} — binned R² = {f3(binned[best])}, "
+                f"plain R² = {f3(_weighted_r2(x, score, w[best]))}") in text
+        page.locator("#rel-plot img, #rel-plot canvas, #rel-plot svg").first.wait_for()
+        screenshot(page, tmp_path / "filtration-reliability.png")
+
+        # a samples file (the PF-PPO demo's sft_samples folder), then a path that is not there
+        box = page.locator("#rel-file textarea, #rel-file input").first
+        box.fill(str(tmp_path / "sft_samples"))
+        page.locator("#rel-compute").click()
+        wait_text(page, "#rel-summary", f"samples file {tmp_path / 'sft_samples'}: 24 samples, 6 prompt groups")
+        box.fill(str(tmp_path / "missing.parquet"))
+        page.locator("#rel-compute").click()
+        wait_text(page, "#rel-summary", "Not computed:")
+        assert "does not exist" in page.locator("#rel-summary").inner_text()
+
+
+@pytest.mark.slow
+def test_filtration_10k_rows_page_load_and_server_start(page, tmp_path):  # noqa: F811
+    """The issue's figure: a usable page (summary and the sample cards) within seconds on a 10k-row run."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from _browser import free_port
+
+    big_filtration_run(tmp_path / "run", rows=10_000, tokens=True, hack=True)
+    port = free_port()
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "inspect", "filtration", str(tmp_path / "run"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+            assert time.perf_counter() - t0 < 120
+        start = time.perf_counter() - t0
+
+        def view(pg) -> tuple[float, float]:
+            """(seconds to a usable page: summary and sample cards; to every panel drawn)."""
+            t1 = time.perf_counter()
+            open_app(pg, url)
+            wait_text(pg, "#summary", "Step 99, prompt 0")
+            wait_text(pg, "#responses", "# s99 p0 i4")
+            usable = time.perf_counter() - t1
+            pg.locator("#curves img, #curves canvas, #curves svg").first.wait_for()
+            wait_text(pg, "#found", "10000 of 10000 samples match")
+            wait_text(pg, "#rel-summary", "step 0: 100 samples")
+            return usable, time.perf_counter() - t1
+
+        first = view(page)  # opened the moment the server answers: its background imports may still run
+        later = view(page.context.new_page())  # what a user opening the link afterwards sees
+        print(f"filtration, 10k rows: server start {start:.2f} s (fresh process, imports included); page usable "
+              f"(summary + sample cards) {first[0]:.2f} s right after start, {later[0]:.2f} s later; every panel "
+              f"(curves, search, reliability) {first[1]:.2f} s / {later[1]:.2f} s; load average at start "
+              f"{load:.1f}, at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
+        assert later[0] < 15.0  # the issue's target is 3 s on an idle machine; CI machines are shared
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

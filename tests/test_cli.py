@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect", "study"]
 
@@ -55,3 +56,18 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert "max_steps: 2" in (tmp_path / "run" / "config.yaml").read_text()
     assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_renamed_config_keys_name_the_new_key(tmp_path):
+    """One name per concept (docs/DEVELOPING.md): an old key fails with one line naming its new name."""
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("model:\n  class_path: pfkit.modules.pfppo.PFPPOModule\n  init_args:\n    n_samples: 5\n")
+    out = run("fit", "-c", str(cfg))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"pfkit: error: `model: n_samples` was renamed to `group_size` (`model.init_args.group_size`); update {cfg}"]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    out = run("fit", "-c", str(configs / "pfppo_codegen.yaml"), "--data.init_args.prompts_per_step", "4")
+    assert out.returncode == 2 and "moved to `model.init_args.prompts_per_step`" in out.stderr
+    out = run("fit", "-c", str(configs / "reward_codegen.yaml"), "--data.n_samples=4")
+    assert out.returncode == 2 and "`data: n_samples` was renamed to `group_size`" in out.stderr

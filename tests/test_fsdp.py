@@ -128,9 +128,9 @@ def pfppo_config(path, dump):
     iteration has responses to learn from), 4 prompts x 3 samples, 1 iteration per epoch, a checkpoint per
     iteration: epoch boundaries make PF-PPO's shuffled prompt order resumable."""
     cfg = yaml.safe_load((ROOT / "configs" / "pfppo_codegen.yaml").read_text())
-    cfg["model"]["init_args"].update(policy="embedded", reward_model="embedded", strategy="br", n_samples=3,
-                                     max_new_tokens=24, ppo_epochs=1, minibatch_size=4, save_policy=True)
-    cfg["data"]["init_args"].update(prompts_per_step=4, n_train=8, n_val=4, offset=0)
+    cfg["model"]["init_args"].update(policy="embedded", reward_model="embedded", strategy="br", prompts_per_step=4,
+                                     group_size=3, max_new_tokens=24, ppo_epochs=1, minibatch_size=4, save_policy=True)
+    cfg["data"]["init_args"].update(n_train=8, n_val=4, offset=0)
     cfg["trainer"].update(max_epochs=2, limit_train_batches=1, limit_val_batches=0, enable_checkpointing=True,
                           callbacks=[{"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(dump)}},
                                      {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",

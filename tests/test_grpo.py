@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from pfkit.data.prompts import PromptDataModule, verifier_prompt_set
-from pfkit.modules.grpo import GRPOModule, collate_samples
+from pfkit.modules.grpo import GRPOModule
+from pfkit.rl import grpo
 from pfkit.rl.advantages import group_relative
 from pfkit.rl.losses import policy_loss
+from pfkit.rollout import Rollout
 
 # ------------------------------------------------------------------------------------------- pure math
 
@@ -46,12 +48,18 @@ def test_clip_higher_in_grpo_loss():
     assert hi.item() == pytest.approx(-1.25) and st_hi["clip_frac"].item() == 0.0
 
 
+def one_row(prompt, response, logprobs):
+    """A one-row Rollout with exactly these prompt / response tokens (no padding)."""
+    p, r = torch.tensor([prompt]), torch.tensor([response])
+    return Rollout(sequences=torch.cat([p, r], 1), attention_mask=torch.ones(1, p.shape[1] + r.shape[1]).long(),
+                   prompt_len=p.shape[1], response_ids=r, response_mask=torch.ones_like(r),
+                   logprobs=torch.tensor([logprobs]), texts=[""], pad_id=0)
+
+
 def test_collate_left_pads_prompts_right_pads_responses():
-    samples = [{"prompt_ids": torch.tensor([5, 6, 7]), "response_ids": torch.tensor([8]),
-                "logprobs": torch.tensor([-0.5])},
-               {"prompt_ids": torch.tensor([9]), "response_ids": torch.tensor([10, 11]),
-                "logprobs": torch.tensor([-1.0, -2.0])}]
-    d = collate_samples(samples, pad_id=0)
+    ro = Rollout.cat([one_row([5, 6, 7], [8], [-0.5]), one_row([9], [10, 11], [-1.0, -2.0])])
+    d = {"sequences": ro.sequences, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
+         "old_logprobs": ro.logprobs}
     assert d["sequences"].tolist() == [[5, 6, 7, 8, 0], [0, 0, 9, 10, 11]]
     assert d["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
     assert d["response_mask"].tolist() == [[1, 0], [1, 1]]
@@ -90,32 +98,33 @@ def make_module(tiny_policy, sampler="vade", **kw):
 
 
 def test_shared_prefix_logprobs_match_full_sequences(tiny_policy):
-    from pfkit.modules.grpo import shared_prefix_logprobs
-    from pfkit.rollout import generate, sequence_logprobs
+    from pfkit.rollout import generate, sequence_logprobs, shared_prefix_logprobs
 
     model, tok = tiny_policy
-    ro = generate(model, tok, [PROMPTS[0], "count 11: and a longer prompt", PROMPTS[3]], n=3, max_new_tokens=8,
+    ro = generate(model, tok, [PROMPTS[0], "count 11: and a longer prompt", PROMPTS[3]], group_size=3, max_new_tokens=8,
                   seed=0)
-    P = ro.prompt_len
-    samples = [{"prompt_ids": ro.sequences[b, :P][ro.attention_mask[b, :P].bool()],
-                "response_ids": ro.response_ids[b, :int(ro.response_mask[b].sum())],
-                "logprobs": ro.logprobs[b, :int(ro.response_mask[b].sum())]} for b in range(9)]
-    d = collate_samples(samples, tok.pad_token_id)
-    T = d["response_len"]
-    full = sequence_logprobs(model, d["sequences"], d["attention_mask"], T)
-    prompts = [samples[0]["prompt_ids"], samples[3]["prompt_ids"], samples[6]["prompt_ids"]]
+    # the groups as the GRPO module holds them (each trimmed to its own lengths), concatenated again
+    d = Rollout.cat(ro.groups(3))
+    T = d.response_len
+    full = sequence_logprobs(model, d.sequences, d.attention_mask, T)
     rows = torch.tensor([7, 1, 8, 4])                      # any subset/order of rows
-    got = shared_prefix_logprobs(model, prompts, torch.tensor([2, 0, 2, 1]), d["sequences"][rows, -T:],
-                                 d["response_mask"][rows], pad_id=tok.pad_token_id)
+    assert d.prompt_index[rows].tolist() == [2, 0, 2, 1]
+    got = shared_prefix_logprobs(model, d.sequences[rows], d.attention_mask[rows], T, d.prompt_index[rows])
     assert torch.allclose(got, full[rows], atol=1e-5)
-    assert torch.allclose(full * d["response_mask"], d["old_logprobs"], atol=1e-4)
+    assert torch.allclose(full * d.response_mask, d.logprobs, atol=1e-4)
+
+
+def pure_step(m, opt):
+    """One GRPO step without a Trainer: the pure function, with the module's pieces."""
+    return grpo.step(m.model, opt, m.sampler, m.rollout, m.config, generator=m.gen).stats
 
 
 def test_one_grpo_step_changes_the_policy(tiny_policy):
     m = make_module(tiny_policy)
-    m.attach(verifier_prompt_set(PROMPTS, digit_share)).init_optimizer()
+    m.attach(verifier_prompt_set(PROMPTS, digit_share))
+    opt = m.configure_optimizers()
     before = [p.detach().clone() for p in m.model.parameters()]
-    stats = m.grpo_step()
+    stats = pure_step(m, opt)
     assert stats["rollouts_step"] == 16 and stats["rollouts_spent"] == 16
     assert stats["effective_samples"] > 0 and stats["loss"] != 0.0
     changed = [not torch.equal(a, b) for a, b in zip(before, m.model.parameters())]
@@ -124,13 +133,14 @@ def test_one_grpo_step_changes_the_policy(tiny_policy):
 
 def test_all_zero_variance_step_leaves_policy_unchanged(tiny_policy):
     m = make_module(tiny_policy, sampler="uniform")
-    m.attach(verifier_prompt_set(PROMPTS, lambda p, c: 0.0)).init_optimizer()
-    m.grpo_step()  # momentum exists only after a real step; make one first with a useful reward
+    m.attach(verifier_prompt_set(PROMPTS, lambda p, c: 0.0))
+    opt = m.configure_optimizers()
+    pure_step(m, opt)  # momentum exists only after a real step; make one first with a useful reward
     m.prompt_set = verifier_prompt_set(PROMPTS, digit_share)
-    m.grpo_step()
+    pure_step(m, opt)
     m.prompt_set = verifier_prompt_set(PROMPTS, lambda p, c: 1.0)
     before = [p.detach().clone() for p in m.model.parameters()]
-    stats = m.grpo_step()
+    stats = pure_step(m, opt)
     assert stats["frac_zero_var"] == 1.0 and stats["effective_samples"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, m.model.parameters()))
 

@@ -92,8 +92,7 @@ def stand_in_models(tmp_path_factory) -> dict[str, str]:
         env["PFKIT_POLICY"] = policy
     if os.environ.get("PFKIT_REWARD_MODEL") is None and (policy is not None or
                                                          not (reward_dir / "reward_model.pt").is_file()):
-        from pfkit.models import load_policy
-        from pfkit.modules.reward import ScalarHeadModel
+        from pfkit.models import ScalarHeadModel, load_policy
 
         model, tok = load_policy(policy or "embedded")
         rm_dir = tmp_path_factory.mktemp("stand_in") / "reward"

@@ -45,6 +45,14 @@ def test_quick_demo_end_to_end(tmp_path):
     a, b = (kept[n][kept[n].step == 0].sort_values(["prompt_id", "sample_idx"]) for n in ("ppo", "bw"))
     assert a.response.tolist() == b.response.tolist()
     assert "PF-PPO demo summary" in res.stdout
+    # each run is configs/pfppo_codegen.yaml + configs/demo/pfppo{,_quick}.yaml; its config.yaml is that YAML
+    import yaml
+
+    for name, strategy in (("ppo", "none"), ("br", "br")):
+        cfg = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert cfg["model"]["init_args"]["strategy"] == strategy
+        assert cfg["trainer"]["limit_train_batches"] == 2 and cfg["model"]["init_args"]["prompts_per_step"] == 4
+        assert cfg["data"]["init_args"]["offset"] == 2048 and cfg["data"]["init_args"]["n_train"] == 8
     # the SFT samples table feeds analyze-filtration
     ana = subprocess.run([sys.executable, "-m", "pfkit.cli", "analyze-filtration", str(out / "sft_samples")],
                          capture_output=True, text=True, timeout=300)
@@ -57,6 +65,8 @@ def test_bad_strategy_and_existing_out_are_clear_errors(tmp_path):
     res = run("--strategies", "none,best3")
     assert res.returncode == 2 and "unknown filtration strategy 'best3'" in res.stderr
     assert "Traceback" not in res.stderr
+    res = run("--set", "model.init_args.kl_coef")
+    assert res.returncode == 2 and "give KEY=VALUE" in res.stderr and "Traceback" not in res.stderr
     (tmp_path / "x").write_text("keep me")
     res = run("--out", str(tmp_path))
     assert res.returncode == 2 and "already exists and is not empty" in res.stderr

@@ -9,8 +9,9 @@ import torch
 from lightning.pytorch import Trainer
 
 from pfkit import models
-from pfkit.data.preference import PreferenceDataModule, encode, make_pairs, split_by_prompt, synthetic_pairs
-from pfkit.modules.reward import RewardModule, ScalarHeadModel, bradley_terry_loss
+from pfkit.data.preference import PreferenceDataModule, make_pairs, split_by_prompt, synthetic_pairs
+from pfkit.models import ScalarHeadModel, encode
+from pfkit.modules.reward import RewardModule, bradley_terry_loss
 from pfkit.tasks import codegen
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

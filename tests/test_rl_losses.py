@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pfkit.rl.losses import aggregate, entropy_from_logits, kl, policy_loss, value_loss
+from pfkit.rl.losses import aggregate, kl, policy_loss, value_loss
 
 L = math.log
 
@@ -91,8 +91,3 @@ def test_k1_k3_are_unbiased_kl():
         expectation = (p * kl(p.log(), q.log(), est)).sum()  # E_{x~p}[k(x)]
         torch.testing.assert_close(expectation, exact)
     assert (kl(p.log(), q.log(), "k3") >= 0).all()
-
-
-def test_entropy_from_logits():
-    assert entropy_from_logits(torch.zeros(2, 4)).tolist() == pytest.approx([L(4), L(4)])
-    assert entropy_from_logits(torch.tensor([0.0, -1e9])).item() == pytest.approx(0.0)

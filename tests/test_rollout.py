@@ -99,8 +99,8 @@ def test_sequence_logprobs_grad_and_entropy(gpt2, bpe):
 
 
 def test_n_samples_prompt_major_and_backends_agree(gpt2, bpe):
-    fast = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, n=2, backend="gpt2")
-    slow = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, n=2, backend="hf")
+    fast = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, group_size=2, backend="gpt2")
+    slow = generate(gpt2, bpe, PROMPTS, max_new_tokens=8, temperature=0.0, group_size=2, backend="hf")
     assert fast.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert torch.equal(fast.sequences, slow.sequences)
     assert torch.equal(fast.response_ids[0], fast.response_ids[1])  # greedy: both samples equal
@@ -309,15 +309,15 @@ def test_bad_inputs(gpt2, bpe):
 def test_many_rows_grouped_by_length_come_back_in_input_order(gpt2, bpe):
     # 20 prompts of very different lengths, 2 samples each: the fast path splits 40 rows into 4 length groups
     prompts = [PROMPTS[i % 3] * (1 + i % 4) if i % 5 else "x" for i in range(20)]
-    fast = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, n=2, backend="gpt2")
-    slow = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, n=2, backend="hf")
+    fast = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, group_size=2, backend="gpt2")
+    slow = generate(gpt2, bpe, prompts, max_new_tokens=6, temperature=0.0, group_size=2, backend="hf")
     assert torch.equal(fast.sequences, slow.sequences)
     for i, p in enumerate(prompts):
         ids = bpe(p)["input_ids"]
         for row in (2 * i, 2 * i + 1):
             assert fast.sequences[row, fast.prompt_len - len(ids): fast.prompt_len].tolist() == ids
             assert int(fast.attention_mask[row, : fast.prompt_len].sum()) == len(ids)
-    sampled = generate(gpt2, bpe, prompts, max_new_tokens=6, n=2, seed=0, eos_token_id=list(range(0, 400, 4)))
+    sampled = generate(gpt2, bpe, prompts, max_new_tokens=6, group_size=2, seed=0, eos_token_id=list(range(0, 400, 4)))
     lp = sequence_logprobs(gpt2, sampled.sequences, sampled.attention_mask, sampled.response_len)
     torch.testing.assert_close(lp, sampled.logprobs, atol=1e-4, rtol=0)
 

@@ -120,3 +120,37 @@ def test_child_runs_unprivileged_with_limits(sb):
     assert v.passed, v
     root = sb.isolation == "namespace"
     assert v.stdout.split() == [str(root), "1", "300", "0", "True"]
+
+
+def test_check_completions_mode_from_argument_or_problem_meta():
+    p = CodeProblem("t/0", "def add(a, b):\n", TESTS, "add", "    return a + b\n")
+    q = CodeProblem("t/1", "def add(a, b):\n", TESTS, "add", "    return a + b\n", {"sandbox_mode": "inprocess"})
+    out = sandbox.check_completions([p, q], ["    return a + b\n"] * 2, timeout=2.0)
+    assert [v.mode for v in out] == ["isolated", "inprocess"] and all(v.passed for v in out)
+    forced = sandbox.check_completions([p, q], ["    return a + b\n"] * 2, mode="isolated", timeout=2.0)
+    assert [v.mode for v in forced] == ["isolated", "isolated"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sandbox.check_completions([p], ["x"], mode="fast")
+
+
+def test_verdict_record_has_stable_columns(sb):
+    ok, hack = sb.run([Job(ADD, TESTS, "add"), Job(ADD + "import os\nos._exit(0)\n", TESTS, "add")])
+    assert sandbox.verdict_record(ok) == {"sandbox_status": "passed", "sandbox_hack": "",
+                                          "sandbox_isolation": sb.isolation, "sandbox_mode": "isolated"}
+    assert sandbox.verdict_record(hack)["sandbox_hack"] == "exit"
+    assert sandbox.verdict_record(hack)["sandbox_status"] == "failed"
+
+
+@pytest.mark.slow  # starts an unprivileged interpreter twice (~10-20 s on a busy machine)
+def test_unprivileged_auto_isolation_is_userns_and_degrades_to_process_with_a_warning():
+    from _sandbox_nonroot import run_unprivileged
+
+    jobs = [Job(ADD, TESTS, "add"), Job(ADD, TESTS.replace("== 3", "== 4"), "add")]
+    out, info = run_unprivileged(jobs, "auto")
+    assert info["isolation"] == "userns" and [v.status for v in out] == ["passed", "failed"], (out, info)
+    assert all(v.isolation == "userns" for v in out) and info["warnings"] == []
+    # a worker that cannot set up its namespaces (here: an invalid tmpfs size) -> process, with a warning
+    out, info = run_unprivileged(jobs, "auto", tmp_size_mb=-1)
+    assert info["isolation"] == "process" and [v.status for v in out] == ["passed", "failed"], (out, info)
+    assert all(v.isolation == "process" for v in out)
+    assert any("userns isolation unavailable" in w and "falling back to process" in w for w in info["warnings"])

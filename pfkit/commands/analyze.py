@@ -1,6 +1,7 @@
 """``pfkit analyze-filtration RUN_DIR|FILE.parquet``: which PF-PPO strategy to train with.
 
-Reads logged samples (columns prompt_id, sample_idx, reward, score; step optional), re-applies each
+The table and the recommendation are ``pfkit.rl.filtration.strategy_table`` / ``recommend``; this command
+reads the samples, prints them and saves the plot. It reads logged samples (columns prompt_id, sample_idx, reward, score; step optional), re-applies each
 filtration strategy per prompt to the *logged rewards*, and reports the R² between reward and actual
 (unit-test) score over what each strategy would keep (PF-PPO paper §4 "Weight choice": pick the
 strategy whose kept samples' rewards track the true score best). Random strategies (BR) are scored by
@@ -11,17 +12,23 @@ PPO changes the sample distribution.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-STRATEGY_LABELS = {"none": "none (PPO-M)", "bon": "BoN", "br": "BR", "bw": "BW"}
-CAVEAT = ("R² is a guide, not a guarantee (the paper: 'not a perfect tool'): it ignores how many samples a "
-          "strategy keeps and what the policy learns from them; BoN keeps only top-reward samples, so its "
-          "R² rests on few, similar points.")
+from pfkit.errors import UserError
+from pfkit.rl.filtration import (
+    CAVEAT,
+    format_curve,
+    format_table,
+    parse_strategies,
+    recommend,
+    reliability_curve,
+    strategy_table,
+)
 
+__all__ = ["add_arguments", "load_samples", "main", "plot", "strategy_table", "recommend", "format_table"]
 
 def add_arguments(parser):
     parser.add_argument("path", help="a run folder with rollouts.parquet, or a parquet file/folder of samples")
@@ -38,7 +45,6 @@ def add_arguments(parser):
 
 def load_samples(path: str | Path) -> tuple[pd.DataFrame, Path]:
     """The samples table and the folder to write outputs into. Raises UserError with a clear message."""
-    from pfkit.cli import UserError
     from pfkit.runs import RunDir, RunFolderError
 
     p = Path(path)
@@ -74,8 +80,6 @@ def load_samples(path: str | Path) -> tuple[pd.DataFrame, Path]:
 
 
 def _pick_steps(df: pd.DataFrame, steps: str) -> pd.DataFrame:
-    from pfkit.cli import UserError
-
     if "step" not in df.columns or steps == "all":
         return df
     if steps == "first":
@@ -88,46 +92,6 @@ def _pick_steps(df: pd.DataFrame, steps: str) -> pd.DataFrame:
     if sub.empty:
         raise UserError(f"no samples at steps {sorted(wanted)}; logged steps: {sorted(df['step'].unique())[:20]}")
     return sub
-
-
-def strategy_table(df: pd.DataFrame, strategies=("none", "bon", "br", "bw"), bins: int | None = 10) -> pd.DataFrame:
-    """R² of each strategy's (expected) kept set over per-prompt groups of ``df``.
-
-    Adds a column ``p_<strategy>`` (inclusion probability) to ``df`` in place for plotting.
-    """
-    import torch
-
-    from pfkit.rl.filtration import inclusion_probs, r_squared, resolve
-
-    keys = ["step", "prompt_id"] if "step" in df.columns else ["prompt_id"]
-    rows = []
-    for s in strategies:
-        resolve(s)
-        probs = pd.Series(np.nan, index=df.index)
-        for _, g in df.groupby(keys, sort=False):
-            g = g.sort_values("sample_idx") if "sample_idx" in g.columns else g
-            p = inclusion_probs(torch.tensor(g["reward"].to_numpy(float))[None], s)[0].numpy()
-            probs.loc[g.index] = p
-        df[f"p_{s}"] = probs
-        w = probs.to_numpy()
-        rows.append({
-            "strategy": s,
-            "label": STRATEGY_LABELS.get(s, s),
-            "kept_per_prompt": float(w.sum() / df.groupby(keys).ngroups),
-            "r2": r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), weights=w),
-            "r2_binned": (r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), bins=bins, weights=w)
-                          if bins else float("nan")),
-            "kept_score": float(np.average(df["score"], weights=w)),
-            "kept_reward": float(np.average(df["reward"], weights=w)),
-        })
-    return pd.DataFrame(rows)
-
-
-def recommend(table: pd.DataFrame) -> str | None:
-    ok = table.dropna(subset=["r2"])
-    if ok.empty:
-        return None
-    return str(ok.sort_values("r2", ascending=False, kind="stable").iloc[0]["strategy"])
 
 
 def plot(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
@@ -164,32 +128,11 @@ def plot(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'strategy':<14}{'kept/prompt':>12}{'R²':>9}{'R² binned':>11}{'kept score':>12}{'kept reward':>13}"]
-    for _, r in table.iterrows():
-        def f(x, w=9):
-            return f"{x:>{w}.3f}" if not (isinstance(x, float) and math.isnan(x)) else f"{'n/a':>{w}}"
-        lines.append(f"{r['label']:<14}{r['kept_per_prompt']:>12.2f}{f(r['r2'])}{f(r['r2_binned'], 11)}"
-                     f"{f(r['kept_score'], 12)}{f(r['kept_reward'], 13)}")
-    return "\n".join(lines)
-
-
-def parse_strategies(text: str) -> list[str]:
-    """A comma-separated --strategies value, each name checked (UserError naming the bad one)."""
-    from pfkit.cli import UserError
-    from pfkit.rl.filtration import resolve
-
-    strategies = [s.strip().lower() for s in text.split(",") if s.strip()]
-    for s in strategies:
-        try:
-            resolve(s)
-        except ValueError as e:
-            raise UserError(f"--strategies: {e}") from None
-    return strategies
-
-
 def main(args) -> int:
-    strategies = parse_strategies(args.strategies)
+    try:
+        strategies = parse_strategies(args.strategies)
+    except ValueError as e:
+        raise UserError(f"--strategies: {e}") from None
     df, out_dir = load_samples(args.path)
     df = _pick_steps(df, args.steps).reset_index(drop=True)
     table = strategy_table(df, strategies, bins=args.bins)
@@ -198,11 +141,18 @@ def main(args) -> int:
     print(f"R² between reward and unit-test score over each strategy's kept samples "
           f"({len(df)} samples, {df.groupby('prompt_id').ngroups} prompts, {where})")
     print(format_table(table))
+    curve = reliability_curve(df["reward"], df["score"], bins=args.bins or 10)
+    print(f"\nreliability (all {len(df)} samples): unit-test pass rate per reward bin, 95% CI "
+          f"(Clopper-Pearson for pass/fail scores)")
+    print(format_curve(curve))
     best = recommend(table)
     if best is None:
         print("recommendation: none (R² undefined: the scores do not vary over the kept samples)")
     else:
-        print(f"recommendation: {best} (highest R²). Caveat: {CAVEAT}")
+        plain = recommend(table, by="r2")
+        print(f"recommendation: {best} (highest binned R², the paper's criterion"
+              + (f"; by plain per-sample R² it would be {plain}" if plain != best else "; plain R² agrees")
+              + f"). Caveat: {CAVEAT}")
     path = Path(args.plot) if args.plot else out_dir / "filtration_r2.png"
     plot(df, table, path)
     print(f"plot: {path}")

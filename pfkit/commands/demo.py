@@ -5,9 +5,9 @@ from __future__ import annotations
 from pfkit.commands import add_choices
 
 DEMOS = {
-    "pfppo": ("pfkit.demos.pfppo", "SFT policy -> reward model -> PPO vs PF-PPO (BR, BW): the main job", 5),
-    "vade": ("pfkit.demos.vade", "GRPO with uniform vs dapo_filter vs VADE prompt sampling", 6),
-    "noisemask": ("pfkit.demos.noisemask", "noise-mask REINFORCE pretraining -> fine-tune vs baseline", 7),
+    "pfppo": ("pfkit.demos.pfppo", "SFT policy -> reward model -> PPO vs PF-PPO (BR, BW): the main job"),
+    "vade": ("pfkit.demos.vade", "GRPO with uniform vs dapo_filter vs VADE prompt sampling"),
+    "noisemask": ("pfkit.demos.noisemask", "noise-mask REINFORCE pretraining -> fine-tune vs baseline"),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pfkit.commands import add_choices
 
 APPS = {
-    "filtration": ("pfkit.inspect.filtration", "PF-PPO samples: rewards, tests, kept/dropped, R²", 8),
-    "difficulty": ("pfkit.inspect.difficulty", "VADE Beta posteriors, selections, zero-variance groups", 8),
-    "noisemask": ("pfkit.inspect.noisemask", "noise-mask policy: alpha/beta maps, masks, accuracy", 8),
+    "filtration": ("pfkit.inspect.filtration", "PF-PPO samples: rewards, tests, kept/dropped, R²"),
+    "difficulty": ("pfkit.inspect.difficulty", "VADE Beta posteriors, selections, zero-variance groups"),
+    "noisemask": ("pfkit.inspect.noisemask", "noise-mask policy: alpha/beta maps, masks, accuracy"),
 }
 
 

@@ -6,6 +6,7 @@ import random
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from pfkit.tasks import CodeProblem, codegen
@@ -31,8 +32,9 @@ class CodeSFTDataModule(LightningDataModule):
     changed, guaranteed to fail the tests), so the policy learns a distribution that is only partly right;
     that keeps per-problem success rates spread out even where the model fits its data well.
 
-    The tokenizer belongs to the policy: ``SFTModule`` sets ``self.tokenizer`` in its ``setup`` (training a
-    new one on ``corpus()`` when it starts from scratch), before any batch is built.
+    The tokenizer belongs to the policy: the loaders take the training module's (``SFTModule`` builds or
+    loads it in its ``setup``, training a new one on ``corpus()`` when it starts from scratch), and
+    ``max_length`` is lowered to the module's model context.
     """
 
     def __init__(self, seed: int = 0, n_train: int = 3000, n_val: int = 64, n_test: int = 256,
@@ -43,7 +45,7 @@ class CodeSFTDataModule(LightningDataModule):
             raise ValueError(f"wrong_fraction must be in [0, 1), got {wrong_fraction}")
         self.save_hyperparameters()
         self.tokenizer = None
-        self.max_length = max_length  # the policy module lowers this to its context size
+        self.max_length = max_length  # lowered to the policy's context size by _from_module
         self.problems: dict[str, list[CodeProblem]] | None = None
         self.train_pairs: list[tuple[str, str]] = []
 
@@ -76,7 +78,8 @@ class CodeSFTDataModule(LightningDataModule):
         """
         tok = self.tokenizer
         if tok is None:
-            raise RuntimeError("CodeSFTDataModule.tokenizer is not set; the policy module sets it in setup()")
+            raise RuntimeError("CodeSFTDataModule.tokenizer is not set: give it one, or train it with a module "
+                               "that has a tokenizer (SFTModule)")
         rows, labels = [], []
         for prompt, completion in pairs:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -84,30 +87,37 @@ class CodeSFTDataModule(LightningDataModule):
             ids = (p + c)[: self.max_length]
             rows.append(ids)
             labels.append(([-100] * len(p) + c)[: self.max_length])
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        lab = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, (r, lb) in enumerate(zip(rows, labels)):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attn[i, : len(r)] = 1
-            lab[i, : len(lb)] = torch.tensor(lb)
-        return {"input_ids": input_ids, "attention_mask": attn, "labels": lab}
+        def right_pad(seqs, value):
+            return pad_sequence([torch.tensor(x, dtype=torch.long) for x in seqs], batch_first=True, padding_value=value)
+
+        return {"input_ids": right_pad(rows, tok.pad_token_id), "attention_mask": right_pad([[1] * len(r) for r in rows], 0),
+                "labels": right_pad(labels, -100)}
 
     def _collate_problems(self, problems: list[CodeProblem]) -> dict:
         batch = self.collate([(p.prompt, p.reference) for p in problems])
         batch["problems"] = Problems(problems)
         return batch
 
+    def _from_module(self) -> None:
+        """The training module's tokenizer and context size (its ``setup`` has run before any loader)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if getattr(module, "tokenizer", None) is not None:  # the policy's ids are the only ones it can read
+            self.tokenizer = module.tokenizer
+        ctx = getattr(getattr(getattr(module, "model", None), "config", None), "max_position_embeddings", None)
+        if ctx:
+            self.max_length = min(self.max_length, ctx)
+
     def train_dataloader(self):
+        self._from_module()
         return DataLoader(self.train_pairs, batch_size=self.hparams.batch_size, shuffle=True,
                           collate_fn=self.collate, num_workers=self.hparams.num_workers, drop_last=True)
 
     def val_dataloader(self):
+        self._from_module()
         return DataLoader(self.problems["val"], batch_size=self.hparams.val_batch_size, shuffle=False,
                           collate_fn=self._collate_problems)
 
     def test_dataloader(self):
+        self._from_module()
         return DataLoader(self.problems["test"], batch_size=self.hparams.val_batch_size, shuffle=False,
                           collate_fn=self._collate_problems)

@@ -7,7 +7,7 @@ both outcomes a *passing* response is preferred to a *failing* one (the paper pa
 the largest edit distance and does not state the labels; "passes the tests" is the natural label).
 Held-out pairs come from held-out *prompts*, so pairwise accuracy measures generalisation to new problems.
 
-Text -> ids for a (prompt, response) is :func:`encode`: prompt and response tokenised separately (the
+Text -> ids for a (prompt, response) is :func:`pfkit.models.encode`: prompt and response tokenised separately (the
 way sampling sees them), then EOS, left-padded. The reward model scores the hidden state of the last
 token, which with left padding is always the last position.
 """
@@ -22,75 +22,29 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from pfkit.models import encode
+from pfkit.rollout import sample_and_check
 from pfkit.tasks import CodeProblem
 
-__all__ = ["encode", "collect_samples", "make_pairs", "split_by_prompt", "synthetic_pairs", "PreferenceDataModule",
+__all__ = ["encode", "make_pairs", "split_by_prompt", "synthetic_pairs", "PreferenceDataModule",
            "CodePromptDataModule"]
 
 
-def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = 384,
-           add_eos: bool = True) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids``/``attention_mask`` of prompt + response (+ EOS), truncated from the left;
-    ``response_mask`` marks the response tokens and the EOS (what a likelihood term sums over)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
-    seqs = [(p + r + eos)[-max_length:] for p, r in zip(p_ids, r_ids)]
-    n_resp = [min(len(r) + len(eos), len(s)) for r, s in zip(r_ids, seqs)]
-    L = max((len(s) for s in seqs), default=1)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    resp = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, L - len(s):] = torch.tensor(s)
-            mask[i, L - len(s):] = 1
-        if n_resp[i]:
-            resp[i, L - n_resp[i]:] = 1
-    return {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
-
-
-@torch.no_grad()
-def collect_samples(model, tokenizer, problems: Sequence[CodeProblem], n: int, *, max_new_tokens: int = 96,
-                    temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_prompts: int = 16,
-                    timeout: float = 3.0, progress: bool = False) -> pd.DataFrame:
-    """``n`` sampled responses per problem, each run against the problem's tests.
-
-    Columns: prompt_id, sample_idx, prompt, response, passed (0/1), status (the sandbox verdict).
-    """
-    from pfkit.rollout import CODE_STOPS, generate
-    from pfkit.sandbox import check_completions
-
-    problems = list(problems)
-    rows = []
-    chunks = range(0, len(problems), batch_prompts)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="sampling (RM data)", unit="batch")
-    for start in chunks:
-        batch = problems[start:start + batch_prompts]
-        out = generate(model, tokenizer, [p.prompt for p in batch], n=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, stop=CODE_STOPS, seed=seed + start)
-        flat = [p for p in batch for _ in range(n)]
-        verdicts = check_completions(flat, out.texts, timeout=timeout)
-        for j, (p, text, v) in enumerate(zip(flat, out.texts, verdicts)):
-            rows.append({"prompt_id": p.task_id, "sample_idx": j % n, "prompt": p.prompt, "response": text,
-                         "passed": int(v.passed), "status": v.status})
-    return pd.DataFrame(rows)
+def _passed(samples: pd.DataFrame) -> pd.Series:
+    """The unit-test result: ``score`` (``sample_and_check``'s table) or ``passed`` (older samples files)."""
+    return samples["score"] if "score" in samples.columns else samples["passed"]
 
 
 def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0) -> pd.DataFrame:
     """(prompt, chosen=passing, rejected=failing) pairs per prompt, distinct texts, at most
-    ``max_pairs_per_prompt`` per prompt (a seeded random subset of all pass x fail combinations)."""
+    ``max_pairs_per_prompt`` per prompt (a seeded random subset of all pass x fail combinations).
+    ``samples``: ``pfkit.rollout.sample_and_check``'s table (or any with prompt_id, prompt, response, score)."""
     rng = random.Random(seed)
     rows = []
     for pid, g in samples.groupby("prompt_id", sort=False):
-        good = list(dict.fromkeys(g.loc[g["passed"] > 0, "response"]))
-        bad = [r for r in dict.fromkeys(g.loc[g["passed"] <= 0, "response"]) if r not in good]
+        ok = _passed(g)
+        good = list(dict.fromkeys(g.loc[ok > 0, "response"]))
+        bad = [r for r in dict.fromkeys(g.loc[ok <= 0, "response"]) if r not in good]
         combos = [(c, r) for c in good for r in bad]
         rng.shuffle(combos)
         prompt = g["prompt"].iloc[0]
@@ -136,15 +90,16 @@ def split_by_prompt(frame: pd.DataFrame, val_fraction: float = 0.2, seed: int = 
 class PreferenceDataModule(LightningDataModule):
     """Bradley-Terry pairs from policy samples labelled by unit tests.
 
-    ``samples``: a parquet file (or DataFrame) with columns prompt_id, prompt, response, passed; when None,
-    the policy at ``policy`` samples ``n_samples`` responses for each of ``n_prompts`` training problems of
+    ``samples``: a parquet file (or DataFrame) with columns prompt_id, prompt, response, score (the unit-test
+    result; ``passed`` in older files; ``pfkit.rollout.sample_and_check``'s table); when None,
+    the policy at ``policy`` samples ``group_size`` responses for each of ``n_prompts`` training problems of
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
     ``synthetic_per_prompt`` adds that many reference > near-miss pairs (:func:`synthetic_pairs`) for
     every *training* prompt of the embedded task; validation pairs are always the policy's own.
     """
 
     def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
-                 n_samples: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
+                 group_size: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
                  max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0):
         super().__init__()
@@ -171,11 +126,13 @@ class PreferenceDataModule(LightningDataModule):
             from pfkit.tasks import codegen
 
             problems = codegen.splits(h.seed)["train"][: h.n_prompts]
-            self.samples = collect_samples(model, tokenizer, problems, h.n_samples, max_new_tokens=h.max_new_tokens,
-                                           temperature=h.temperature, top_p=h.top_p, seed=h.seed, progress=True)
-        missing = {"prompt_id", "prompt", "response", "passed"} - set(self.samples.columns)
+            self.samples = sample_and_check(model, tokenizer, problems, h.group_size, max_new_tokens=h.max_new_tokens,
+                                            temperature=h.temperature, top_p=h.top_p, seed=h.seed, batch_prompts=16,
+                                            progress="sampling (RM data)")
+        cols = set(self.samples.columns)
+        missing = {"prompt_id", "prompt", "response"} - cols | ({"score"} if not cols & {"score", "passed"} else set())
         if missing:
-            raise ValueError(f"samples lack column(s) {sorted(missing)}; need prompt_id, prompt, response, passed")
+            raise ValueError(f"samples lack column(s) {sorted(missing)}; need prompt_id, prompt, response, score")
         train_s, val_s = split_by_prompt(self.samples, h.val_fraction, h.seed)
         self.train_samples, self.val_samples = train_s, val_s
         self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed)
@@ -186,7 +143,7 @@ class PreferenceDataModule(LightningDataModule):
         self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
         if self.train_pairs.empty:
             raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
-                             "sample more responses per prompt (n_samples) or use a policy with pass@1 in 0.2..0.8")
+                             "sample more responses per prompt (group_size) or use a policy with pass@1 in 0.2..0.8")
 
     def _codegen_problems(self, ids) -> list[CodeProblem]:
         from pfkit.tasks import codegen
@@ -232,7 +189,7 @@ class CodePromptDataModule(LightningDataModule):
     can be kept apart from the reward model's), shuffled with ``seed``; val: the val split.
     """
 
-    def __init__(self, seed: int = 0, prompts_per_step: int = 8, n_train: int = 512, offset: int = 0,
+    def __init__(self, seed: int = 0, n_train: int = 512, offset: int = 0,
                  n_val: int = 64):
         super().__init__()
         self.save_hyperparameters()
@@ -248,13 +205,17 @@ class CodePromptDataModule(LightningDataModule):
                              "test": sp["test"]}
 
     def train_dataloader(self):
-        # prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler) each rank
-        # takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
+        # the module's prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler)
+        # each rank takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
         world = self.trainer.world_size if self.trainer is not None else 1
-        if self.hparams.prompts_per_step % world:
-            raise ValueError(f"prompts_per_step={self.hparams.prompts_per_step} is not divisible by the "
-                             f"{world} DDP processes; use a multiple of the device count")
-        return DataLoader(_Problems(self.problems["train"]), batch_size=self.hparams.prompts_per_step // world,
+        k = getattr(getattr(self.trainer, "lightning_module", None), "hparams", {}).get("prompts_per_step")
+        if k is None:
+            raise ValueError("CodePromptDataModule batches by the training module's prompts_per_step; train a "
+                             "module that has one (PFPPOModule)")
+        if k % world:
+            raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
+                             "multiple of the device count")
+        return DataLoader(_Problems(self.problems["train"]), batch_size=k // world,
                           shuffle=True,
                           drop_last=True, collate_fn=list,
                           generator=torch.Generator().manual_seed(self.hparams.seed))

@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import resource
 import time
 from pathlib import Path
@@ -28,15 +26,27 @@ import torch
 RM_PROMPT_POOL = 2048  # the first 2048 codegen train problems are for reward models; RL prompts come after
 RUN_NAMES = {"none": "ppo", "br": "br", "bw": "bw", "bon": "bon"}
 LABELS = {"none": "PPO-M (no filter)", "br": "PF-PPO BR", "bw": "PF-PPO BW", "bon": "PF-PPO BoN"}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-SETTINGS = {
-    False: dict(rm_prompts=128, rm_samples=8, rm_epochs=5, rm_lr=3e-4, r2_prompts=64, steps=12, prompts_per_step=8,
-                n_samples=5, max_new_tokens=96, ppo_epochs=2, minibatch_size=8, actor_lr=2e-5, critic_lr=1e-4,
-                n_test=128),
-    True: dict(rm_prompts=48, rm_samples=6, rm_epochs=3, rm_lr=3e-4, r2_prompts=16, steps=2, prompts_per_step=4,
-               n_samples=5, max_new_tokens=64, ppo_epochs=1, minibatch_size=8, actor_lr=2e-5, critic_lr=1e-4,
-               n_test=32),
-}
+
+def ppo_configs(quick: bool) -> list[Path]:
+    """The LightningCLI configs of a PPO run, base first: configs/pfppo_codegen.yaml + the demo overlays."""
+    return [CONFIGS / "pfppo_codegen.yaml", CONFIGS / "demo" / "pfppo.yaml",
+            *([CONFIGS / "demo" / "pfppo_quick.yaml"] if quick else [])]
+
+
+def reward_configs(quick: bool) -> list[Path]:
+    """The LightningCLI configs of the demo's reward model: configs/reward_codegen.yaml + the demo overlays."""
+    return [CONFIGS / "reward_codegen.yaml", CONFIGS / "demo" / "reward.yaml",
+            *([CONFIGS / "demo" / "reward_quick.yaml"] if quick else [])]
+
+
+def config_args(configs, overrides: dict | None = None) -> list[str]:
+    """``-c`` for each config, then ``--key value`` per override (dotted LightningCLI keys)."""
+    args = [a for c in configs for a in ("-c", str(c))]
+    for k, v in (overrides or {}).items():
+        args += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="embedded", help="SFT policy folder (default: embedded)")
     parser.add_argument("--reward-model", default="auto",
                         help="'auto' (shipped data/reward if it matches the policy, else train), 'train', or a folder")
-    parser.add_argument("--steps", type=int, default=None, help="PPO iterations per run (overrides the preset)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="PPO iterations per run (default: trainer.limit_train_batches of configs/demo/pfppo*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the PPO runs' config, e.g. --set model.init_args.kl_coef=0.05")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: fastest for the tiny model when the sandbox shares the CPU)")
 
@@ -60,21 +73,14 @@ def _peak_rss_mb() -> float:
     return max(me, kids) / 1024
 
 
-def _trainer(run_dir: Path | None, progress: bool, **kw):
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
-
-    opts = dict(max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1,
-                log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
-                enable_progress_bar=progress, logger=CSVLogger(run_dir, name="", version="") if run_dir else False,
-                default_root_dir=run_dir)
-    return pl.Trainer(**{**opts, **kw})
+#: The two sizes that are not LightningCLI keys: R² problems (val split) and held-out pass@1 problems (test split).
+EVAL_SIZES = {False: {"r2_prompts": 64, "n_test": 128}, True: {"r2_prompts": 16, "n_test": 32}}
 
 
-def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, log,
-                     policy_path: str = "embedded") -> tuple:
-    """(reward model, info dict). Trains one unless a matching shipped/given one exists."""
-    from pfkit.modules.reward import EMBEDDED_RM, ScalarHeadModel, policy_fingerprint
+def get_reward_model(policy, tok, choice: str, seed: int, out: Path, log, policy_path: str = "embedded",
+                     quick: bool = False) -> tuple:
+    """(reward model, info dict, its folder). Trains one unless a matching shipped/given one exists."""
+    from pfkit.models import EMBEDDED_RM, ScalarHeadModel, policy_fingerprint
 
     fp = policy_fingerprint(policy)
     if choice != "train":
@@ -88,10 +94,10 @@ def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, 
         if rm is not None and (choice != "auto" or rm.meta.get("policy_fingerprint") == fp):
             log(f"reward model: loaded {folder} (held-out pair accuracy {rm.meta.get('val/acc', float('nan')):.3f})")
             return rm, {"source": str(folder), "val_acc": rm.meta.get("val/acc"), "train_seconds": 0.0,
-                        "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}
+                        "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}, folder
         log("reward model: no shipped one for this policy; training one")
         try:
-            return train_reward_model(policy, tok, cfg, seed, out, log, policy_path)
+            return train_reward_model(seed, out, log, policy_path, quick)
         except Exception as e:  # noqa: BLE001 -- e.g. too few passing samples for any pair
             if rm is None:
                 raise
@@ -99,81 +105,73 @@ def get_reward_model(policy, tok, cfg: dict, choice: str, seed: int, out: Path, 
                 f"({folder}), which was trained from another checkpoint of this policy")
             return rm, {"source": f"{folder} (fallback: trained from another policy checkpoint)",
                         "val_acc": rm.meta.get("val/acc"), "train_seconds": 0.0,
-                        "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}
-    return train_reward_model(policy, tok, cfg, seed, out, log, policy_path)
+                        "pairs_train": rm.meta.get("pairs_train"), "pairs_val": rm.meta.get("pairs_val")}, folder
+    return train_reward_model(seed, out, log, policy_path, quick)
 
 
-def train_reward_model(policy, tok, cfg: dict, seed: int, out: Path | None, log,
-                       policy_path: str = "embedded") -> tuple:
-    """Sample the policy on RM prompts, label by tests, train Bradley-Terry, calibrate; (rm, info)."""
-    from pfkit.data.preference import PreferenceDataModule, collect_samples
-    from pfkit.modules.reward import RewardModule
-    from pfkit.tasks import codegen
+def train_reward_model(seed: int, out: Path, log, policy_path: str = "embedded", quick: bool = False) -> tuple:
+    """``pfkit fit`` on configs/reward_codegen.yaml + the demo overlays, in this process: the policy samples
+    the RM prompts, the tests label them, Bradley-Terry trains, the RM is calibrated; (rm, info, folder)."""
+    from pfkit.cli import make_cli
+    from pfkit.errors import UserError
+    from pfkit.models import ScalarHeadModel
 
     t0 = time.perf_counter()
-    problems = codegen.splits(seed)["train"][: min(cfg["rm_prompts"], RM_PROMPT_POOL)]
-    samples = collect_samples(policy, tok, problems, cfg["rm_samples"], max_new_tokens=cfg["max_new_tokens"],
-                              temperature=1.0, top_p=0.9, seed=seed + 17, progress=True)
-    dm = PreferenceDataModule(policy=policy_path, samples=samples, val_fraction=0.25, batch_size=16, seed=seed)
-    dm.tokenizer = tok
+    folder = out / "reward_model"
+    cli = make_cli(config_args(reward_configs(quick), {
+        "seed_everything": seed, "model.init_args.policy": policy_path, "model.init_args.save_to": folder,
+        "data.init_args.policy": policy_path, "data.init_args.seed": seed, "run_dir": out / "reward"}), run=False)
+    dm = cli.datamodule
     try:
-        dm.setup()
+        dm.setup("fit")
     except ValueError as e:
-        from pfkit.cli import UserError
-
         raise UserError(f"cannot train a reward model for this policy: {e}") from None
-    module = RewardModule.from_models(policy, tok, policy=policy_path, lr=cfg["rm_lr"], warmup_steps=10,
-                                      likelihood_term=True, save_to=str(out / "reward_model") if out else None)
-    torch.manual_seed(seed)
-    trainer = _trainer(out / "reward" if out else None, True, max_epochs=cfg["rm_epochs"], limit_val_batches=1.0)
-    trainer.fit(module, datamodule=dm)
-    acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
-    rm = module.rm.eval()
+    cli.trainer.fit(cli.model, datamodule=dm)
+    acc = float(cli.trainer.callback_metrics.get("val/acc", float("nan")))
+    samples = dm.samples
+    rm = ScalarHeadModel.load(folder)
     rm.meta.update({"pairs_train": len(dm.train_pairs), "pairs_val": len(dm.val_pairs),
-                    "samples_pass_rate": float(samples["passed"].mean())})
-    if out:
-        rm.save(out / "reward_model", tok)
+                    "samples_pass_rate": float(samples["score"].mean())})
+    rm.save(folder, cli.model.tokenizer)
     info = {"source": "trained in this demo", "val_acc": acc, "pairs_train": len(dm.train_pairs),
             "pairs_val": len(dm.val_pairs), "samples": len(samples),
-            "samples_pass_rate": float(samples["passed"].mean()), "train_seconds": time.perf_counter() - t0}
+            "samples_pass_rate": float(samples["score"].mean()), "train_seconds": time.perf_counter() - t0}
     log(f"reward model: {len(dm.train_pairs)} train / {len(dm.val_pairs)} held-out pairs from {len(samples)} "
         f"samples (pass rate {info['samples_pass_rate']:.2f}); held-out pairwise accuracy {acc:.3f}")
-    return rm, info
+    return rm, info, folder
 
 
-def sft_r2_table(policy, tok, rm, cfg: dict, seed: int, out: Path | None, strategies) -> tuple:
+def sft_r2_table(policy, tok, rm, group_size: int, max_new_tokens: int, n_prompts: int, seed: int,
+                 out: Path | None, strategies) -> tuple:
     """Samples of the SFT policy on val problems, scored by RM and tests -> R² per strategy (paper Table 1)."""
-    import pandas as pd
-
-    from pfkit.commands.analyze import strategy_table
-    from pfkit.data.preference import collect_samples
+    from pfkit.rl.filtration import strategy_table
+    from pfkit.rollout import sample_and_check
     from pfkit.runs import RunDir
     from pfkit.tasks import codegen
 
-    problems = codegen.splits(seed)["val"][: cfg["r2_prompts"]]
-    s = collect_samples(policy, tok, problems, cfg["n_samples"], max_new_tokens=cfg["max_new_tokens"],
-                        temperature=1.0, top_p=0.9, seed=seed + 29)
+    problems = codegen.splits(seed)["val"][:n_prompts]
+    s = sample_and_check(policy, tok, problems, group_size, max_new_tokens=max_new_tokens, temperature=1.0,
+                         top_p=0.9, seed=seed + 29, batch_prompts=16)
     s["reward"] = rm.score_texts(tok, list(s["prompt"]), list(s["response"])).numpy()
-    s["score"] = s["passed"].astype(float)
     s["step"] = 0
     s["kept"] = True
     s["advantage"] = float("nan")
     cols = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "kept", "advantage"]
-    s = s[cols]
+    s = s[cols + [c for c in s.columns if c not in cols]]
     if out:
         RunDir(out / "sft_samples").append("rollouts", s, step=0)
-    table = strategy_table(pd.DataFrame(s).copy(), list(dict.fromkeys(["none", "bon", "br", "bw", *strategies])),
-                           bins=10)
+    table = strategy_table(s[cols].copy(), list(dict.fromkeys(["none", "bon", "br", "bw", *strategies])), bins=10)
     return table, s
 
 
 def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, strategies=("none", "br", "bw"),
              policy_path: str = "embedded", reward_model: str = "auto", steps: int | None = None,
-             verbose: bool = True, **overrides) -> dict:
-    from pfkit.commands.analyze import format_table, recommend
-    from pfkit.data.preference import CodePromptDataModule
+             verbose: bool = True, overrides: dict | None = None) -> dict:
+    """The demo in Python; ``overrides``: dotted LightningCLI keys applied to every PPO run's config."""
+    from pfkit.cli import make_cli
     from pfkit.models import load_policy
-    from pfkit.modules.pfppo import PFPPOModule, evaluate_pass_at_1
+    from pfkit.modules.pfppo import evaluate_pass_at_1
+    from pfkit.rl.filtration import format_table, recommend
     from pfkit.runs import RunDir
     from pfkit.tasks import codegen
 
@@ -182,78 +180,79 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
             print(f"[pfppo demo] {msg}", flush=True)
 
     t_start = time.perf_counter()
-    cfg = {**SETTINGS[bool(quick)], **overrides}
-    if steps is not None:
-        cfg["steps"] = steps
-    out = Path(out) if out is not None else None
-    if out is None:
-        out = Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
+    sizes = EVAL_SIZES[bool(quick)]
+    out = Path(out) if out is not None else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     policy, tok = load_policy(policy_path)
     log(f"policy: {policy_path} ({sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters)")
 
-    rm, rm_info = get_reward_model(policy, tok, cfg, reward_model, seed, out, log, policy_path)
+    rm, rm_info, rm_folder = get_reward_model(policy, tok, reward_model, seed, out, log, policy_path, quick)
 
+    def ppo_cli(strategy: str):
+        over = {"seed_everything": seed, "model.init_args.policy": policy_path,
+                "model.init_args.reward_model": rm_folder, "model.init_args.strategy": strategy,
+                "model.init_args.seed": seed, "data.init_args.seed": seed, "data.init_args.offset": RM_PROMPT_POOL,
+                "trainer.enable_progress_bar": verbose, "run_dir": out / RUN_NAMES.get(strategy, strategy),
+                **(overrides or {})}
+        if steps is not None:
+            over["trainer.limit_train_batches"] = steps
+        cli = make_cli(config_args(ppo_configs(quick), over), run=False)
+        if steps is not None:  # every RL prompt once, as the overlays' n_train does for their length
+            cli.datamodule.hparams.n_train = steps * cli.model.hparams.prompts_per_step
+        return cli
+
+    cli = ppo_cli(strategies[0])
+    h = cli.model.hparams
+    n_iter = int(cli.trainer.limit_train_batches)
     t = time.perf_counter()
-    r2, _ = sft_r2_table(policy, tok, rm, cfg, seed, out, strategies)
-    log(f"R² between reward and unit-test score on the SFT policy ({cfg['r2_prompts']} val problems x "
-        f"{cfg['n_samples']} samples, {time.perf_counter() - t:.0f} s):\n" + format_table(r2))
+    r2, _ = sft_r2_table(policy, tok, rm, h.group_size, h.max_new_tokens, sizes["r2_prompts"], seed, out, strategies)
+    log(f"R² between reward and unit-test score on the SFT policy ({sizes['r2_prompts']} val problems x "
+        f"{h.group_size} samples, {time.perf_counter() - t:.0f} s):\n" + format_table(r2))
     best = recommend(r2)
     if best is None:
         log("R² undefined: the unit-test scores do not vary over these samples (all fail or all pass)")
     else:
         log(f"highest R²: {best} (R² guides the choice; it is not a guarantee)")
 
-    test = codegen.splits(seed)["test"][: cfg["n_test"]]
+    test = codegen.splits(seed)["test"][: sizes["n_test"]]
     t = time.perf_counter()
-    before = evaluate_pass_at_1(policy, tok, test, max_new_tokens=cfg["max_new_tokens"])
+    before = evaluate_pass_at_1(policy, tok, test, max_new_tokens=h.max_new_tokens)
     log(f"held-out pass@1 before RL (greedy, {len(test)} test problems): {before:.3f} ({time.perf_counter() - t:.0f} s)")
 
-    rl_offset = RM_PROMPT_POOL  # RL prompts are disjoint from any reward model's (shipped or trained here)
-    n_train = cfg["steps"] * cfg["prompts_per_step"]
     rows = [{"method": "SFT (before RL)", "strategy": None, "pass@1": before, "delta": 0.0}]
-    runs = {}
     for s in strategies:
-        name = RUN_NAMES.get(s, s)
-        run_dir = out / name if out else None
+        cli = cli if s == strategies[0] else ppo_cli(s)
+        module, run_dir = cli.model, out / RUN_NAMES.get(s, s)
         t = time.perf_counter()
-        torch.manual_seed(seed)
-        module = PFPPOModule.from_models(
-            copy.deepcopy(policy), tok, copy.deepcopy(rm), strategy=s, seed=seed, n_samples=cfg["n_samples"],
-            max_new_tokens=cfg["max_new_tokens"], ppo_epochs=cfg["ppo_epochs"], minibatch_size=cfg["minibatch_size"],
-            actor_lr=cfg["actor_lr"], critic_lr=cfg["critic_lr"], log_rollouts=run_dir is not None,
-            save_policy=False)
-        dm = CodePromptDataModule(seed=seed, prompts_per_step=cfg["prompts_per_step"], n_train=n_train,
-                                  offset=rl_offset)
-        log(f"training {LABELS.get(s, s)} for {cfg['steps']} iterations x {cfg['prompts_per_step']} prompts x "
-            f"{cfg['n_samples']} samples -> {run_dir or '(not saved)'}")
-        trainer = _trainer(run_dir, verbose, limit_train_batches=cfg["steps"])
-        trainer.fit(module, datamodule=dm)
+        log(f"training {LABELS.get(s, s)} for {n_iter} iterations x {h.prompts_per_step} prompts x "
+            f"{h.group_size} samples -> {run_dir}")
+        cli.trainer.fit(module, datamodule=cli.datamodule)
         train_seconds = time.perf_counter() - t
-        after = evaluate_pass_at_1(module.policy, tok, test, max_new_tokens=cfg["max_new_tokens"])
-        metrics = RunDir(run_dir).metrics() if run_dir else None
+        after = evaluate_pass_at_1(module.policy, tok, test, max_new_tokens=h.max_new_tokens)
+        metrics = RunDir(run_dir).metrics()
         last = module.last_metrics
-        kept = float(metrics["train/kept_fraction"].mean()) if metrics is not None else last["kept_fraction"]
-        # one step's pass rate is over prompts_per_step x n_samples programs (40 by default): too noisy to
+        kept = float(metrics["train/kept_fraction"].mean())
+        # one step's pass rate is over prompts_per_step x group_size programs (40 by default): too noisy to
         # show alone, so the table shows the mean over the run
-        train_pass = float(metrics["train/pass_rate"].mean()) if metrics is not None else last["pass_rate"]
+        train_pass = float(metrics["train/pass_rate"].mean())
         r2_row = r2.set_index("strategy").loc[s] if s in set(r2["strategy"]) else None
         row = {"method": LABELS.get(s, s), "strategy": s, "pass@1": after, "delta": after - before,
                "r2_sft": None if r2_row is None else float(r2_row["r2"]),
                "kept_fraction": kept, "train_reward_last": last["reward"], "train_pass_rate_last": last["pass_rate"],
                "train_pass_rate_mean": train_pass,
-               "kl_last": last["kl"], "wall_seconds": train_seconds, "run_dir": str(run_dir) if run_dir else None}
+               "kl_last": last["kl"], "wall_seconds": train_seconds, "run_dir": str(run_dir)}
         rows.append(row)
-        runs[s] = row
         log(f"{LABELS.get(s, s)}: held-out pass@1 {after:.3f} ({after - before:+.3f}), kept {kept:.2f}, "
             f"{train_seconds:.0f} s")
-        if run_dir:
-            (run_dir / "config.yaml").write_text(json.dumps(dict(module.hparams), indent=2, default=str))
-        del module, trainer
+        del module, cli
 
     wall = time.perf_counter() - t_start
     summary = {
-        "settings": {**cfg, "seed": seed, "quick": quick, "policy": policy_path, "threads": torch.get_num_threads()},
+        "settings": {"configs": [str(c.relative_to(CONFIGS.parent)) for c in ppo_configs(quick)],
+                     "overrides": {k: str(v) for k, v in (overrides or {}).items()}, "iterations": n_iter,
+                     "prompts_per_step": h.prompts_per_step, "group_size": h.group_size,
+                     "max_new_tokens": h.max_new_tokens, **sizes, "seed": seed, "quick": quick,
+                     "policy": policy_path, "threads": torch.get_num_threads()},
         "reward_model": rm_info,
         "r2_sft": r2.drop(columns=["label"]).to_dict("records"),
         "recommended_strategy": best,
@@ -261,8 +260,7 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
         "wall_seconds": wall,
         "peak_rss_mb": _peak_rss_mb(),
     }
-    if out:
-        RunDir(out).write_summary(summary)
+    RunDir(out).write_summary(summary)
     if verbose:
         print(format_summary(summary))
     return summary
@@ -290,10 +288,13 @@ def format_summary(summary: dict) -> str:
 
 
 def main(args) -> int:
-    from pfkit.cli import UserError
-    from pfkit.commands.analyze import parse_strategies
+    from pfkit.errors import UserError
+    from pfkit.rl.filtration import parse_strategies
 
-    strategies = parse_strategies(args.strategies)
+    try:
+        strategies = parse_strategies(args.strategies)
+    except ValueError as e:
+        raise UserError(f"--strategies: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -301,9 +302,15 @@ def main(args) -> int:
         raise UserError(f"--out {out} already exists and is not empty; pass a new folder")
     if args.reward_model not in ("auto", "train") and not Path(args.reward_model).is_dir():
         raise UserError(f"--reward-model {args.reward_model!r} is not a folder; use auto, train or a saved RM folder")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: give KEY=VALUE, e.g. --set model.init_args.kl_coef=0.05")
+        overrides[key.strip()] = value
     try:
         run_demo(quick=args.quick, out=out, seed=args.seed, strategies=strategies, policy_path=args.policy,
-                 reward_model=args.reward_model, steps=args.steps)
+                 reward_model=args.reward_model, steps=args.steps, overrides=overrides)
     except OSError as e:  # e.g. PolicyPathError: a missing/invalid policy folder
         raise UserError(str(e).splitlines()[0]) from None
     print(f"run folders: {out}/ (summary.json; {', '.join(RUN_NAMES.get(s, s) for s in strategies)}; "
@@ -311,3 +318,62 @@ def main(args) -> int:
           f"{RUN_NAMES.get(strategies[-1], strategies[-1])}")
     return 0
 
+
+
+# ------------------------------------------------------------------------------------------ the study's job
+def run_arm(run) -> dict:
+    """One (arm, seed) of ``studies/pfppo.yaml``: PPO from the SFT policy on ``run.config`` (the same
+    configs/pfppo_codegen.yaml the CLI uses, with the arm's overrides), then held-out pass@1 on problems no
+    run trains on or selects from (``codegen.extra_split("study_eval")``): greedy and sampled (``eval_samples``
+    per problem at ``eval_temperature``, top-p 1). ``args.train: false`` evaluates the SFT policy itself.
+
+    R² by strategy is measured on the run's first ``r2_steps`` iterations (the policy is still ~SFT): the
+    logged rewards of every sample, so it is exact for arms that keep all N (PPO-M) and per reward source.
+    """
+    import math
+
+    from pfkit.cli import make_cli
+    from pfkit.models import load_policy
+    from pfkit.modules.pfppo import evaluate_pass_at_1
+    from pfkit.rl.filtration import STRATEGIES, strategy_table
+    from pfkit.runs import RunDir
+    from pfkit.tasks import codegen
+
+    a = {"train": True, "eval_problems": 1024, "eval_samples": 4, "eval_temperature": 1.0, "r2_steps": 5,
+         "r2_bins": 10, **run.args}
+    cfg = run.run_dir / "study_config.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(run.config, sort_keys=False))
+    out: dict = {}
+    if a["train"]:
+        cli = make_cli(["-c", str(cfg)], run=False)
+        t = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        out["train_s"] = time.perf_counter() - t
+        policy, tok, h = cli.model.policy, cli.model.tokenizer, cli.model.hparams
+        m = RunDir(run.run_dir).metrics()
+        out["iterations"] = int(m["train/rl_step"].dropna().max()) + 1
+        out["train_pass_rate"] = float(m["train/pass_rate"].mean())
+        out["kept_fraction"] = float(m["train/kept_fraction"].mean())
+        out["kl_final"] = float(m["train/kl"].dropna().iloc[-1])
+        roll = RunDir(run.run_dir).read("rollouts")
+        early = roll[roll["step"] < a["r2_steps"]].reset_index(drop=True)
+        if h.group_size > 1 and early.groupby(["step", "prompt_id"]).size().min() == h.group_size:
+            table = strategy_table(early, STRATEGIES, bins=a["r2_bins"]).set_index("strategy")
+            for s in STRATEGIES:
+                out[f"r2_{s}"] = float(table.loc[s, "r2"])
+                out[f"r2_binned_{s}"] = float(table.loc[s, "r2_binned"])
+        max_new = h.max_new_tokens
+    else:
+        policy, tok = load_policy(run.config["model"]["init_args"].get("policy", "embedded"))
+        max_new = run.config["model"]["init_args"].get("max_new_tokens", 96)
+    problems = codegen.extra_split("study_eval", int(a["eval_problems"]))
+    out["pass1_greedy"] = evaluate_pass_at_1(policy, tok, problems, max_new_tokens=max_new)
+    out["pass1_sampled"] = evaluate_pass_at_1(policy, tok, problems, samples=int(a["eval_samples"]),
+                                              temperature=float(a["eval_temperature"]), top_p=1.0,
+                                              max_new_tokens=max_new, seed=1000 + run.seed)
+    n = len(problems)
+    out["pass1_sampled_se"] = math.sqrt(out["pass1_sampled"] * (1 - out["pass1_sampled"]) / (n * a["eval_samples"]))
+    out["n_eval"] = n * (1 + int(a["eval_samples"]))
+    return out

@@ -142,3 +142,138 @@ def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return "n/a"
     return f"{float(x):.{digits}f}"
+
+
+# ------------------------------------------------------------------ search / URL / CSV / tokens (any app)
+ANY = "any"
+
+
+class BadQuery(ValueError):
+    """A search the user typed that cannot run (an invalid regular expression, min above max)."""
+
+
+def text_mask(frame: pd.DataFrame, columns, text: str, regex: bool = False, case: bool = False) -> np.ndarray:
+    """Rows whose ``columns`` (any of them) contain ``text`` (a substring, or a regex with ``regex``).
+
+    Empty ``text`` matches every row. An invalid pattern raises BadQuery naming the pattern and the reason.
+    """
+    if not text:
+        return np.ones(len(frame), dtype=bool)
+    if regex:
+        import re
+
+        try:
+            re.compile(text)
+        except re.error as e:
+            raise BadQuery(f"invalid regular expression {text!r}: {e}; untick 'regex' to search plain text") from None
+    hit = np.zeros(len(frame), dtype=bool)
+    for c in columns:
+        hit |= frame[c].astype(str).str.contains(text, case=case, regex=regex, na=False).to_numpy()
+    return hit
+
+
+def _bound(x, name: str) -> float | None:
+    if x is None or (isinstance(x, str) and not x.strip()):
+        return None
+    try:
+        x = float(x)
+    except ValueError:
+        raise BadQuery(f"{name} bound {x!r} is not a number; type one (e.g. 0.5) or leave it empty") from None
+    return None if np.isnan(x) else x
+
+
+def range_mask(values, low=None, high=None, name: str = "value") -> np.ndarray:
+    """``low <= values <= high``; an empty bound (None, NaN, "") is open. Low above high raises BadQuery."""
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = _bound(low, name), _bound(high, name)
+    if lo is not None and hi is not None and lo > hi:
+        raise BadQuery(f"{name} range: min {lo:g} is above max {hi:g}; swap them or clear one")
+    ok = np.ones(v.shape, dtype=bool)
+    if lo is not None:
+        ok &= v >= lo
+    if hi is not None:
+        ok &= v <= hi
+    return ok
+
+
+def flag_mask(flags, choice: str, yes: str, no: str) -> np.ndarray:
+    """``choice`` = ANY (every row), ``yes`` (rows where ``flags``) or ``no`` (rows where not)."""
+    f = np.asarray(flags, dtype=bool)
+    if choice in (None, "", ANY):
+        return np.ones(f.shape, dtype=bool)
+    if choice == yes:
+        return f
+    if choice == no:
+        return ~f
+    raise BadQuery(f"unknown choice {choice!r}; use {ANY}, {yes} or {no}")
+
+
+def query_params(request) -> dict[str, str]:
+    """The page URL's query parameters (``?run=...&step=...``) from a Gradio request; {} without one."""
+    if request is None:
+        return {}
+    params = getattr(request, "query_params", None)
+    return {str(k): str(v) for k, v in dict(params or {}).items()}
+
+
+def share_query(**params) -> str:
+    """``?k=v&...`` for the non-empty ``params`` (URL-encoded): a link to the same view on the same server."""
+    from urllib.parse import urlencode
+
+    return "?" + urlencode({k: v for k, v in params.items() if v is not None and str(v) != ""})
+
+
+def csv_file(frame: pd.DataFrame, name: str) -> str:
+    """Write ``frame`` to a fresh temporary ``name.csv`` (Gradio serves files from the temp dir) and return
+    its path. A new folder per call: two sessions downloading at once never share a file."""
+    import uuid
+
+    path = _csv_dir() / uuid.uuid4().hex[:12] / f"{name}.csv"
+    path.parent.mkdir()
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+_CSV_DIR = None
+
+
+def _csv_dir():
+    """One temporary folder per server process, removed when it exits (every search writes a CSV)."""
+    global _CSV_DIR
+    if _CSV_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        _CSV_DIR = Path(tempfile.mkdtemp(prefix="pfkit-inspect-"))
+        atexit.register(shutil.rmtree, _CSV_DIR, ignore_errors=True)
+    return _CSV_DIR
+
+
+def token_html(tokens, values, titles, *, diverging: bool, scale: float | None = None) -> str:
+    """Tokens as inline spans shaded by ``values`` (hover: ``titles``), whitespace kept, wrapped.
+
+    ``diverging``: blue for positive, red for negative values, opacity |v| / scale (scale default max |v|);
+    otherwise (log-probs, <= 0) red with opacity -v / scale, so unlikely tokens stand out. NaN: unshaded.
+    """
+    import html as _html
+
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if scale is None:
+        scale = float(np.abs(finite).max()) if finite.size else 1.0
+    scale = scale if scale > 0 else 1.0
+    spans = []
+    for tok, x, title in zip(tokens, v, titles):
+        if not np.isfinite(x):
+            alpha, rgb = 0.0, "0,0,0"
+        elif diverging:
+            alpha, rgb = min(1.0, abs(x) / scale), ("40,100,220" if x > 0 else "220,50,50")
+        else:
+            alpha, rgb = min(1.0, max(0.0, -x) / scale), "220,50,50"
+        spans.append(f'<span class="pfkit-tok" style="background: rgba({rgb},{alpha:.3f})" '
+                     f'data-value="{x:.6g}" title="{_html.escape(str(title), quote=True)}">'
+                     f"{_html.escape(str(tok))}</span>")
+    return ('<div class="pfkit-tokens" style="font-family: monospace; white-space: pre-wrap; '
+            'word-break: break-all; line-height: 1.6">' + "".join(spans) + "</div>")

@@ -7,12 +7,22 @@ samples marked and R² (kept vs all); R² and pass rate over all steps. The stra
 ``pfkit.rl.filtration.select`` (none / bon / br / bw) to the *logged* rewards, so one can see what
 another strategy would have trained on and whether its kept samples' rewards track the tests better
 (the paper's criterion for choosing a strategy). "logged" shows what the run actually kept.
+
+Across the whole run: a search over every logged sample (text or regex over prompt and response; reward
+and score ranges; kept/dropped; passed/failed; the sandbox's reward-hack flag, optional string column
+``hack``), whose results jump to the sample and download as CSV; a per-token view of one response when the
+run logged ``tokens`` / ``token_logprobs`` (and ``ref_token_logprobs``); the reliability curve (pass rate
+per reward bin, the paper's Figure 1) over a range of steps or a samples file such as the SFT sample set,
+with R² per strategy and the strategy ``pfkit analyze-filtration`` would recommend (by binned R²).
+The URL query ``?run=DIR&step=S&prompt=P&sample=I`` opens a given view (the page shows the link).
 """
 
 from __future__ import annotations
 
 import html
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +33,12 @@ TITLE = "PF-PPO filtration inspector"
 COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "kept", "advantage"]
 STRATEGIES = ("logged", "none", "bon", "br", "bw")
 PASS_AT = 1.0 - 1e-9  # a sample "passes" when all its unit tests pass (score is the fraction passed)
+FIELDS = {"prompt and response": ("prompt", "response"), "prompt only": ("prompt",), "response only": ("response",)}
+KEPT, DROPPED, PASSED, FAILED, FLAGGED, CLEAN = "kept", "dropped", "passed", "failed", "flagged", "clean"
+TOKEN_MODES = ("log-prob (policy)", "policy − reference")
+SHOWN = 200  # search results listed on the page; the CSV has them all
+CSV_COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "passed", "kept",
+               "advantage", "hack"]
 
 
 def _r2(rewards: np.ndarray, scores: np.ndarray, bins: int | None = None) -> float:
@@ -48,6 +64,12 @@ class Rollouts:
         df["passed"] = df["score"] >= PASS_AT
         df["pid"] = df["prompt_id"].astype(str)  # ids may be ints or task-id strings; the UI keys on text
         df.loc[df["round"] > 0, "pid"] += " #" + df["round"].astype(str)
+        # optional columns: the sandbox's reward-hack label ("" = none) and per-token log-probs
+        self.has_hack = "hack" in df.columns
+        if self.has_hack:
+            df["hack"] = df["hack"].fillna("").astype(str)
+        self.has_tokens = "tokens" in df.columns and "token_logprobs" in df.columns
+        self.has_ref = self.has_tokens and "ref_token_logprobs" in df.columns
         self.df = df
         self.steps = [int(s) for s in df["step"].unique()]
         self._by_step = {int(s): g for s, g in df.groupby("step", sort=True)}
@@ -87,6 +109,227 @@ class Rollouts:
 
     def curves(self, strategy: str, seed: int = 0, bins: int | None = None) -> pd.DataFrame:
         return _curves(self, strategy, int(seed), bins)
+
+    def samples(self, step: int, prompt_id: str) -> list[int]:
+        g = self.step(step)
+        return [int(i) for i in g.loc[g["pid"] == str(prompt_id), "sample_idx"]]
+
+    def row(self, step: int, prompt_id: str, sample: int):
+        g = self.step(step)
+        hit = g[(g["pid"] == str(prompt_id)) & (g["sample_idx"] == int(sample))]
+        return None if hit.empty else hit.iloc[0]
+
+    # ------------------------------------------------------------------ across the run
+    def search(self, q: Query) -> pd.DataFrame:
+        """The logged samples (all steps) matching ``q``; raises C.BadQuery for a query that cannot run."""
+        df = self.df
+        if q.fields not in FIELDS:
+            raise C.BadQuery(f"search field must be one of {', '.join(FIELDS)}, got {q.fields!r}")
+        m = C.text_mask(df, FIELDS[q.fields], q.text, regex=q.regex)
+        m &= C.range_mask(df["reward"], *q.reward, name="reward")
+        m &= C.range_mask(df["score"], *q.score, name="score")
+        m &= C.flag_mask(df["kept"], q.kept, KEPT, DROPPED)
+        m &= C.flag_mask(df["passed"], q.passed, PASSED, FAILED)
+        if q.hack not in (None, "", C.ANY):
+            if not self.has_hack:
+                raise C.BadQuery("this run logs no reward-hack flag (rollouts.parquet has no 'hack' column)")
+            m &= C.flag_mask(df["hack"] != "", q.hack, FLAGGED, CLEAN)
+        return df[m]
+
+    def steps_between(self, first, last) -> pd.DataFrame:
+        """Samples of steps ``first..last`` (inclusive; an empty bound is open)."""
+        keep = C.range_mask(self.df["step"], first, last, name="step")
+        if not keep.any():
+            raise C.BadQuery(f"no samples at steps {first}–{last}; logged steps: {self.steps[0]}–{self.steps[-1]}")
+        return self.df[keep]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search over every logged sample. Ranges are (min, max), None = open; flags are ANY or a value."""
+
+    text: str = ""
+    regex: bool = False
+    fields: str = "prompt and response"
+    reward: tuple = (None, None)
+    score: tuple = (None, None)
+    kept: str = C.ANY
+    passed: str = C.ANY
+    hack: str = C.ANY
+
+
+def results_table(found: pd.DataFrame, limit: int = SHOWN) -> pd.DataFrame:
+    """The search results as listed on the page (first ``limit``): one row per sample, a response excerpt."""
+    t = found.head(limit)
+    out = pd.DataFrame({
+        "step": t["step"].astype(int).to_numpy(), "prompt": t["pid"].to_numpy(),
+        "sample": t["sample_idx"].astype(int).to_numpy(), "reward": t["reward"].round(4).to_numpy(),
+        "score": t["score"].round(4).to_numpy(), "passed": t["passed"].to_numpy(), "kept": t["kept"].to_numpy(),
+    })
+    if "hack" in t.columns:
+        out["hack"] = t["hack"].to_numpy()
+    out["response"] = [" ".join(str(r).split())[:80] for r in t["response"]]
+    return out
+
+
+def csv_frame(found: pd.DataFrame) -> pd.DataFrame:
+    """What "download as CSV" writes: every matching sample with its text and numbers (no token lists)."""
+    return found[[c for c in CSV_COLUMNS if c in found.columns]].reset_index(drop=True)
+
+
+def search_markdown(found: pd.DataFrame, total: int) -> str:
+    if found.empty:
+        return f"**0** of {total} samples match."
+    shown = min(len(found), SHOWN)
+    return (f"**{len(found)}** of {total} samples match · {found['step'].nunique()} steps, "
+            f"{found[['step', 'pid']].drop_duplicates().shape[0]} prompt groups · pass rate "
+            f"**{C.fmt(found['passed'].mean())}** · mean reward **{C.fmt(found['reward'].mean())}** · "
+            f"kept **{int(found['kept'].sum())}**" + (f" · listing the first {shown} (the CSV has all)"
+                                                     if shown < len(found) else "")
+            + ". Select a row to open that sample.")
+
+
+# ------------------------------------------------------------------------------------------ per token
+def token_view(data: Rollouts, step: int, prompt_id: str, sample: int, mode: str) -> tuple[str, str]:
+    """(HTML of the response's tokens shaded by log-prob or policy − reference, one-line summary)."""
+    if not data.has_tokens:
+        return "", ("Per-token log-probs: not logged in this run (rollouts.parquet has no `tokens` / "
+                    "`token_logprobs` columns).")
+    row = data.row(step, prompt_id, sample)
+    if row is None:
+        return "", f"No sample {sample} in step {step}, prompt {prompt_id}."
+    tokens, lp = row["tokens"], row["token_logprobs"]
+    if tokens is None or lp is None or len(tokens) == 0:
+        return "", f"Per-token log-probs: not logged for sample {sample} of step {step}, prompt {prompt_id}."
+    tokens = [str(t) for t in tokens]
+    lp = np.asarray(lp, dtype=np.float64)
+    ref = None
+    if data.has_ref and row["ref_token_logprobs"] is not None and len(row["ref_token_logprobs"]):
+        ref = np.asarray(row["ref_token_logprobs"], dtype=np.float64)
+    n = min(len(tokens), len(lp), len(ref) if ref is not None else len(lp))
+    note = "" if n == len(tokens) == len(lp) else f" (lengths differ: {len(tokens)} tokens, {len(lp)} log-probs; first {n} shown)"
+    tokens, lp = tokens[:n], lp[:n]
+    ref = ref[:n] if ref is not None else None
+    titles = []
+    for i, (t, x) in enumerate(zip(tokens, lp)):
+        tip = f"#{i} {t!r}: log p = {x:.4f}"
+        if ref is not None:
+            tip += f" · log p_ref = {ref[i]:.4f} · policy − ref = {x - ref[i]:+.4f}"
+        titles.append(tip)
+    lowest = int(np.nanargmin(lp))
+    md = (f"Sample {sample} (step {step}, prompt {prompt_id}): {n} tokens{note} · sum log p = **{C.fmt(lp.sum())}** · "
+          f"mean log p = **{C.fmt(lp.mean())}** · least likely token #{lowest} {tokens[lowest]!r} "
+          f"(log p = {C.fmt(lp[lowest])})")
+    if mode == TOKEN_MODES[1]:
+        if ref is None:
+            return (C.token_html(tokens, lp, titles, diverging=False),
+                    md + " · reference log-probs: not logged in this run (no `ref_token_logprobs`); shaded by log p.")
+        d = lp - ref
+        top = int(np.nanargmax(np.abs(d)))
+        md += (f" · mean (log p − log p_ref) = **{C.fmt(d.mean())}** (the k1 KL estimate per token) · largest "
+               f"|difference| at token #{top} {tokens[top]!r} ({d[top]:+.3f}). Blue: the policy likes the token "
+               f"more than the reference; red: less.")
+        return C.token_html(tokens, d, titles, diverging=True), md
+    md += " · darker red = less likely under the policy; hover a token for its numbers."
+    if ref is not None:
+        md += f" · mean (log p − log p_ref) = **{C.fmt((lp - ref).mean())}**"
+    return C.token_html(tokens, lp, titles, diverging=False), md
+
+
+# ------------------------------------------------------------------------------------------ reliability
+@dataclass
+class Reliability:
+    """The reliability analysis of one sample set: curve (per reward bin), R² table per strategy, advice."""
+
+    where: str
+    samples: int
+    prompts: int
+    bins: int
+    curve: pd.DataFrame
+    table: pd.DataFrame
+    best: str | None  # by binned R² (issue #15: the paper's grouped form)
+    best_plain: str | None
+
+
+def reliability(samples: pd.DataFrame, bins: int, where: str,
+                strategies=("none", "bon", "br", "bw")) -> Reliability:
+    """Pass rate per reward bin (``reliability_curve``) and analyze-filtration's R² table and advice
+    (``pfkit.rl.filtration.strategy_table`` / ``recommend``, the functions the command calls)."""
+    from pfkit.rl.filtration import recommend, reliability_curve, strategy_table
+
+    if int(bins) < 2:
+        raise C.BadQuery(f"bins must be >= 2, got {bins}")
+    pid = samples["pid"] if "pid" in samples.columns else samples["prompt_id"].astype(str)
+    frame = pd.DataFrame({"prompt_id": pid.to_numpy(), "reward": samples["reward"].to_numpy(np.float64),
+                          "score": samples["score"].to_numpy(np.float64)})
+    if "sample_idx" in samples.columns:
+        frame["sample_idx"] = samples["sample_idx"].to_numpy()
+    if "step" in samples.columns:
+        frame["step"] = samples["step"].to_numpy()
+    passed = (frame["score"] >= PASS_AT).astype(np.float64)
+    curve = reliability_curve(frame["reward"], passed, bins=int(bins))
+    table = strategy_table(frame, strategies, bins=int(bins))
+    keys = ["step", "prompt_id"] if "step" in frame.columns else ["prompt_id"]
+    return Reliability(where, len(frame), int(frame.groupby(keys).ngroups), int(bins), curve, table,
+                       recommend(table, by="r2_binned"), recommend(table, by="r2"))
+
+
+def load_sample_file(path: str) -> pd.DataFrame:
+    """A samples file or run folder (e.g. the PF-PPO demo's ``sft_samples``), as analyze-filtration reads it."""
+    from pfkit.commands.analyze import load_samples
+    from pfkit.errors import UserError
+
+    try:
+        df, _ = load_samples(str(path).strip())
+    except UserError as e:
+        raise C.BadQuery(str(e)) from None
+    return df.reset_index(drop=True)
+
+
+def reliability_markdown(rel: Reliability) -> str:
+    from pfkit.rl.filtration import CAVEAT, STRATEGY_LABELS
+
+    head = (f"**{rel.where}**: {rel.samples} samples, {rel.prompts} prompt groups, {rel.bins} equal-count "
+            f"reward bins.")
+    t = rel.table.set_index("strategy")
+    if rel.best is None:
+        return head + "\n\nRecommendation: none (binned R² undefined: the pass rate does not vary over the bins)."
+    if not np.isfinite(t.loc[rel.best, "r2_binned"]):  # recommend() falls back to the plain R²
+        return (head + f"\n\nRecommendation (as `pfkit analyze-filtration --bins {rel.bins}`): "
+                f"**{STRATEGY_LABELS.get(rel.best, rel.best)}** by plain R² = {C.fmt(t.loc[rel.best, 'r2'])} "
+                f"(binned R² undefined over these bins).\n\n_{CAVEAT}_")
+    line = (f"Recommendation (as `pfkit analyze-filtration --bins {rel.bins}`, by **binned** R²): "
+            f"**{STRATEGY_LABELS.get(rel.best, rel.best)}** — binned R² = **{C.fmt(t.loc[rel.best, 'r2_binned'])}**, "
+            f"plain R² = {C.fmt(t.loc[rel.best, 'r2'])}.")
+    if rel.best_plain is not None and rel.best_plain != rel.best:
+        line += (f" By plain R² it would be {STRATEGY_LABELS.get(rel.best_plain, rel.best_plain)} "
+                 f"({C.fmt(t.loc[rel.best_plain, 'r2'])}).")
+    return f"{head}\n\n{line}\n\n_{CAVEAT}_"
+
+
+def reliability_tables(rel: Reliability) -> tuple[pd.DataFrame, pd.DataFrame]:
+    c = rel.curve
+    curve = pd.DataFrame({"bin": c["bin"], "reward from": c["reward_low"].round(4), "reward to": c["reward_high"].round(4),
+                          "samples": c["count"], "pass rate": c["score_mean"].round(4),
+                          "95% low": c["ci_low"].round(4), "95% high": c["ci_high"].round(4)})
+    t = rel.table
+    table = pd.DataFrame({"strategy": t["label"], "kept per prompt": t["kept_per_prompt"].round(2),
+                          "R² binned": t["r2_binned"].round(4), "R² plain": t["r2"].round(4)})
+    return curve, table
+
+
+def reliability_figure(rel: Reliability):
+    fig, ax = C.figure(6.0, 3.6)
+    c = rel.curve
+    if c.empty:
+        return C.empty_figure("no samples")
+    yerr = np.vstack([c["score_mean"] - c["ci_low"], c["ci_high"] - c["score_mean"]]).clip(min=0)
+    ax.errorbar(c["reward_mean"], c["score_mean"], yerr=yerr, marker="o", capsize=3, color="tab:blue")
+    for x, y, n in zip(c["reward_mean"], c["score_mean"], c["count"]):
+        ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set(xlabel="reward (bin mean)", ylabel="pass rate (95% interval)", ylim=(-0.02, 1.05),
+           title=f"reliability: {rel.where}")
+    return fig
 
 
 def _reselect(data: Rollouts, step: int, strategy: str, seed: int) -> np.ndarray:
@@ -223,17 +466,55 @@ def build_app(run_dir):
     return C.guarded(TITLE, lambda: _build(Rollouts(run_dir)))
 
 
-def _build(data: Rollouts):
-    import gradio as gr
-    import seaborn  # noqa: F401  (imported now, not on the first page view: the server starts ready)
+def _warm_imports() -> None:
+    """seaborn, scipy.stats and torch (pfkit.rl.filtration) take seconds to import; the views need them."""
+    import scipy.stats  # noqa: F401
+    import seaborn  # noqa: F401
 
-    import pfkit.rl.filtration  # noqa: F401  (torch, same reason)
+    import pfkit.commands.analyze  # noqa: F401
+    import pfkit.rl.filtration  # noqa: F401
+
+
+def _build(data: Rollouts):
+    import threading
+
+    import gradio as gr
+
+    # Import them while the server starts and the browser loads the page, not on the first page view
+    # and not before serving (a handler that needs one meanwhile waits on Python's import lock).
+    threading.Thread(target=_warm_imports, name="pfkit-warm-imports", daemon=True).start()
+
+    # One app serves the run it was started on and, by ``?run=DIR``, any other run folder; each session
+    # keeps its folder in a State and the handlers look its data up here (read once, shared).
+    home = str(data.run.path)
+    runs: dict[str, Rollouts] = {home: data}
+
+    def get(run_v) -> Rollouts:
+        return runs.get(str(run_v or home), data)
+
+    def open_other(path: str) -> tuple[str, str]:
+        """(the run this session shows, a status line): ``path`` if it reads, else the home run."""
+        key = str(Path(path).expanduser().resolve()) if path else home
+        if key == str(Path(home).resolve()):
+            return home, ""
+        # a shared link may open the served run's sibling folders only (e.g. a demo's ppo/br/bw runs), never an
+        # arbitrary path on the server (the page may be reachable by others with --host 0.0.0.0)
+        if Path(key).parent != Path(home).resolve().parent:
+            return home, C.warning(f"the link's run {path!r} is not beside the served run (only folders in "
+                                   f"{Path(home).resolve().parent} can be opened from a link). Showing {home}.")
+        if key not in runs:
+            try:
+                runs[key] = Rollouts(key)
+            except (C.RunFolderError, OSError, ValueError, KeyError) as e:
+                return home, C.warning(f"could not open run {path!r} from the link: {str(e).rstrip('.')}. "
+                                          f"Showing {home}.")
+        return key, ""
 
     first = data.steps[-1]
     prompts0 = data.prompts(first)
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · {len(data.df)} samples, "
-                    f"{len(data.steps)} steps (steps {data.steps[0]}–{data.steps[-1]})")
+        run_state = gr.State(home)
+        header = gr.Markdown(elem_id="header")
         if data.repeated:
             gr.Markdown(C.warning(
                 f"{data.repeated} rows repeat a (step, prompt_id, sample_idx) already logged: the run wrote the "
@@ -242,6 +523,8 @@ def _build(data: Rollouts):
         with gr.Row():
             step = gr.Dropdown(choices=data.steps, value=first, label="step", elem_id="step")
             prompt = gr.Dropdown(choices=prompts0, value=prompts0[0][1], label="prompt", elem_id="prompt")
+            sample = gr.Dropdown(choices=data.samples(first, prompts0[0][1]), value=None, label="sample",
+                                 elem_id="sample", info="for the per-token view and the link")
             strategy = gr.Radio(choices=list(STRATEGIES), value="logged", label="filtration strategy",
                                 info="logged = what the run kept; others re-apply select() to the logged rewards",
                                 elem_id="strategy")
@@ -250,63 +533,246 @@ def _build(data: Rollouts):
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
             status = gr.Markdown(elem_id="status")
+            share = gr.Markdown(elem_id="share")
         summary = gr.Markdown(elem_id="summary")
-        prompt_code = gr.Code(language="python", label="prompt", interactive=False, elem_id="prompt-code")
+        prompt_code = gr.Code(language="python", label="prompt", interactive=False, elem_id="prompt-code",
+                              wrap_lines=True, max_lines=20)
 
-        @gr.render(inputs=[step, prompt, strategy, seed])
-        def responses(step_v, prompt_v, strategy_v, seed_v):
-            if step_v is None or prompt_v is None:
+        @gr.render(inputs=[run_state, step, prompt, strategy, seed])
+        def responses(run_v, step_v, prompt_v, strategy_v, seed_v):
+            d = get(run_v)
+            if step_v is None or prompt_v is None or int(step_v) not in d._by_step:
                 return
-            g = data.step(step_v)
+            g = d.step(step_v)
             sel = (g["pid"] == str(prompt_v)).to_numpy()
-            ks = data.kept(step_v, strategy_v, int(seed_v or 0))[sel] if strategy_v != "logged" else [None] * sel.sum()
+            ks = d.kept(step_v, strategy_v, int(seed_v or 0))[sel] if strategy_v != "logged" else [None] * sel.sum()
             with gr.Row(elem_id="responses"):
                 for row, kst in zip(g.loc[sel].itertuples(index=False), ks):
                     with gr.Column(min_width=260, variant="panel"):
                         gr.Markdown(_badge(row, kst, strategy_v))
-                        gr.Code(value=str(row.response), language="python", interactive=False,
-                                label=f"response {int(row.sample_idx)}", lines=6)
+                        # wrapped, at most 24 lines then scrolled: no line is cut in a narrow column
+                        gr.Code(value=str(row.response), language="python", interactive=False, wrap_lines=True,
+                                label=f"response {int(row.sample_idx)}", lines=6, max_lines=24,
+                                elem_classes=["pfkit-response"])
 
+        with gr.Accordion("Per-token view of the chosen sample", open=True):
+            token_mode = gr.Radio(choices=list(TOKEN_MODES), value=TOKEN_MODES[0], label="shade tokens by",
+                                  elem_id="token-mode")
+            token_info = gr.Markdown(elem_id="token-info")
+            tokens_html = gr.HTML(elem_id="tokens")
         table = gr.Dataframe(label="samples of this prompt", interactive=False, elem_id="samples")
         with gr.Row():
             scatter = gr.Plot(label="reward vs test score (this step)", elem_id="scatter")
         curves = gr.Plot(label="R² and pass rate over steps", elem_id="curves")
 
+        with gr.Accordion("Search all samples of the run", open=True):
+            with gr.Row():
+                q_text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
+                                    placeholder="e.g. return x + 4   (regex: tick the box)")
+                q_regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
+                q_fields = gr.Radio(choices=list(FIELDS), value="prompt and response", label="search in",
+                                    elem_id="q-fields", scale=2)
+            with gr.Row():
+                # text boxes, not gr.Number: an emptied number box sends 0, and empty must mean "no bound"
+                q_rmin = gr.Textbox(label="reward min", placeholder="no bound", elem_id="q-rmin")
+                q_rmax = gr.Textbox(label="reward max", placeholder="no bound", elem_id="q-rmax")
+                q_smin = gr.Textbox(label="score min", placeholder="no bound", elem_id="q-smin")
+                q_smax = gr.Textbox(label="score max", placeholder="no bound", elem_id="q-smax")
+            with gr.Row():
+                q_kept = gr.Radio(choices=[C.ANY, KEPT, DROPPED], value=C.ANY, label="kept (logged)", elem_id="q-kept")
+                q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests",
+                                    elem_id="q-passed")
+                q_hack = gr.Radio(choices=[C.ANY, FLAGGED, CLEAN], value=C.ANY, label="reward hack (sandbox)",
+                                  elem_id="q-hack", visible=data.has_hack,
+                                  info="flagged = the sandbox's hack column is non-empty")
+            with gr.Row():
+                search_btn = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="search")
+                download = gr.DownloadButton("Download this view as CSV", value=None, size="sm", scale=0,
+                                             min_width=220, elem_id="download")
+            found_md = gr.Markdown(elem_id="found")
+            results = gr.Dataframe(label="matching samples (select a row to open it)", interactive=False,
+                                   elem_id="results", max_height=360)
+
+        with gr.Accordion("Reliability of the reward (paper Figure 1) and the strategy to train with", open=True):
+            with gr.Row():
+                rel_first = gr.Number(label="from step", value=data.steps[0], precision=0, elem_id="rel-first")
+                rel_last = gr.Number(label="to step", value=data.steps[0], precision=0, elem_id="rel-last")
+                rel_bins = gr.Number(label="reward bins", value=10, precision=0, minimum=2, elem_id="rel-bins")
+                rel_file = gr.Textbox(label="or a samples file / run folder (e.g. OUT/sft_samples)", scale=2,
+                                      elem_id="rel-file", placeholder="empty: this run's steps above")
+                rel_btn = gr.Button("Compute", variant="primary", scale=0, min_width=120, elem_id="rel-compute")
+            rel_md = gr.Markdown(elem_id="rel-summary")
+            with gr.Row():
+                rel_plot = gr.Plot(label="pass rate per reward bin", elem_id="rel-plot")
+                with gr.Column():
+                    rel_strat = gr.Dataframe(label="R² per strategy over these samples", interactive=False,
+                                             elem_id="rel-table")
+                    rel_curve = gr.Dataframe(label="reward bins", interactive=False, elem_id="rel-curve")
+
         def nbins(b):
             return int(b) if b and int(b) >= 2 else None
 
-        def on_step(step_v):
-            choices = data.prompts(step_v)
-            return gr.Dropdown(choices=choices, value=choices[0][1])
+        def head_md(run_v):
+            d = get(run_v)
+            return (f"# {TITLE}\n`{html.escape(str(d.run.path))}` · {len(d.df)} samples, "
+                    f"{len(d.steps)} steps (steps {d.steps[0]}–{d.steps[-1]})")
 
-        def refresh(step_v, prompt_v, strategy_v, seed_v, bins_v):
-            if step_v is None or prompt_v is None:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        def on_step(run_v, step_v, prompt_v):
+            d = get(run_v)
+            choices = d.prompts(step_v)
+            keep = str(prompt_v) if str(prompt_v) in {p for _, p in choices} else choices[0][1]
+            return gr.Dropdown(choices=choices, value=keep)
+
+        def refresh(run_v, step_v, prompt_v, sample_v, strategy_v, seed_v, bins_v, mode_v):
+            d = get(run_v)
+            skip = (gr.skip(),) * 7
+            if step_v is None or prompt_v is None or int(step_v) not in d._by_step:
+                return skip
             seed_i, b = int(seed_v or 0), nbins(bins_v)
-            g = data.step(step_v)
+            g = d.step(step_v)
             if str(prompt_v) not in set(g["pid"]):  # the step changed; the prompt follows
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return skip
             text = g.loc[g["pid"] == str(prompt_v), "prompt"].iloc[0]
-            return (summary_markdown(data, int(step_v), str(prompt_v), strategy_v, seed_i, b), str(text),
-                    sample_table(data, int(step_v), str(prompt_v), strategy_v, seed_i),
-                    scatter_figure(data, int(step_v), strategy_v, seed_i, b))
+            ids = d.samples(step_v, prompt_v)
+            sample_i = int(sample_v) if sample_v is not None and int(sample_v) in ids else ids[0]
+            html_v, info = token_view(d, int(step_v), str(prompt_v), sample_i, mode_v)
+            return (summary_markdown(d, int(step_v), str(prompt_v), strategy_v, seed_i, b), str(text),
+                    sample_table(d, int(step_v), str(prompt_v), strategy_v, seed_i),
+                    gr.Dropdown(choices=ids, value=sample_i), html_v, info,
+                    link_md(run_v, step_v, prompt_v, sample_i))
 
-        def refresh_curves(strategy_v, seed_v, bins_v):  # all steps: independent of the chosen step
-            return curves_figure(data, strategy_v, int(seed_v or 0), nbins(bins_v))
+        def link_md(run_v, step_v, prompt_v, sample_v) -> str:
+            link = C.share_query(run=None if run_v == home else run_v, step=int(step_v), prompt=prompt_v,
+                                 sample=sample_v)
+            return f"[Link to this view]({link}) `{link}`"
 
-        def on_reload():
-            msg = C.reload(data) or (f"Reloaded at {time.strftime('%H:%M:%S')}: {len(data.df)} samples, "
-                                     f"steps {data.steps[0]}–{data.steps[-1]}.")
-            return gr.Dropdown(choices=data.steps, value=data.steps[-1]), msg
+        def on_tokens(run_v, step_v, prompt_v, sample_v, mode_v):
+            if step_v is None or prompt_v is None or sample_v is None:
+                return gr.skip(), gr.skip(), gr.skip()
+            return (*token_view(get(run_v), int(step_v), str(prompt_v), int(sample_v), mode_v),
+                    link_md(run_v, step_v, prompt_v, int(sample_v)))
 
-        inputs = [step, prompt, strategy, seed, bins]
-        outs = [summary, prompt_code, table, scatter]
-        step.change(on_step, step, prompt).then(refresh, inputs, outs)
+        def refresh_scatter(run_v, step_v, strategy_v, seed_v, bins_v):
+            # its own event after the sample panels: drawing a figure is the slow part of a refresh
+            d = get(run_v)
+            if step_v is None or int(step_v) not in d._by_step:
+                return gr.skip()
+            return scatter_figure(d, int(step_v), strategy_v, int(seed_v or 0), nbins(bins_v))
+
+        def refresh_curves(run_v, strategy_v, seed_v, bins_v):  # all steps: independent of the chosen step
+            return curves_figure(get(run_v), strategy_v, int(seed_v or 0), nbins(bins_v))
+
+        def query(text, regex, fields, rmin, rmax, smin, smax, kept, passed, hack) -> Query:
+            return Query(str(text or ""), bool(regex), fields, (rmin, rmax), (smin, smax), kept, passed, hack)
+
+        def on_search(run_v, *q):
+            d = get(run_v)
+            try:
+                found = d.search(query(*q))
+            except C.BadQuery as e:
+                return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
+            shown = found.head(SHOWN)
+            keys = list(zip(shown["step"].astype(int), shown["pid"], shown["sample_idx"].astype(int)))
+            return (search_markdown(found, len(d.df)), results_table(found),
+                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-filtration-samples")), keys)
+
+        def on_pick(run_v, keys, evt: gr.SelectData):
+            """A results row -> that sample's step, prompt and sample (the rows listed by the last search)."""
+            d = get(run_v)
+            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if r is None or not keys or not 0 <= int(r) < len(keys):
+                return gr.skip(), gr.skip(), gr.skip()
+            st, pid, smp = keys[int(r)]
+            st, smp = int(st), int(smp)
+            return (gr.Dropdown(choices=d.steps, value=st), gr.Dropdown(choices=d.prompts(st), value=str(pid)),
+                    gr.Dropdown(choices=d.samples(st, pid), value=smp))
+
+        def on_reliability(run_v, first_v, last_v, bins_v, file_v):
+            d = get(run_v)
+            try:
+                if file_v and str(file_v).strip():
+                    samples, where = load_sample_file(file_v), f"samples file {str(file_v).strip()}"
+                else:
+                    samples = d.steps_between(first_v, last_v)
+                    lo, hi = int(samples["step"].min()), int(samples["step"].max())
+                    where = f"step {lo}" if lo == hi else f"steps {lo}–{hi}"
+                rel = reliability(samples, int(bins_v or 10), where)
+            except C.BadQuery as e:
+                return f"**Not computed:** {e}", gr.skip(), gr.skip(), gr.skip()
+            curve_t, strat_t = reliability_tables(rel)
+            return reliability_markdown(rel), reliability_figure(rel), strat_t, curve_t
+
+        def from_url(request: gr.Request) -> tuple[str, str, int, str, int]:
+            """The view named by the page URL (?run=&step=&prompt=&sample=); unknown values fall back."""
+            p = C.query_params(request)
+            run_v, msg = open_other(p.get("run", ""))
+            d = get(run_v)
+            st = d.steps[-1]
+            try:
+                if int(p.get("step", st)) in d._by_step:
+                    st = int(p.get("step", st))
+            except ValueError:
+                pass
+            choices = d.prompts(st)
+            pid = p.get("prompt", "")
+            pid = pid if pid in {c for _, c in choices} else choices[0][1]
+            ids = d.samples(st, pid)
+            try:
+                smp = int(p["sample"]) if int(p.get("sample", -1)) in ids else ids[0]
+            except ValueError:
+                smp = ids[0]
+            return run_v, msg, st, pid, smp
+
+        def first_view(strategy_v, seed_v, bins_v, mode_v, request: gr.Request):
+            run_v, msg, st, pid, smp = from_url(request)
+            d = get(run_v)
+            return (run_v, head_md(run_v), msg, gr.Dropdown(choices=d.steps, value=st),
+                    gr.Dropdown(choices=d.prompts(st), value=pid), gr.Dropdown(choices=d.samples(st, pid), value=smp),
+                    gr.Number(value=d.steps[0]), gr.Number(value=d.steps[0]), gr.Radio(visible=d.has_hack),
+                    *refresh(run_v, st, pid, smp, strategy_v, seed_v, bins_v, mode_v))
+
+        # Gradio injects the request / the selection by annotation; this module's annotations are strings
+        # (``from __future__ import annotations``) naming a local import, so give it the classes themselves.
+        first_view.__annotations__["request"] = gr.Request
+        on_pick.__annotations__["evt"] = gr.SelectData
+
+        def on_reload(run_v):
+            d = get(run_v)
+            msg = C.reload(d) or (f"Reloaded at {time.strftime('%H:%M:%S')}: {len(d.df)} samples, "
+                                  f"steps {d.steps[0]}–{d.steps[-1]}.")
+            return gr.Dropdown(choices=d.steps, value=d.steps[-1]), msg, head_md(run_v)
+
+        inputs = [run_state, step, prompt, sample, strategy, seed, bins, token_mode]
+        outs = [summary, prompt_code, table, sample, tokens_html, token_info, share]
+        scatter_inputs = [run_state, step, strategy, seed, bins]
+        q_inputs = [q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_kept, q_passed, q_hack]
+        result_keys = gr.State([])
+        search_outs = [found_md, results, download, result_keys]
+        rel_inputs = [run_state, rel_first, rel_last, rel_bins, rel_file]
+        rel_outs = [rel_md, rel_plot, rel_strat, rel_curve]
+        curve_inputs = [run_state, strategy, seed, bins]
+
+        (step.change(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
+         .then(refresh_scatter, scatter_inputs, scatter))
         # prompt.input (a user's pick), not .change: a step change updates the prompt and refreshes itself
-        gr.on([prompt.input, strategy.change, seed.change, bins.change, demo.load], refresh, inputs, outs, trigger_mode=C.LATEST)
-        gr.on([strategy.change, seed.change, bins.change, demo.load], refresh_curves, [strategy, seed, bins], curves, trigger_mode=C.LATEST)
-        (reload_btn.click(on_reload, None, [step, status]).then(on_step, step, prompt).then(refresh, inputs, outs)
-         .then(refresh_curves, [strategy, seed, bins], curves))
+        gr.on([prompt.input, strategy.change, seed.change, bins.change], refresh, inputs, outs, trigger_mode=C.LATEST)
+        gr.on([sample.input, token_mode.change], on_tokens, [run_state, step, prompt, sample, token_mode],
+              [tokens_html, token_info, share], trigger_mode=C.LATEST)
+        gr.on([strategy.change, seed.change, bins.change], refresh_scatter, scatter_inputs, scatter,
+              trigger_mode=C.LATEST).then(refresh_curves, curve_inputs, curves)
+        gr.on([search_btn.click, q_text.submit], on_search, [run_state, *q_inputs], search_outs,
+              trigger_mode=C.LATEST)
+        results.select(on_pick, [run_state, result_keys], [step, prompt, sample]).then(refresh, inputs, outs)
+        gr.on([rel_btn.click, rel_file.submit], on_reliability, rel_inputs, rel_outs, trigger_mode=C.LATEST)
+        # first view: what the URL names with its sample panels in one event (each chained event costs a
+        # round trip, seconds on a loaded machine), then the plots, then the run-wide parts
+        url_outs = [run_state, header, status, step, prompt, sample, rel_first, rel_last, q_hack]
+        (demo.load(first_view, [strategy, seed, bins, token_mode], url_outs + outs)
+         .then(refresh_scatter, scatter_inputs, scatter)
+         .then(refresh_curves, curve_inputs, curves).then(on_search, [run_state, *q_inputs], search_outs).then(on_reliability, rel_inputs, rel_outs))
+        (reload_btn.click(on_reload, run_state, [step, status, header])
+         .then(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
+         .then(refresh_scatter, scatter_inputs, scatter).then(refresh_curves, curve_inputs, curves))
     return demo
 
 

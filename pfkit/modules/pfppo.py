@@ -1,23 +1,14 @@
-"""PF-PPO: PPO that trains only on the responses a filtration strategy keeps (Zhang/Shen et al. 2024).
+"""PF-PPO as a LightningModule: PPO that trains only on the responses a filtration strategy keeps.
 
-One training batch of ``P`` prompts is one PPO iteration (the paper's Algorithm 2 with the authors'
-"filter" implementation):
+One training batch of ``P`` prompts is one PF-PPO iteration, :mod:`pfkit.rl.ppo` (``make_experience``:
+sample N responses per prompt, unit-test score, RM reward, filter per prompt, GAE on the kept samples;
+``update``: PPO epochs over the kept buffer). This module wires it to Lightning: the policy, frozen
+reference, reward model and critic (initialised from the RM), the AdamW optimizer (Adam betas (0.9,
+0.95)), ``manual_backward``, logging (metrics.csv; every sample to ``RUN_DIR/rollouts.parquet``: step,
+prompt_id, sample_idx, prompt, response, reward, score, kept, advantage, strategy, then the sandbox
+verdict's fields), validation pass@1, checkpoints (the filter RNG of every rank) and the saved policy.
 
-1. sample ``N`` responses per prompt from the current policy (temperature 1.0, top-p 0.9);
-2. score every response with the reward model (normalised with the RM's fixed statistics, clamped to
-   +-10) and, for logging and R² only, with the unit tests (``pfkit.sandbox.check_completions``);
-3. filter **per prompt** by reward rank (``pfkit.rl.filtration.select``; ``strategy: none`` is PPO-M,
-   ``br``/``bw`` are PF-PPO's best-random / best-worst, ``bon`` best-of-N);
-4. on the kept samples only: per-token reward = RM score at the last token - ``kl_coef`` * k1 KL to the
-   frozen SFT policy, values from a critic initialised from the reward model, GAE (gamma 1, lambda 0.95),
-   advantages whitened over the kept buffer (the authors' reweight code whitens before filtering, so over
-   dropped samples too; we follow the filter version and the paper's "dropped samples are not used");
-5. ``ppo_epochs`` passes of shuffled minibatches with the clipped policy and value losses.
-
-Dropped samples feed neither actor nor critic, so PF-PPO does ~2/5 of PPO-M's policy/critic work per
-iteration at equal sampling and RM cost (paper Table 4). Every sample is logged to
-``RUN_DIR/rollouts.parquet`` (step, prompt_id, sample_idx, prompt, response, reward, score, kept,
-advantage) and the step's metrics to metrics.csv.
+``strategy: none`` is PPO-M, ``br``/``bw`` are PF-PPO's best-random / best-worst, ``bon`` best-of-N.
 
 FSDP (``ModelParallelStrategy``, configs/gpu/pfppo_fsdp.yaml): policy and critic are sharded in
 ``configure_model`` (reference and reward model stay replicated), sampling runs inside
@@ -29,8 +20,10 @@ Paper vs official code (research/pfppo.md §5): the paper's form is implemented;
 - The authors' *reweight* version resamples micro-batches with replacement from the whole buffer using
   weights and whitens advantages before filtering; the verl port picks max/min over the whole batch, not
   per prompt (so it is not BR/BW). Neither is reproduced here.
-- Ties: stable rank order (first maximum is "best", last minimum is "worst"), see ``pfkit.rl.filtration``. Run length: one training batch = one PPO iteration, so
-set ``trainer.max_epochs`` / ``trainer.limit_train_batches`` (``max_steps`` counts optimiser updates).
+- Ties: stable rank order (first maximum is "best", last minimum is "worst"), see ``pfkit.rl.filtration``.
+
+Run length: one training batch = one PPO iteration, so set ``trainer.max_epochs`` /
+``trainer.limit_train_batches`` (``max_steps`` counts optimiser updates).
 """
 
 from __future__ import annotations
@@ -45,10 +38,10 @@ import torch
 from lightning.pytorch import LightningModule
 
 from pfkit import distributed as dist
-from pfkit.modules.reward import ScalarHeadModel, policy_fingerprint
-from pfkit.rl.advantages import gae, masked_mean
-from pfkit.rl.filtration import r_squared, resolve, select
-from pfkit.rl.losses import kl, policy_loss, value_loss
+from pfkit.models import ScalarHeadModel, policy_fingerprint
+from pfkit.rl import ppo
+from pfkit.rl.filtration import r_squared, resolve
+from pfkit.rollout import sample_and_check
 from pfkit.runs import run_dir_of
 from pfkit.tasks import CodeProblem
 
@@ -59,41 +52,53 @@ def evaluate_pass_at_1(model, tokenizer, problems: Sequence[CodeProblem], *, sam
                        timeout: float = 3.0, batch_prompts: int = 64) -> float:
     """pass@1 on ``problems``: greedy by default (the paper's protocol); with ``temperature > 0`` the mean
     success rate over ``samples`` sampled completions per problem."""
-    from pfkit.rollout import CODE_STOPS, generate
-    from pfkit.sandbox import check_completions
-
-    problems = list(problems)
     n = 1 if temperature == 0 else samples
-    passed = 0
-    for i in range(0, len(problems), batch_prompts):
-        batch = problems[i:i + batch_prompts]
-        out = generate(model, tokenizer, [p.prompt for p in batch], n=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, stop=CODE_STOPS, seed=seed + i)
-        flat = [p for p in batch for _ in range(n)]
-        passed += sum(v.passed for v in check_completions(flat, out.texts, timeout=timeout))
-    return passed / max(1, len(problems) * n)
+    table = sample_and_check(model, tokenizer, problems, n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed, batch_prompts=batch_prompts, timeout=timeout)
+    return float(table["score"].sum()) / max(1, len(problems) * n)
+
+
+def check_reward_source(source: str, profile: str, sigma: float) -> None:
+    """One clear error for a reward source the PPO step does not know (before any model is loaded)."""
+    from pfkit.rl.oracle import PROFILES
+
+    if source not in ("model", "oracle"):
+        raise ValueError(f"reward_source must be 'model' (the reward model) or 'oracle' (unit-test score + "
+                         f"controlled noise), got {source!r}")
+    if source == "oracle" and profile not in PROFILES:
+        raise ValueError(f"oracle_profile {profile!r} is not one of {', '.join(PROFILES)}")
+    if sigma < 0:
+        raise ValueError(f"oracle_sigma must be >= 0, got {sigma}")
 
 
 class PFPPOModule(LightningModule):
     """PPO with policy filtration on code problems (batches of ``CodeProblem`` from ``CodePromptDataModule``).
 
+    ``prompts_per_step`` prompts (the global batch, split over DDP ranks) x ``group_size`` responses each
+    make one iteration; the datamodule batches its problems by this module's ``prompts_per_step``.
+
     ``policy`` / ``reward_model``: local checkpoint folders or ``"embedded"`` (data/policy, data/reward).
-    ``strategy``: none (PPO-M) | bon | br | bw. The defaults are the authors' PPO settings (KL 0.01, gamma 1,
+    ``strategy``: none (PPO-M) | bon | br | bw; PPO-S is ``group_size: 1`` with ``strategy: none``.
+    ``reward_source``: ``model`` (the reward model) or ``oracle`` (:mod:`pfkit.rl.oracle`, the mechanism
+    experiment: unit-test score + noise whose scale depends on the reward region, ``oracle_profile`` and
+    ``oracle_sigma``; the reward model then only initialises the critic). The defaults are the authors' PPO settings (KL 0.01, gamma 1,
     lambda 0.95, clip 0.2, value clip 0.2, temperature 1.0, top-p 0.9, Adam betas (0.9, 0.95), grad-norm 1.0)
     with learning rates sized for the tiny embedded policy.
     """
 
     def __init__(self, policy: str = "embedded", reward_model: str = "embedded", strategy: str = "br",
-                 n_samples: int = 5, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
+                 prompts_per_step: int = 8, group_size: int = 5, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  kl_coef: float = 0.01, gamma: float = 1.0, lam: float = 0.95, clip_low: float = 0.2,
                  clip_high: float = 0.2, value_clip: float | None = 0.2, ratio_level: str = "token",
                  agg: str = "token-mean", ppo_epochs: int = 2, minibatch_size: int = 16, actor_lr: float = 2e-5,
                  critic_lr: float = 1e-4, vf_coef: float = 1.0, entropy_coef: float = 0.0,
                  whiten_advantages: bool = True, reward_clip: float = 10.0, max_grad_norm: float = 1.0,
-                 seed: int = 0, sandbox_timeout: float = 3.0, log_rollouts: bool = True, save_policy: bool = True):
+                 seed: int = 0, sandbox_timeout: float = 3.0, log_rollouts: bool = True, save_policy: bool = True,
+                 reward_source: str = "model", oracle_profile: str = "noisy_middle", oracle_sigma: float = 0.3):
         super().__init__()
         self.save_hyperparameters()
         resolve(strategy)  # fail early on an unknown strategy
+        check_reward_source(reward_source, oracle_profile, oracle_sigma)
         from pfkit import models
 
         model, tokenizer = models.load_policy(policy)
@@ -114,6 +119,7 @@ class PFPPOModule(LightningModule):
             raise TypeError(f"unknown PF-PPO option(s): {sorted(unknown)}")
         self.save_hyperparameters({**defaults, "policy": "<in memory>", "reward_model": "<in memory>", **hparams})
         resolve(self.hparams.strategy)
+        check_reward_source(self.hparams.reward_source, self.hparams.oracle_profile, self.hparams.oracle_sigma)
         self._init_models(policy_model, tokenizer, reward_model)
         return self
 
@@ -145,9 +151,8 @@ class PFPPOModule(LightningModule):
 
     def setup(self, stage: str | None = None) -> None:
         # DDP: each rank filters and shuffles its own prompts with its own stream (rank 0 = single process)
-        if dist.rank() > 0 and not getattr(self, "_rank_seeded", False):
-            self._filter_gen.manual_seed(self.hparams.seed + 1_000_003 * dist.rank())
-            self._rank_seeded = True
+        if not getattr(self, "_rank_seeded", False):
+            self._rank_seeded = dist.seed_rank_stream(self._filter_gen, self.hparams.seed)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["pfppo"] = {"rl_step": self.rl_step, "filter_gen": self._filter_gen.get_state(),
@@ -168,117 +173,27 @@ class PFPPOModule(LightningModule):
         return batch
 
     # ------------------------------------------------------------------ one PPO iteration
-    @torch.no_grad()
-    def make_experience(self, problems: Sequence[CodeProblem]) -> dict:
-        """Sample, score, filter and compute advantages; returns the kept buffer and everything to log."""
-        from pfkit.rollout import CODE_STOPS, generate, sequence_logprobs
-        from pfkit.sandbox import check_completions
+    @property
+    def config(self) -> ppo.PPOConfig:
+        return ppo.PPOConfig.from_dict(self.hparams)
 
-        h = self.hparams
-        problems = list(problems)
-        P, N = len(problems), h.n_samples
-        with dist.gathered_params(self.policy):  # FSDP: full weights for sampling (collective: all ranks)
-            ro = generate(self.policy, self.tokenizer, [p.prompt for p in problems], n=N,
-                          max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p,
-                          stop=CODE_STOPS, seed=(h.seed * 1_000_003 + self.rl_step) * dist.world_size() + dist.rank())
-        flat = [p for p in problems for _ in range(N)]
-        verdicts = check_completions(flat, ro.texts, timeout=h.sandbox_timeout)
-        score = torch.tensor([float(v.passed) for v in verdicts])
-        raw = self.reward_model.score_texts(self.tokenizer, [p.prompt for p in flat], ro.texts, normalize=False)
-        reward = self.reward_model.normalize(raw, clip=h.reward_clip)
-        keep = select(reward.view(P, N), h.strategy, generator=self._filter_gen).view(-1)
-        idx = keep.nonzero().squeeze(1)
-
-        device = self.device
-        T, Pl = ro.response_len, ro.prompt_len
-        seqs, amask = ro.sequences[idx].to(device), ro.attention_mask[idx].to(device)
-        rmask = ro.response_mask[idx].to(device).float()
-        old_logp = ro.logprobs[idx].to(device).float() * rmask
-        self.ref.eval()
-        self.critic.eval()
-        ref_logp = sequence_logprobs(self.ref, seqs, amask, T).float() * rmask
-        values = self.critic(seqs, amask)[:, Pl - 1:Pl - 1 + T] * rmask
-        kl_tok = kl(old_logp, ref_logp, "k1") * rmask
-        tok_reward = -h.kl_coef * kl_tok
-        has = rmask.sum(-1) > 0
-        last = (rmask * torch.arange(T, device=device)).argmax(-1)
-        rows = torch.arange(len(idx), device=device)[has]
-        tok_reward[rows, last[has]] += reward[idx].to(device)[has]
-        adv, ret = gae(tok_reward, values, rmask, h.gamma, h.lam)
-        if h.whiten_advantages and dist.all_reduce(float(rmask.sum())) > 1:
-            adv = dist.whiten(adv, rmask)  # over the kept buffer of all ranks (= whiten in one process)
-
-        adv_per_sample = torch.full((P * N,), float("nan"))
-        adv_per_sample[idx] = masked_mean(adv, rmask, dim=-1).cpu()
-        return {"problems": flat, "texts": ro.texts, "reward": reward, "score": score, "keep": keep,
-                "adv_per_sample": adv_per_sample, "idx": idx, "seqs": seqs, "amask": amask, "rmask": rmask,
-                "old_logp": old_logp, "values": values, "adv": adv, "ret": ret, "kl": (kl_tok.sum(-1)),
-                "T": T, "Pl": Pl, "P": P, "N": N, "resp_len": ro.response_mask.sum(-1).float()}
-
-    def ppo_update(self, exp: dict) -> dict[str, float]:
-        """``ppo_epochs`` passes of minibatches over the kept buffer; returns averaged loss statistics."""
-        from pfkit.rollout import sequence_logprobs
-
-        h = self.hparams
-        K, T, Pl = len(exp["idx"]), exp["T"], exp["Pl"]
-        opt = self.optimizers()
-        self.policy.train()
-        self.critic.train()
-        stats: dict[str, list[float]] = {}
-        # DDP all-reduces gradients in every backward: ranks must make the same number of them
-        n_mb = dist.all_reduce(-(-K // h.minibatch_size), op="max")
-        sharded = dist.is_sharded(self.policy)
-        for _ in range(h.ppo_epochs):
-            perm = torch.randperm(K, generator=self._filter_gen)
-            chunks = list(perm.split(h.minibatch_size))
-            for c in range(n_mb):
-                mb = (chunks[c] if c < len(chunks) else perm[:0]).to(self.device)
-                m = exp["rmask"][mb]
-                if dist.all_reduce(float(m.sum())) == 0:  # nothing to learn on any rank
-                    continue
-                if m.sum() == 0:  # this rank has nothing: a zero-gradient pass keeps DDP in step
-                    opt.zero_grad()
-                    if sharded:  # FSDP gathers/reduces in forward/backward: run the same passes on one row
-                        one = perm[:1].to(self.device)
-                        zero = (sequence_logprobs(self.policy, exp["seqs"][one], exp["amask"][one], T).sum()
-                                + self.critic(exp["seqs"][one], exp["amask"][one]).sum()) * 0.0
-                    else:
-                        params = [p for p in (*self.policy.parameters(), *self.critic.parameters())
-                                  if p.requires_grad]
-                        zero = sum(p.sum() for p in params) * 0.0
-                    self.manual_backward(zero)
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
-                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), h.max_grad_norm)
-                    opt.step()
-                    continue
-                logp, ent = sequence_logprobs(self.policy, exp["seqs"][mb], exp["amask"][mb], T, return_entropy=True)
-                pl, pst = policy_loss(logp.float() * m, exp["old_logp"][mb], exp["adv"][mb], m, h.clip_low,
-                                      h.clip_high, h.ratio_level, h.agg)
-                v = self.critic(exp["seqs"][mb], exp["amask"][mb])[:, Pl - 1:Pl - 1 + T]
-                vl, vst = value_loss(v, exp["values"][mb], exp["ret"][mb], m, h.value_clip, h.agg)
-                entropy = masked_mean(ent.float(), m)
-                loss = pl + h.vf_coef * vl - h.entropy_coef * entropy
-                opt.zero_grad()
-                self.manual_backward(loss)
-                gn_pi = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
-                gn_v = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), h.max_grad_norm)
-                opt.step()
-                for k, val in {"pg_loss": pst["loss"], "clip_frac": pst["clip_frac"], "approx_kl": pst["approx_kl"],
-                               "vf_loss": vst["loss"], "vf_clip_frac": vst["vf_clip_frac"], "entropy": entropy,
-                               "grad_norm_policy": gn_pi, "grad_norm_critic": gn_v}.items():
-                    stats.setdefault(k, []).append(float(dist.full_value(torch.as_tensor(val).detach())))
-        self.policy.eval()
-        self.critic.eval()
-        return {k: float(np.mean(v)) for k, v in stats.items()}
+    def make_experience(self, problems: Sequence[CodeProblem]) -> ppo.Experience:
+        """Steps 1-4 of :mod:`pfkit.rl.ppo` with this module's models (each rank its own sampling seed)."""
+        seed = (self.hparams.seed * 1_000_003 + self.rl_step) * dist.world_size() + dist.rank()
+        return ppo.make_experience(self.policy, self.tokenizer, self.ref, self.reward_model, self.critic, problems,
+                                   self.config, seed=seed, generator=self._filter_gen, device=self.device)
 
     def training_step(self, batch, batch_idx):
         exp = self.make_experience(batch)
-        upd = self.ppo_update(exp) if dist.all_reduce(len(exp["idx"])) else {}
+        upd = {}
+        if dist.all_reduce(int(exp.keep.sum())):
+            upd = ppo.update(self.policy, self.critic, self.optimizers(), exp, self.config,
+                             generator=self._filter_gen, backward=self.manual_backward)
         if dist.is_distributed():  # loss stats: mean over the ranks that have them (a rank may have none)
             ranks = dist.all_gather_object(upd)
             upd = {k: float(np.mean([u[k] for u in ranks if k in u])) for k in sorted(set().union(*ranks))}
         # metrics (R², pass rates, kept fraction) over every rank's samples, not one rank's share
-        keep, reward, score = (dist.gather_cat(exp[k].cpu()) for k in ("keep", "reward", "score"))
+        keep, reward, score = (dist.gather_cat(t.cpu()) for t in (exp.keep, exp.reward, exp.score))
         metrics = {
             "rl_step": float(self.rl_step),
             "reward": reward.mean().item(),
@@ -288,26 +203,29 @@ class PFPPOModule(LightningModule):
             "kept_fraction": keep.float().mean().item(),
             "r2_all": r_squared(reward, score),
             "r2_kept": r_squared(reward[keep], score[keep]),
-            "kl": float(dist.gather_cat(exp["kl"].cpu()).mean()) if len(keep) and keep.any() else 0.0,
-            "response_len": dist.gather_cat(exp["resp_len"].cpu()).mean().item(),
+            "kl": float(dist.gather_cat(exp.kl.cpu()).mean()) if len(keep) and keep.any() else 0.0,
+            "response_len": dist.gather_cat(exp.response_len.cpu()).mean().item(),
             **upd,
         }
         self.log_dict({f"train/{k}": (v if not math.isnan(v) else float("nan")) for k, v in metrics.items()},
-                      on_step=True, on_epoch=False, batch_size=exp["P"])  # already over all ranks
+                      on_step=True, on_epoch=False, batch_size=len(batch))  # already over all ranks
         self.last_metrics = metrics
         if self.hparams.log_rollouts and self._trainer is not None:
             self.log_rollouts(exp)
         self.rl_step += 1
 
-    def rollout_rows(self, exp: dict) -> list[dict]:
-        N = exp["N"]
-        return [{"step": self.rl_step, "prompt_id": p.task_id, "sample_idx": i % N, "prompt": p.prompt,
-                 "response": text, "reward": float(exp["reward"][i]), "score": float(exp["score"][i]),
-                 "kept": bool(exp["keep"][i]), "advantage": float(exp["adv_per_sample"][i]),
-                 "strategy": str(self.hparams.strategy)}
-                for i, (p, text) in enumerate(zip(exp["problems"], exp["texts"]))]
+    def rollout_rows(self, exp: ppo.Experience) -> list[dict]:
+        """rollouts.parquet rows: the contract's columns, then the sandbox verdict's fields."""
+        t = exp.samples
+        extra = [c for c in t.columns if c not in ("prompt_id", "sample_idx", "prompt", "response", "score")]
+        return [{"step": self.rl_step, "prompt_id": r["prompt_id"], "sample_idx": int(r["sample_idx"]),
+                 "prompt": r["prompt"], "response": r["response"], "reward": float(exp.reward[i]),
+                 "score": float(exp.score[i]), "kept": bool(exp.keep[i]),
+                 "advantage": float(exp.advantage_per_sample[i]), "strategy": str(self.hparams.strategy),
+                 **{c: r[c] for c in extra}}
+                for i, r in enumerate(t.to_dict("records"))]
 
-    def log_rollouts(self, exp: dict) -> None:
+    def log_rollouts(self, exp: ppo.Experience) -> None:
         # every rank writes its own prompts' rows (one part file per step and rank)
         run_dir_of(self.trainer).append("rollouts", self.rollout_rows(exp), step=self.rl_step, rank=self.global_rank)
 

@@ -9,7 +9,6 @@ the figures that tell whether the policy is a useful starting point for PF-PPO a
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -18,25 +17,9 @@ from lightning.pytorch import LightningModule
 
 from pfkit import distributed as dist
 from pfkit import models
+from pfkit.rollout import sample_and_check
 from pfkit.runs import run_dir_of
 from pfkit.tasks import CodeProblem
-
-
-def sample_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1, temperature: float = 1.0,
-                       top_p: float = 0.9, max_new_tokens: int = 96, seed: int | None = 0,
-                       batch_size: int = 64) -> list[list[str]]:
-    """``n`` sampled completions per prompt (a list per prompt), cut at EOS or the end of the function body
-    (``pfkit.rollout.CODE_STOPS``), the way the RL methods sample."""
-    from pfkit.rollout import CODE_STOPS, generate
-
-    per = max(1, batch_size // n)
-    out: list[list[str]] = []
-    for i in range(0, len(prompts), per):
-        chunk = list(prompts[i:i + per])
-        r = generate(model, tokenizer, chunk, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, stop=CODE_STOPS, seed=None if seed is None else seed + i)
-        out.extend(r.texts[j * n:(j + 1) * n] for j in range(len(chunk)))
-    return out
 
 
 def rate_summary(rates: Sequence[float]) -> dict[str, float]:
@@ -48,23 +31,14 @@ def rate_summary(rates: Sequence[float]) -> dict[str, float]:
             "frac_mixed": ((r > 0) & (r < 1)).double().mean().item(), "frac_one": (r == 1).double().mean().item()}
 
 
-@torch.no_grad()
 def pass_rates(model, tokenizer, problems: Sequence[CodeProblem], *, samples: int = 8, temperature: float = 1.0,
                top_p: float = 0.9, max_new_tokens: int = 96, seed: int = 0, timeout: float = 3.0) -> list[float]:
-    """Per-problem success rate over ``samples`` sampled completions, verified by the sandbox."""
-    from pfkit.sandbox import check_completions
-
-    was_training = model.training
-    model.eval()
-    try:
-        comps = sample_completions(model, tokenizer, [p.prompt for p in problems], n=samples,
-                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    finally:
-        model.train(was_training)
-    flat_p = [p for p in problems for _ in range(samples)]
-    flat_c = [c for cs in comps for c in cs]
-    verdicts = check_completions(flat_p, flat_c, timeout=timeout)
-    return [sum(v.passed for v in verdicts[i * samples:(i + 1) * samples]) / samples for i in range(len(problems))]
+    """Per-problem success rate over ``samples`` sampled completions (cut at EOS or the end of the function
+    body, the way the RL methods sample), verified by the sandbox."""
+    table = sample_and_check(model, tokenizer, problems, samples, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_p=top_p, seed=seed, timeout=timeout,
+                             batch_prompts=max(1, 64 // samples))
+    return table["score"].to_numpy().reshape(len(problems), samples).mean(1).tolist()
 
 
 class SFTModule(LightningModule):
@@ -102,11 +76,6 @@ class SFTModule(LightningModule):
             else:
                 self.model, self.tokenizer = models.load_policy(h.policy)
                 self.model.train()
-        if dm is not None:
-            dm.tokenizer = self.tokenizer
-            ctx = getattr(self.model.config, "max_position_embeddings", None)
-            if ctx and hasattr(dm, "max_length"):
-                dm.max_length = min(dm.max_length, ctx)
 
     def configure_model(self) -> None:
         # FSDP (ModelParallelStrategy): shard the policy (called after setup() has built or loaded it)
@@ -120,14 +89,12 @@ class SFTModule(LightningModule):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.95))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def schedule(step: int) -> float:  # linear warm-up, cosine decay to min_lr_ratio
-            if step < h.warmup_steps:
-                return (step + 1) / h.warmup_steps
-            t = min(1.0, (step - h.warmup_steps) / max(1, total - h.warmup_steps))
-            return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        # linear warm-up ((step + 1) / warmup_steps), then cosine decay to min_lr_ratio * lr by the last step
+        S = torch.optim.lr_scheduler
+        cosine = S.CosineAnnealingLR(opt, T_max=max(1, total - h.warmup_steps), eta_min=h.lr * h.min_lr_ratio)
+        sched = cosine if h.warmup_steps <= 0 else S.SequentialLR(
+            opt, [S.LinearLR(opt, start_factor=1 / h.warmup_steps, total_iters=max(1, h.warmup_steps - 1)), cosine],
+            milestones=[h.warmup_steps])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ steps

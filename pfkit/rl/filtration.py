@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 __all__ = ["STRATEGIES", "RankWindow", "RankWeights", "resolve", "paper_weights", "ranks", "select",
-           "inclusion_probs", "r_squared"]
+           "inclusion_probs", "r_squared", "reliability_curve", "strategy_table", "recommend", "format_table",
+           "parse_strategies", "format_curve"]
 
 STRATEGIES = ("none", "bon", "br", "bw")
 
@@ -68,11 +69,14 @@ class RankWeights:
 
     ``weights`` may also be a strategy name (``"br"``, ``"bw"``, ``"bon"``): the paper's vector for that
     strategy at whatever N the rewards have. The strategy names ``paper-br``, ``paper-bw``, ``paper-bon``
-    resolve to ``RankWeights(name, draws=2)``.
+    resolve to ``RankWeights(name, draws=2, replacement=False)``: two *distinct* ranks, so they keep the
+    paper's "about 2 of N" (with replacement BW's union of two draws would keep 1.5 on average). Without
+    replacement, ``draws`` is capped at the number of ranks with positive weight (BoN keeps one).
     """
 
     weights: tuple[float, ...] | str
     draws: int = 2
+    replacement: bool = True
 
     def probs(self, n: int) -> torch.Tensor:
         weights = paper_weights(self.weights, n) if isinstance(self.weights, str) else self.weights
@@ -97,7 +101,7 @@ def resolve(strategy) -> RankWindow | RankWeights:
     key = str(strategy).lower().replace("-", "").replace("_", "")
     key = {"ppom": "none", "bestofn": "bon", "bestrandom": "br", "bestworst": "bw"}.get(key, key)
     if key.startswith("paper") and key[5:] in ("bon", "br", "bw"):
-        return RankWeights(key[5:], draws=2)
+        return RankWeights(key[5:], draws=2, replacement=False)
     if key not in NAMED:
         raise ValueError(f"unknown filtration strategy {strategy!r}; use one of {', '.join(STRATEGIES)} "
                          f"or a RankWindow/RankWeights object")
@@ -155,7 +159,8 @@ def select(rewards: torch.Tensor, strategy="none", generator: torch.Generator | 
             keep_rank[torch.arange(P)[:, None], torch.tensor(rest)[pick]] = True
     else:
         w = s.probs(N).float()
-        drawn = torch.multinomial(w.expand(P, N), s.draws, replacement=True, generator=generator)
+        draws = s.draws if s.replacement else min(s.draws, int((w > 0).sum()))
+        drawn = torch.multinomial(w.expand(P, N), draws, replacement=s.replacement, generator=generator)
         keep_rank[torch.arange(P)[:, None], drawn] = True
     mask = torch.zeros(P, N, dtype=torch.bool)
     mask.scatter_(1, order.cpu(), keep_rank)
@@ -176,11 +181,32 @@ def inclusion_probs(rewards: torch.Tensor, strategy="none") -> torch.Tensor:
         rest = [r for r in range(N) if r not in fixed]
         if rest and s.n_random:
             p_rank[rest] = min(s.n_random, len(rest)) / len(rest)
-    else:
+    elif s.replacement:
         p_rank = 1.0 - (1.0 - s.probs(N)) ** s.draws
+    else:
+        p_rank = _without_replacement_inclusion(s.probs(N), s.draws)
     out = torch.zeros(P, N, dtype=torch.float64)
     out.scatter_(1, ranks(rewards).cpu(), p_rank.expand(P, N).clone())
     return out
+
+
+def _without_replacement_inclusion(w: torch.Tensor, draws: int) -> torch.Tensor:
+    """P(rank i is among ``draws`` successive draws without replacement from Categorical(w)), exactly,
+    by enumerating the draw sequences (N^draws of them: small for PF-PPO's N and 2 draws)."""
+    w = w.double()
+    n, draws = w.numel(), min(draws, int((w > 0).sum()))
+    p_in = torch.zeros(n, dtype=torch.float64)
+
+    def walk(prob: float, taken: tuple[int, ...], left: float):
+        if len(taken) == draws:
+            p_in[list(taken)] += prob
+            return
+        for i in range(n):
+            if i not in taken and w[i] > 0:
+                walk(prob * float(w[i]) / left, taken + (i,), left - float(w[i]))
+
+    walk(1.0, (), float(w.sum()))
+    return p_in
 
 
 def _flat(a) -> np.ndarray:
@@ -238,3 +264,139 @@ def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning
     if sxx <= 1e-15 * max(1.0, np.sum(w * x**2)):
         return 0.0
     return float(min(1.0, sxy**2 / (sxx * syy)))
+
+
+# ---------------------------------------------------------------------------- choosing a strategy (paper §4)
+# Which strategy to train with: R² between reward and unit-test score over what each strategy keeps, on
+# samples of the starting policy. ``pfkit analyze-filtration`` and ``pfkit demo pfppo`` print these tables.
+
+STRATEGY_LABELS = {"none": "none (PPO-M)", "bon": "BoN", "br": "BR", "bw": "BW"}
+CAVEAT = ("R² is a guide, not a guarantee (the paper: 'not a perfect tool'): it ignores how many samples a "
+          "strategy keeps and what the policy learns from them; BoN keeps only top-reward samples, so its "
+          "R² rests on few, similar points.")
+
+
+def strategy_table(df, strategies=("none", "bon", "br", "bw"), bins: int | None = 10):
+    """R² of each strategy's (expected) kept set over per-prompt groups of ``df``.
+
+    Adds a column ``p_<strategy>`` (inclusion probability) to ``df`` in place for plotting.
+    """
+    import pandas as pd
+
+    keys = ["step", "prompt_id"] if "step" in df.columns else ["prompt_id"]
+    # groups of equal size N are stacked into one [groups, N] call (a per-group loop took 32 s on a 10k-row run)
+    order = df.sort_values([*keys, "sample_idx"] if "sample_idx" in df.columns else keys, kind="stable").index
+    group_id = df.loc[order].groupby(keys, sort=False).ngroup().to_numpy()
+    sizes = np.bincount(group_id)[group_id]
+    rows = []
+    for s in strategies:
+        resolve(s)
+        w = np.full(len(df), np.nan)
+        for n in np.unique(sizes):
+            idx = order[sizes == n]  # whole groups, contiguous, each in sample order
+            rewards = torch.tensor(df.loc[idx, "reward"].to_numpy(float)).view(-1, int(n))
+            w[df.index.get_indexer(idx)] = inclusion_probs(rewards, s).reshape(-1).numpy()
+        df[f"p_{s}"] = w
+        rows.append({
+            "strategy": s,
+            "label": STRATEGY_LABELS.get(s, s),
+            "kept_per_prompt": float(w.sum() / df.groupby(keys).ngroups),
+            "r2": r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), weights=w),
+            "r2_binned": (r_squared(df["reward"].to_numpy(), df["score"].to_numpy(), bins=bins, weights=w)
+                          if bins else float("nan")),
+            "kept_score": float(np.average(df["score"], weights=w)),
+            "kept_reward": float(np.average(df["reward"], weights=w)),
+        })
+    return pd.DataFrame(rows)
+
+
+def recommend(table, by: str = "r2_binned") -> str | None:
+    """The strategy with the highest R² (ties: the first listed); None when no R² is defined.
+
+    ``by="r2_binned"`` (default) is the paper's criterion: R² of the grouped (binned) points, which measures
+    whether the reward tracks the *pass rate* across reward regions rather than predicting each binary
+    outcome. When no binned R² is defined (``bins=None``) it falls back to the plain per-sample ``"r2"``.
+    """
+    if by not in ("r2_binned", "r2"):
+        raise ValueError(f"recommend by 'r2_binned' or 'r2', got {by!r}")
+    if by == "r2_binned" and ("r2_binned" not in table or table["r2_binned"].isna().all()):
+        by = "r2"
+    ok = table.dropna(subset=[by])
+    if ok.empty:
+        return None
+    return str(ok.sort_values(by, ascending=False, kind="stable").iloc[0]["strategy"])
+
+
+def format_table(table) -> str:
+    """:func:`strategy_table` as aligned text (what ``pfkit analyze-filtration`` and the demo print)."""
+    import math
+
+    lines = [f"{'strategy':<14}{'kept/prompt':>12}{'R²':>9}{'R² binned':>11}{'kept score':>12}{'kept reward':>13}"]
+    for _, r in table.iterrows():
+        def f(x, w=9):
+            return f"{x:>{w}.3f}" if not (isinstance(x, float) and math.isnan(x)) else f"{'n/a':>{w}}"
+        lines.append(f"{r['label']:<14}{r['kept_per_prompt']:>12.2f}{f(r['r2'])}{f(r['r2_binned'], 11)}"
+                     f"{f(r['kept_score'], 12)}{f(r['kept_reward'], 13)}")
+    return "\n".join(lines)
+
+
+def parse_strategies(text: str) -> list[str]:
+    """A comma-separated list of strategy names, each checked (ValueError naming the bad one)."""
+    strategies = [s.strip().lower() for s in text.split(",") if s.strip()]
+    for s in strategies:
+        resolve(s)
+    return strategies
+
+
+def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile", confidence: float = 0.95):
+    """The paper's Figure-1 analysis: actual score (pass rate) per reward bin, with counts and intervals.
+
+    Rewards are grouped as in :func:`r_squared` (``quantile``: equal-count groups of the reward-sorted
+    samples; ``width``: equal-width intervals, empty ones dropped). Where the curve is steep and its bins
+    are tight the reward is reliable; a flat stretch is a region where it says little about the score.
+    Binary scores get exact Clopper–Pearson intervals (``scipy.stats.binomtest``), others a Student t interval.
+    Returns a DataFrame: bin, reward_low, reward_high, reward_mean, score_mean, count, ci_low, ci_high.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    x, y = _flat(rewards), _flat(scores)
+    if x.shape != y.shape:
+        raise ValueError(f"rewards ({x.size}) and scores ({y.size}) must have the same number of samples")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if binning == "quantile":
+        groups = [g for g in np.array_split(np.argsort(x, kind="stable"), min(bins, max(1, x.size))) if g.size]
+    elif binning == "width":
+        edges = np.linspace(x.min(), x.max(), bins + 1) if x.size else np.zeros(bins + 1)
+        idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+        groups = [np.flatnonzero(idx == b) for b in range(bins) if (idx == b).any()]
+    else:
+        raise ValueError(f"binning must be 'quantile' or 'width', got {binning!r}")
+    binary = bool(np.isin(y, (0.0, 1.0)).all())
+    rows = []
+    for b, g in enumerate(groups):
+        ys = y[g]
+        if binary:
+            ci = stats.binomtest(int(ys.sum()), ys.size).proportion_ci(confidence, method="exact")
+            lo, hi = ci.low, ci.high
+        elif ys.size > 1 and ys.std() > 0:
+            lo, hi = stats.t.interval(confidence, ys.size - 1, loc=ys.mean(), scale=stats.sem(ys))
+        else:
+            lo = hi = float(ys.mean())
+        rows.append({"bin": b, "reward_low": float(x[g].min()), "reward_high": float(x[g].max()),
+                     "reward_mean": float(x[g].mean()), "score_mean": float(ys.mean()), "count": int(g.size),
+                     "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows, columns=["bin", "reward_low", "reward_high", "reward_mean", "score_mean", "count",
+                                       "ci_low", "ci_high"])
+
+
+def format_curve(curve) -> str:
+    """:func:`reliability_curve` as aligned text."""
+    lines = [f"{'bin':>4}{'reward range':>22}{'count':>7}{'pass rate':>11}{'95% CI':>18}"]
+    for r in curve.itertuples():
+        lines.append(f"{r.bin:>4}{f'[{r.reward_low:.3f}, {r.reward_high:.3f}]':>22}{r.count:>7}"
+                     f"{r.score_mean:>11.3f}{f'[{r.ci_low:.3f}, {r.ci_high:.3f}]':>18}")
+    return "\n".join(lines)

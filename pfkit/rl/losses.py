@@ -17,7 +17,7 @@ import torch
 
 from pfkit.rl.advantages import masked_mean
 
-__all__ = ["aggregate", "policy_loss", "value_loss", "kl", "entropy_from_logits"]
+__all__ = ["aggregate", "policy_loss", "value_loss", "kl"]
 
 AGGS = ("token-mean", "seq-mean")
 
@@ -115,9 +115,3 @@ def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> tor
     if estimator == "k3":
         return torch.expm1(log_r) - log_r
     raise ValueError(f"estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution at each position: ``[..., V] -> [...]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)

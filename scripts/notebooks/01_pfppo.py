@@ -68,22 +68,21 @@ print("quick:", QUICK, "| runs:", OUT, "| N =", N)
 # pass), and score each with the reward model.
 
 # %%
-from pfkit.data.preference import collect_samples
-from pfkit.demos.pfppo import SETTINGS as DEMO_SETTINGS
 from pfkit.demos.pfppo import get_reward_model
 from pfkit.models import load_policy
+from pfkit.rollout import sample_and_check
 from pfkit.tasks import codegen
 
 model, tok = load_policy(POLICY)
 # the shipped RM if it was trained from this policy, else one trained here (as `pfkit demo pfppo` does)
-rm, rm_info = get_reward_model(model, tok, DEMO_SETTINGS[QUICK], "auto" if REWARD_MODEL == "embedded" else
-                               REWARD_MODEL, seed=0, out=OUT, log=print, policy_path=POLICY)
-RM_PATH = str(OUT / "reward_model") if rm_info["source"] == "trained in this demo" else rm_info["source"]
+rm, rm_info, rm_folder = get_reward_model(model, tok, "auto" if REWARD_MODEL == "embedded" else REWARD_MODEL,
+                                          seed=0, out=OUT, log=print, policy_path=POLICY, quick=QUICK)
+RM_PATH = str(rm_folder)
 print("reward model:", RM_PATH)
 n_prompts = 24 if QUICK else 200
 problems = codegen.splits(seed=0)["test"][:n_prompts]
-samples = collect_samples(model, tok, problems, n=N, max_new_tokens=96, temperature=1.0, top_p=0.9, seed=0)
-samples["score"] = samples["passed"].astype(float)
+samples = sample_and_check(model, tok, problems, N, max_new_tokens=96, temperature=1.0, top_p=0.9, seed=0,
+                           batch_prompts=16)
 samples["reward"] = rm.score_texts(tok, samples["prompt"].tolist(), samples["response"].tolist()).numpy()
 samples["step"] = 0
 samples_path = OUT / "sft_samples.parquet"
@@ -144,14 +143,14 @@ one.sort_values("reward", ascending=False)
 # **R² per strategy**: fit score ~ reward over what each strategy keeps. `pfkit analyze-filtration` does
 # this from a run folder or a parquet of samples (BR is scored by its *expected* kept set, each sample
 # weighted by its inclusion probability, so the number has no sampling noise), prints a recommendation and
-# saves a plot. The same function from Python is `pfkit.commands.analyze.strategy_table`:
+# saves a plot. The same function from Python is `pfkit.rl.filtration.strategy_table`:
 
 # %%
 print(f"pfkit analyze-filtration {samples_path}")
 rc = pfkit_main(["analyze-filtration", str(samples_path), "--plot", str(OUT / "filtration_r2.png")])
 
 # %%
-from pfkit.commands.analyze import strategy_table
+from pfkit.rl.filtration import strategy_table
 
 table = strategy_table(samples.copy(), STRATEGIES, bins=10)
 display(table.round(3))
@@ -179,7 +178,7 @@ ITERS = 2 if QUICK else 30
 common = ["-c", str(ROOT / "configs" / "pfppo_codegen.yaml"),
           "--model.init_args.policy", POLICY, "--model.init_args.reward_model", RM_PATH,
           "--model.init_args.max_new_tokens", "64" if QUICK else "96", "--model.init_args.save_policy", "false",
-          "--data.init_args.prompts_per_step", "4" if QUICK else "8", "--data.init_args.n_val", "8" if QUICK else "64",
+          "--model.init_args.prompts_per_step", "4" if QUICK else "8", "--data.init_args.n_val", "8" if QUICK else "64",
           "--trainer.limit_train_batches", str(ITERS), "--trainer.limit_val_batches", "1",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 RUN_STRATEGIES = ["none", "br"] if QUICK else ["none", "br", "bw"]

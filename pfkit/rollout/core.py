@@ -8,6 +8,11 @@ Two functions carry the RL loop:
   one teacher-forced pass. Its output equals ``Rollout.logprobs`` for the policy that sampled them
   (tested to 1e-4), so PPO/GRPO ratios start at exactly 1.
 
+:func:`shared_prefix_logprobs` is :func:`sequence_logprobs` for groups of responses to one prompt (GRPO):
+each distinct prompt runs through the model once. The GPT-2 decode runner is in
+:mod:`pfkit.rollout.runners`, stop strings in :mod:`pfkit.rollout.stops`, sample-then-verify in
+:mod:`pfkit.rollout.check`.
+
 Conventions shared by both (they must agree, or importance ratios drift):
 
 * Prompts are **left-padded**; ``position_ids = cumsum(attention_mask) - 1`` (0 on pads), as in
@@ -32,38 +37,22 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import re
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "CODE_STOPS",
-    "DEDENT",
-    "Rollout",
-    "find_stop",
-    "generate",
-    "sequence_logprobs",
-    "top_p_filter",
-]
-
-#: A line that starts with a non-space character: the end of a function body in generated code.
-#: The match starts at the newline, so the newline is cut too.
-DEDENT = re.compile(r"\n\S")
-#: Stop patterns for HumanEval-style completions of a function body.
-CODE_STOPS = ("\ndef", "\nclass", "\nif __name__", "\nprint", DEDENT)
+from pfkit.rollout.runners import _GPT2Runner, _HFRunner, cache_kwarg
+from pfkit.rollout.stops import _kept_tokens, _piece_table, _stop_end_tokens, find_stop
 
 
 @dataclass
 class Rollout:
     """A batch of sampled responses.
 
-    Shapes: ``B`` rows (prompt-major when ``n > 1``: prompt 0's samples first), ``P`` = padded prompt
+    Shapes: ``B`` rows (prompt-major when ``group_size > 1``: prompt 0's samples first), ``P`` = padded prompt
     length, ``T`` = longest kept response (``<= max_new_tokens``).
 
     ``sequences [B, P+T]``: left-padded prompt then response; positions past a row's kept response hold
@@ -87,6 +76,8 @@ class Rollout:
     finish_reasons: list[str] = field(default_factory=list)
     prompt_index: torch.Tensor | None = None
 
+    pad_id: int = 0
+
     def __len__(self) -> int:
         return self.sequences.shape[0]
 
@@ -94,10 +85,89 @@ class Rollout:
     def response_len(self) -> int:
         return self.response_ids.shape[1]
 
-    @property
-    def response_lengths(self) -> torch.Tensor:
-        """Kept tokens per row ``[B]``."""
-        return self.response_mask.sum(-1)
+    def select(self, rows, *, trim: bool = True) -> Rollout:
+        """The rows ``rows`` (indices or a bool mask), in that order; ``trim`` drops prompt columns that are
+        padding in every selected row and response columns past the longest selected response (keeping at
+        least one), so the selection costs no more compute than its own longest row."""
+        rows = torch.as_tensor(rows, device=self.sequences.device)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().flatten()
+        P, T = self.prompt_len, self.response_len
+        seq, att, rmask = self.sequences[rows], self.attention_mask[rows], self.response_mask[rows]
+        p0, t1 = 0, T
+        if trim and len(rows):
+            p0 = int((att[:, :P].sum(0) > 0).long().argmax()) if P else 0
+            t1 = max(1, int(rmask.sum(-1).max()))
+        pick = lambda t: None if t is None else t[rows][:, :t1]  # noqa: E731
+        keep = torch.cat([torch.arange(p0, P), torch.arange(P, P + t1)]).to(seq.device)
+        idx = rows.tolist()
+        return Rollout(sequences=seq[:, keep], attention_mask=att[:, keep], prompt_len=P - p0,
+                       response_ids=self.response_ids[rows][:, :t1], response_mask=rmask[:, :t1],
+                       logprobs=pick(self.logprobs), texts=[self.texts[i] for i in idx],
+                       sample_logprobs=pick(self.sample_logprobs),
+                       finish_reasons=[self.finish_reasons[i] for i in idx] if self.finish_reasons else [],
+                       prompt_index=None if self.prompt_index is None else self.prompt_index[rows],
+                       pad_id=self.pad_id)
+
+    def groups(self, group_size: int) -> list[Rollout]:
+        """Consecutive blocks of ``group_size`` rows (prompt-major: the responses to one prompt), each
+        trimmed to its own lengths."""
+        if len(self) % group_size:
+            raise ValueError(f"{len(self)} rows do not split into groups of {group_size}")
+        return [self.select(torch.arange(s, s + group_size)) for s in range(0, len(self), group_size)]
+
+    def to(self, device) -> Rollout:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Rollout(sequences=move(self.sequences), attention_mask=move(self.attention_mask),
+                       prompt_len=self.prompt_len, response_ids=move(self.response_ids),
+                       response_mask=move(self.response_mask), logprobs=move(self.logprobs), texts=self.texts,
+                       sample_logprobs=move(self.sample_logprobs), finish_reasons=self.finish_reasons,
+                       prompt_index=move(self.prompt_index), pad_id=self.pad_id)
+
+    @staticmethod
+    def cat(parts: Sequence[Rollout]) -> Rollout:
+        """Rows of several rollouts (e.g. GRPO groups from different sampling rounds) as one: prompts
+        left-padded, responses right-padded to the longest; ``prompt_index`` renumbered so that rows answer
+        the same prompt iff they did within their part."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("Rollout.cat needs at least one rollout")
+        pad = parts[0].pad_id
+        P = max(r.prompt_len for r in parts)
+        T = max(r.response_len for r in parts)
+
+        def both(r, t, value):  # [b, p+t] -> [b, P+T]: prompt left-padded, response right-padded
+            return torch.cat([left_pad(t[:, :r.prompt_len], P, value),
+                              F.pad(t[:, r.prompt_len:], (0, T - r.response_len), value=value)], dim=1)
+
+        def resp(t, value=0):
+            return None if t is None else F.pad(t, (0, T - t.shape[1]), value=value)
+
+        index, offset = [], 0
+        for r in parts:
+            pi = r.prompt_index if r.prompt_index is not None else torch.arange(len(r))
+            uniq, inv = torch.unique(pi, return_inverse=True)
+            index.append(inv.to(r.sequences.device) + offset)
+            offset += len(uniq)
+        has_samp = all(r.sample_logprobs is not None for r in parts)
+        return Rollout(sequences=torch.cat([both(r, r.sequences, pad) for r in parts]),
+                       attention_mask=torch.cat([both(r, r.attention_mask, 0) for r in parts]), prompt_len=P,
+                       response_ids=torch.cat([resp(r.response_ids, pad) for r in parts]),
+                       response_mask=torch.cat([resp(r.response_mask) for r in parts]),
+                       logprobs=torch.cat([resp(r.logprobs) for r in parts]),
+                       texts=[t for r in parts for t in r.texts],
+                       sample_logprobs=torch.cat([resp(r.sample_logprobs) for r in parts]) if has_samp else None,
+                       finish_reasons=[f for r in parts for f in r.finish_reasons],
+                       prompt_index=torch.cat(index), pad_id=pad)
+
+
+def left_pad(x: torch.Tensor | Sequence[torch.Tensor], width: int | None = None, value: int = 0) -> torch.Tensor:
+    """Left-pad to ``width`` columns (default: the longest): a ``[b, w]`` tensor, or a list of 1-D tensors
+    (stacked; ``torch.nn.utils.rnn.pad_sequence(padding_side="left")``). The one left-pad in pfkit."""
+    if isinstance(x, torch.Tensor):
+        return F.pad(x, (width - x.shape[1], 0), value=value) if width is not None else x
+    out = torch.nn.utils.rnn.pad_sequence(list(x), batch_first=True, padding_value=value, padding_side="left")
+    return out if width is None else F.pad(out, (width - out.shape[1], 0), value=value)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -193,268 +263,6 @@ def _nucleus(probs, u, top_p, top_k_first, state):
     return tokens, samp
 
 
-# ------------------------------------------------------------------------------------------- stop strings
-
-
-def find_stop(text: str, stops: Sequence[str | re.Pattern], newline_before: bool = False) -> int | None:
-    """Character index in ``text`` where the earliest stop pattern begins, or ``None``.
-
-    ``stops`` are plain strings or compiled regexes. With ``newline_before`` (the prompt ends with a
-    newline) the search runs over ``"\\n" + text`` so that a response opening with ``def``/a dedent is
-    caught; a match must still end inside ``text``, and one starting on that virtual newline gives 0.
-    """
-    offset = 1 if newline_before else 0
-    hay = "\n" + text if newline_before else text
-    best = None
-    for stop in stops:
-        if isinstance(stop, str):
-            start = hay.find(stop)
-            while start >= 0 and start + len(stop) <= offset:
-                start = hay.find(stop, start + 1)
-            if start >= 0:
-                best = start if best is None else min(best, start)
-        else:
-            for m in stop.finditer(hay):
-                if m.end() > offset:
-                    best = m.start() if best is None else min(best, m.start())
-                    break
-    return None if best is None else max(0, best - offset)
-
-
-_PIECES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _piece_table(tokenizer) -> list[str]:
-    """Per-token decoded strings, used only to *detect* stops cheaply during decoding."""
-    try:
-        table = _PIECES.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        table = None
-    if table is None:
-        table = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        try:
-            _PIECES[tokenizer] = table
-        except TypeError:
-            pass
-    return table
-
-
-def _kept_tokens(tokenizer, ids: list[int], cut: int) -> int:
-    """Number of leading tokens that contribute at least one character to ``text[:cut]``.
-
-    Token j covers characters ``[len(decode(ids[:j])), len(decode(ids[:j+1])))``; it is kept iff that
-    span starts before ``cut``. Binary search over prefixes (decoded length grows with the prefix).
-    """
-    lo, hi = 0, len(ids)  # answer = smallest j with len(decode(ids[:j])) >= cut
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= cut:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-# ------------------------------------------------------------------------------------------------ runners
-
-
-def _cache_kwarg(model) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-class _HFRunner:
-    """Any causal LM: its own forward with a DynamicCache (positions/masks passed explicitly)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.cache_kw = _cache_kwarg(model)
-
-    def prefill(self, ids, mask, pos, max_new):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        self.cache = getattr(out, "cache", None) or out.past_key_values
-        self.mask = mask
-        return out.logits[:, -1]
-
-    def step(self, tokens, pos):
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        out = self.model(
-            input_ids=tokens[:, None],
-            attention_mask=self.mask,
-            position_ids=pos[:, None],
-            use_cache=True,
-            **{self.cache_kw: self.cache},
-        )
-        return out.logits[:, -1]
-
-    def select(self, rows):
-        if not hasattr(self.cache, "batch_select_indices"):
-            return False
-        self.cache.batch_select_indices(rows)
-        self.mask = self.mask[rows]
-        return True
-
-    def expand(self, repeats):
-        return False
-
-
-class _GPT2Runner:
-    """GPT-2 forward written out over the model's weights, with a pre-allocated KV cache.
-
-    Mirrors ``GPT2LMHeadModel`` in eval mode (no dropout): pre-LN blocks, Conv1D projections
-    (``x @ W + b``), scaled dot-product attention, tied LM head.
-    """
-
-    @staticmethod
-    def supports(model) -> bool:
-        cfg = getattr(model, "config", None)
-        return (
-            cfg is not None
-            and getattr(cfg, "model_type", None) == "gpt2"
-            and not getattr(cfg, "add_cross_attention", False)
-            and hasattr(model, "transformer")
-            and hasattr(model, "lm_head")
-            and type(model).__name__ == "GPT2LMHeadModel"
-        )
-
-    def __init__(self, model):
-        from transformers.activations import ACT2FN
-
-        cfg = model.config
-        tr = model.transformer
-        self.wte, self.wpe = tr.wte.weight, tr.wpe.weight
-        self.head = model.lm_head.weight
-        self.n_head = cfg.n_head
-        self.d = cfg.n_embd
-        self.dh = self.d // self.n_head
-        act = cfg.activation_function
-        # one fused kernel instead of the formula's tanh/pow/mul chain (same function)
-        if act in ("gelu_new", "gelu_pytorch_tanh"):
-            self.act = lambda x: F.gelu(x, approximate="tanh")
-        elif act == "gelu":
-            self.act = F.gelu
-        else:
-            self.act = ACT2FN[act]
-        self.layers = []
-        for i, block in enumerate(tr.h):
-            scale = 1.0 / math.sqrt(self.dh) if cfg.scale_attn_weights else 1.0
-            if cfg.scale_attn_by_inverse_layer_idx:
-                scale /= float(i + 1)
-            self.layers.append((block.ln_1, block.attn.c_attn, block.attn.c_proj, scale, block.ln_2,
-                                block.mlp.c_fc, block.mlp.c_proj))
-        self.ln_f = tr.ln_f
-
-    @staticmethod
-    def _lin(conv, x):
-        return torch.addmm(conv.bias, x, conv.weight)
-
-    def _heads(self, t, b, s):
-        return t.view(b, s, self.n_head, self.dh).transpose(1, 2)
-
-    def prefill(self, ids, mask, pos, max_new):
-        """Prompts in groups of similar length (rows are sorted by length by :func:`generate`).
-
-        Each group is trimmed to its own longest prompt and keeps its own KV cache, so neither the
-        prefill nor the per-step attention spends time on padding of much longer prompts elsewhere in
-        the batch. The dense layers of a decoding step still run over the whole batch at once.
-        """
-        b = ids.shape[0]
-        lens = mask.sum(-1).tolist()
-        size = max(8, -(-b // 4))
-        self.groups, logits = [], []
-        for start in range(0, b, size):
-            end = min(b, start + size)
-            P = max(lens[start:end])
-            g = SimpleNamespace(n=end - start, P=P, slot=P)
-            logits.append(self._prefill_group(g, ids[start:end, -P:], mask[start:end, -P:],
-                                              pos[start:end, -P:], P + max_new))
-            self.groups.append(g)
-        return torch.cat(logits)
-
-    def _prefill_group(self, g, ids, mask, pos, max_len):
-        b, s = ids.shape
-        dev = ids.device
-        x = F.embedding(ids, self.wte) + F.embedding(pos, self.wpe)
-        keymask = mask.bool()
-        causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
-        # a left-pad query attends only to itself, so no row is fully masked (NaN-free pads)
-        attn_mask = (causal & keymask[:, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
-        attn_mask = attn_mask[:, None]
-        g.k = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
-        g.v = [x.new_empty(b, self.n_head, max_len, self.dh) for _ in self.layers]
-        # additive key bias for decoding: -inf on left pads, 0 on real and generated tokens
-        g.bias = torch.zeros(b, 1, 1, max_len, dtype=x.dtype, device=dev)
-        g.bias[:, 0, 0, :s].masked_fill_(~keymask, float("-inf"))
-        last = len(self.layers) - 1
-        for li, (ln1, c_attn, c_proj, scale, ln2, c_fc, m_proj) in enumerate(self.layers):
-            h = ln1(x).view(b * s, self.d)
-            q, k, v = self._lin(c_attn, h).view(b, s, 3 * self.d).split(self.d, dim=-1)
-            q, k, v = self._heads(q, b, s), self._heads(k, b, s), self._heads(v, b, s)
-            g.k[li][:, :, :s] = k
-            g.v[li][:, :, :s] = v
-            if li == last:
-                # the top layer only has to produce the next-token logits: its K/V above are all the cache
-                # needs, so attention output and MLP run for the last position alone (same result, less work)
-                q, attn_mask, x, s = q[:, :, -1:], attn_mask[:, :, -1:], x[:, -1:], 1
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-            a = a.transpose(1, 2).reshape(b * s, self.d)
-            x = x + self._lin(c_proj, a).view(b, s, self.d)
-            h = ln2(x).view(b * s, self.d)
-            x = x + self._lin(m_proj, self.act(self._lin(c_fc, h))).view(b, s, self.d)
-        return F.linear(self.ln_f(x[:, -1]), self.head)
-
-    def step(self, tokens, pos):
-        b = tokens.shape[0]
-        H, dh = self.n_head, self.dh
-        x = F.embedding(tokens, self.wte) + F.embedding(pos, self.wpe)  # [b, d]
-        for li, (ln1, c_attn, c_proj, scale, ln2, c_fc, m_proj) in enumerate(self.layers):
-            q, k, v = self._lin(c_attn, ln1(x)).split(self.d, dim=-1)
-            q = (q * scale).view(b, H, 1, dh)
-            k, v = k.view(b, H, dh), v.view(b, H, dh)
-            a = x.new_empty(b, self.d)
-            start = 0
-            for g in self.groups:
-                end, t = start + g.n, g.slot
-                K, V = g.k[li], g.v[li]
-                K[:, :, t] = k[start:end]
-                V[:, :, t] = v[start:end]
-                # one query per row: plain matmul-softmax-matmul beats the SDPA kernels here
-                scores = torch.matmul(q[start:end], K[:, :, : t + 1].transpose(-1, -2)) + g.bias[..., : t + 1]
-                a[start:end] = torch.matmul(scores.softmax(-1), V[:, :, : t + 1]).view(g.n, self.d)
-                start = end
-            x = x + self._lin(c_proj, a)
-            x = x + self._lin(m_proj, self.act(self._lin(c_fc, ln2(x))))
-        for g in self.groups:
-            g.slot += 1
-        return F.linear(self.ln_f(x), self.head)
-
-    def select(self, rows):
-        groups, start = [], 0
-        for g in self.groups:
-            end = start + g.n
-            local = rows[(rows >= start) & (rows < end)] - start
-            start = end
-            if local.numel() == 0:
-                continue
-            if local.numel() < g.n:
-                g.k = [k[local] for k in g.k]
-                g.v = [v[local] for v in g.v]
-                g.bias = g.bias[local]
-                g.n = local.numel()
-            groups.append(g)
-        self.groups = groups
-        return True
-
-    def expand(self, repeats):
-        """Repeat every row ``repeats`` times (prompt shared by ``n`` samples is prefilled once)."""
-        for g in self.groups:
-            g.k = [k.repeat_interleave(repeats, 0) for k in g.k]
-            g.v = [v.repeat_interleave(repeats, 0) for v in g.v]
-            g.bias = g.bias.repeat_interleave(repeats, 0)
-            g.n *= repeats
-        return True
-
-
 # ----------------------------------------------------------------------------------------------- generate
 
 
@@ -492,14 +300,17 @@ def generate(
     top_p: float = 1.0,
     stop: Sequence[str | re.Pattern] = (),
     seed: int | None = None,
-    n: int = 1,
+    group_size: int = 1,
     min_new_tokens: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
     stop_in_mask: bool = False,
+    n: int | None = None,
 ) -> Rollout:
-    """Sample ``n`` responses per prompt (rows prompt-major) with a KV cache.
+    """Sample ``group_size`` responses per prompt (rows prompt-major) with a KV cache.
+
+    * ``n``: the old name of ``group_size``, still accepted (code outside pfkit may pass it).
 
     * ``temperature=0`` is greedy decoding; ``top_p < 1`` is nucleus sampling (:func:`top_p_filter`).
     * Ending: a row ends at EOS (the EOS token is kept in ``response_mask``; ``eos_token_id`` defaults to
@@ -530,8 +341,9 @@ def generate(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    n = group_size if n is None else n
     if n < 1:
-        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+        raise ValueError(f"group_size (samples per prompt) must be >= 1, got {n}")
     if isinstance(stop, (str, re.Pattern)):
         stop = (stop,)
     stop = tuple(stop)
@@ -560,12 +372,8 @@ def generate(
     rank = [0] * len(prompts)
     for r, i in enumerate(order):
         rank[i] = r
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    pmask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for r, i in enumerate(order):
-        e = encoded[i]
-        ids[r, P - len(e):] = torch.tensor(e)
-        pmask[r, P - len(e):] = 1
+    ids = left_pad([torch.tensor(encoded[i]) for i in order], value=pad_id)
+    pmask = left_pad([torch.ones(len(encoded[i]), dtype=torch.long) for i in order])
     ids, pmask = ids.to(device), pmask.to(device)
 
     if generator is None:
@@ -694,16 +502,8 @@ def generate(
         sample_logprobs=samp_lp,
         finish_reasons=reasons,
         prompt_index=prompt_index,
+        pad_id=pad_id,
     )
-
-
-def _stop_end_tokens(tokenizer, ids, text, stops, newline_before):
-    """Tokens needed to cover the whole earliest stop match (for ``stop_in_mask=True``)."""
-    for j in range(1, len(ids) + 1):
-        if find_stop(tokenizer.decode(ids[:j], skip_special_tokens=True), stops, newline_before) is not None:
-            # the match may need the next char (regex lookahead/\S) - it is complete at this prefix
-            return j
-    return len(ids)
 
 
 # -------------------------------------------------------------------------------------- sequence_logprobs
@@ -739,12 +539,59 @@ def sequence_logprobs(
         kwargs["logits_to_keep"] = response_len + 1
     out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=_positions(attention_mask),
                 use_cache=False, **kwargs)
-    logits = out.logits[:, -(response_len + 1):-1].float()
-    targets = sequences[:, -response_len:]
+    logits = out.logits[:, -(response_len + 1):-1]
+    return _token_logprobs(logits, sequences[:, -response_len:], attention_mask[:, -response_len:], return_entropy)
+
+
+def _token_logprobs(logits, targets, mask, return_entropy):
+    """``logit[target] - logsumexp`` (no full log-softmax tensor kept) and optionally the entropy, 0 where
+    ``mask`` is 0."""
+    logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1)
-    mask = attention_mask[:, -response_len:].to(logits.dtype)
-    logp = (logits.gather(-1, targets[..., None]).squeeze(-1) - lse) * mask
+    m = mask.to(logits.dtype)
+    logp = (logits.gather(-1, targets[..., None]).squeeze(-1) - lse) * m
     if not return_entropy:
         return logp
-    entropy = (lse - (logits.softmax(-1) * logits).sum(-1)) * mask
+    entropy = (lse - (logits.softmax(-1) * logits).sum(-1)) * m
     return logp, entropy
+
+
+def shared_prefix_logprobs(
+    model,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_len: int,
+    prompt_index: torch.Tensor,
+    *,
+    return_entropy: bool = False,
+):
+    """:func:`sequence_logprobs` for rows that share prompts (``prompt_index[b]`` = which prompt row b answers),
+    running each *distinct* prompt through the model once.
+
+    A GRPO group is G responses to one prompt, so the prompt's keys/values are the same for all G: they are
+    computed once per prompt (with gradient), gathered per row through the cache, and only the response
+    tokens are run per row: about ``(P/G + T) / (P + T)`` of the compute for prompt length P. Same numbers
+    as :func:`sequence_logprobs` (tested). Needs a model whose cache supports ``batch_select_indices``
+    (any ``transformers`` causal LM with a ``DynamicCache``).
+    """
+    T = response_len
+    P = sequences.shape[1] - T
+    uniq, group = torch.unique(prompt_index, return_inverse=True)
+    first = torch.full((len(uniq),), len(prompt_index), dtype=torch.long, device=group.device)
+    first = first.scatter_reduce(0, group, torch.arange(len(group), device=group.device), reduce="amin")
+    pmask = attention_mask[first, :P]
+    start = int((pmask.sum(0) > 0).long().argmax())  # columns that are padding in every distinct prompt
+    pids, pmask = sequences[first, start:P], pmask[:, start:]
+    out = model(input_ids=pids, attention_mask=pmask, position_ids=_positions(pmask), use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_select_indices(group)
+    first_logits = out.logits[:, -1][group]                      # predicts response token 0
+    rmask = attention_mask[:, P:]
+    response_ids = sequences[:, P:]
+    att = torch.cat([pmask[group], rmask], dim=1)
+    pos = pmask.sum(-1)[group][:, None] + torch.arange(T, device=sequences.device)[None, :]
+    res = model(input_ids=response_ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=T,
+                **{cache_kwarg(model): cache})
+    logits = torch.cat([first_logits[:, None], res.logits[:, : T - 1]], dim=1)
+    return _token_logprobs(logits, response_ids, rmask, return_entropy)
