@@ -15,7 +15,7 @@ from pfkit.data.images import (
     write_synthetic,
 )
 
-SMALL = dict(n_train=36, n_val=12, n_test=12, n_unseen_train=16, n_unseen_test=8)
+SMALL = dict(n_train=36, n_val=12, n_test=12, n_unseen_train=16, n_unseen_test=8, n_shift_test=6)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_synthetic_is_seeded_and_modalities_differ():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     c = make_synthetic(size=28, seed=2, **SMALL)
     assert not np.array_equal(a["train_images"], c["train_images"])
-    big = make_synthetic(size=28, seed=0, n_train=300, n_val=6, n_test=6, n_unseen_train=4, n_unseen_test=4)
+    big = make_synthetic(size=28, seed=0, n_train=300, n_val=6, n_test=6, n_unseen_train=4, n_unseen_test=4,
+                         n_shift_test=4)
     imgs, mods = big["train_images"].astype(float) / 255, big["train_modality"]
     # US frames have a dark outside-the-fan region in the top corners; CT/MRI bodies do not go to 0 there
     corner = imgs[:, :4, :4].mean(axis=(1, 2))
@@ -113,3 +114,35 @@ def test_datamodule_normalises_batches_and_augments(synth_file):
     sub = ImageNpzDataModule(str(synth_file), train_subset=10, eval_subset=5)
     sub.setup()
     assert len(sub.data.labels["train"]) == 10 and len(sub.data.labels["val"]) == 5
+
+
+def test_shift_test_holds_exactly_the_held_out_organ_modality_pairings():
+    from pfkit.data.images import held_out_modality
+
+    d = make_synthetic(size=16, seed=4, n_train=120, n_val=30, n_test=30, n_unseen_train=8, n_unseen_test=8,
+                       n_shift_test=60)
+    held = {(o, held_out_modality(o)) for o in range(N_SEEN)}
+    assert held == {(0, 0), (1, 1), (2, 2), (3, 0), (4, 1), (5, 2)}
+    for split in ("train", "val", "test"):
+        pairs = set(zip(d[f"{split}_labels"][:, 0].tolist(), d[f"{split}_modality"].tolist()))
+        assert not pairs & held, split
+    train_pairs = set(zip(d["train_labels"][:, 0].tolist(), d["train_modality"].tolist()))
+    assert len(train_pairs) == 2 * N_SEEN  # every organ in both of its other modalities
+    assert {m for _, m in train_pairs} == set(range(len(MODALITIES)))
+    assert set(zip(d["shift_test_labels"][:, 0].tolist(), d["shift_test_modality"].tolist())) == held
+    # the unseen organs keep every modality
+    assert set(d["unseen_train_modality"].tolist()) <= set(range(len(MODALITIES)))
+
+
+def test_subsets_keep_modality_aligned_and_val_subset_leaves_test_whole(synth_file):
+    full = load_npz(synth_file)
+    dm = ImageNpzDataModule(str(synth_file), train_subset=10, val_subset=4, seed=1)
+    dm.setup()
+    assert len(dm.data.labels["train"]) == 10 and len(dm.data.labels["val"]) == 4
+    assert len(dm.data.labels["test"]) == len(full.labels["test"])
+    mod = dm.modality("train")
+    assert mod is not None and len(mod) == 10
+    # each kept image's modality is the one the file gives for that image
+    idx = [int(np.flatnonzero((full.images["train"] == img).all(axis=(1, 2, 3)))[0]) for img in dm.data.images["train"]]
+    np.testing.assert_array_equal(mod, full.extras["train_modality"][idx])
+    assert load_npz(synth_file).images.keys() >= {"shift_test"}

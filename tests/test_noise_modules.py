@@ -20,7 +20,7 @@ TINY = dict(widths=(4, 8, 8, 8), policy_widths=(4, 4, 4, 4), policy_hidden=8, gr
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("syn") / "tiny.npz", size=16, seed=0, n_train=32, n_val=8,
-                           n_test=8, n_unseen_train=8, n_unseen_test=8)
+                           n_test=8, n_unseen_train=8, n_unseen_test=8, n_shift_test=8)
 
 
 def _trainer(tmp_path, steps=None, epochs=1):
@@ -113,16 +113,22 @@ def test_demo_rejects_a_malformed_data_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path):
-    out = _pfkit("demo", "noisemask", "--quick", "--threads", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    """`pfkit demo noisemask` = one seed of studies/noisemask.yaml's arms through the study job."""
+    out = _pfkit("demo", "noisemask", "--quick", "--threads", "1", "--arms", "baseline,faithful", "--out",
+                 str(tmp_path / "demo"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run = RunDir(tmp_path / "demo")
     summary = run.read_summary()
-    res = summary["results"][0]
-    assert set(res["test"]) == {"baseline", "heated", "heated+finetune"}
-    assert all(0 <= v["acc"] <= 1 for v in res["test"].values())
-    inits = {r["init"] for r in res["fewshot"]}
-    assert inits == {"random init", "baseline", "heated", "heated+finetune"}
+    rows = {r["arm"]: r for r in summary["results"]}
+    assert set(rows) == {"baseline", "faithful"}
+    for r in rows.values():
+        assert all(0 <= r[k] <= 1 for k in ("test_acc", "test_f1", "test_auc", "shift_f1", "probe_f1_n16",
+                                            "ft_f1_n64"))
+        assert r["n_eval"] == 96  # the quick section's eval_subset
+    assert "mask_entropy" in rows["faithful"] and "mask_entropy" not in rows["baseline"]
     assert (tmp_path / "demo/summary.png").stat().st_size > 1000
-    assert RunDir(tmp_path / "demo/synthetic/pretrain").mask_epochs()
-    assert "unseen-concept few-shot macro-F1" in out.stdout
+    assert RunDir(tmp_path / "demo/synthetic/faithful/seed_0/pretrain").mask_epochs()
+    assert "demonstration, not a result" in out.stdout
     json.dumps(summary)
+    bad = _pfkit("demo", "noisemask", "--quick", "--arms", "nope", "--out", str(tmp_path / "d2"), cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown arm(s) ['nope']" in bad.stderr and "Traceback" not in bad.stderr

@@ -4,7 +4,8 @@ multi-modal / multi-organ generator, and a LightningDataModule over either.
 MedMNIST layout (read with numpy; the ``medmnist`` package asserts official split sizes):
 ``{train,val,test}_images`` uint8 ``N×H×W`` (grey) or ``N×H×W×3`` (RGB), ``{train,val,test}_labels``
 int ``N×1``. The synthetic file adds ``unseen_{train,test}_{images,labels}`` (held-out "unseen concept"
-classes for few-shot evaluation), ``{split}_modality`` and name arrays.
+classes for few-shot evaluation), ``shift_test_{images,labels}`` (the seen classes in organ × modality
+combinations that train/val/test never show), ``{split}_modality`` and name arrays.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ ORGANS = ("liver", "kidney", "heart", "lungs", "spine", "bladder",  # seen
           "vessel", "stomach", "brain", "femur")                     # unseen concepts
 N_SEEN = 6
 MODALITIES = ("CT", "MRI", "US")
+EXTRA_GROUPS = ("unseen_train", "unseen_test", "shift_test")  # optional image groups beyond the splits
+
+
+def held_out_modality(organ: int) -> int | None:
+    """The modality a seen organ never appears in during training (``organ % 3``): its "shift" combination.
+
+    Each seen organ is missing one modality and every modality is missing for two organs, so the
+    classifier sees every organ and every modality, but not every pairing; ``shift_test`` holds exactly
+    the missing pairings (the "held-out organ × modality combinations" generalisation test)."""
+    return organ % len(MODALITIES) if organ < N_SEEN else None
 
 
 class NpzFormatError(ValueError):
@@ -110,7 +121,7 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
             raise NpzFormatError(f"{path} is missing key(s) {', '.join(missing)} (it has: "
                                  f"{', '.join(sorted(keys)) or 'nothing'}). {_FORMAT_HINT}")
         images, labels = {}, {}
-        groups = list(SPLITS) + [g for g in ("unseen_train", "unseen_test") if f"{g}_images" in keys]
+        groups = list(SPLITS) + [g for g in EXTRA_GROUPS if f"{g}_images" in keys]
         for s in groups:
             images[s] = _to_nchw(f"{s}_images", z[f"{s}_images"], path)
             labels[s] = _labels(f"{s}_labels", z[f"{s}_labels"], len(images[s]), path)
@@ -211,25 +222,38 @@ def synth_image(organ: int, modality: int, size: int, rng: np.random.Generator) 
 
 
 def make_synthetic(*, size: int = 28, n_train: int = 3000, n_val: int = 600, n_test: int = 600,
-                   n_unseen_train: int = 600, n_unseen_test: int = 600, seed: int = 0) -> dict[str, np.ndarray]:
+                   n_unseen_train: int = 600, n_unseen_test: int = 600, n_shift_test: int = 600, seed: int = 0
+                   ) -> dict[str, np.ndarray]:
     """The embedded synthetic set as MedMNIST-format arrays (uint8 images, labels N×1) plus unseen classes.
 
     Classes are organ shapes; each image is drawn in one of three modalities (CT-, MRI-, US-like
     intensity profile, noise and artefacts), so the label is shared across very different looks.
-    Organs ``ORGANS[N_SEEN:]`` never appear in train/val/test: they are the "unseen concepts"
-    (labels 0..3 in the unseen arrays) for few-shot evaluation of the learnt features.
+    Two distribution shifts are held out of train/val/test:
+
+    - ``shift_test``: the seen organs in the one modality each never shows in training
+      (:func:`held_out_modality`), labels as in train: does the classifier transfer across pairings?
+    - ``unseen_{train,test}``: organs ``ORGANS[N_SEEN:]`` (labels 0..3), all modalities: the "unseen
+      concepts" for few-shot evaluation of the learnt features (linear probe, short fine-tuning).
     """
     if size < 16:
         raise ValueError(f"size must be >= 16 px, got {size}")
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     plan = {"train": (n_train, 0), "val": (n_val, 0), "test": (n_test, 0),
-            "unseen_train": (n_unseen_train, N_SEEN), "unseen_test": (n_unseen_test, N_SEEN)}
+            "unseen_train": (n_unseen_train, N_SEEN), "unseen_test": (n_unseen_test, N_SEEN),
+            "shift_test": (n_shift_test, 0)}
+    n_mod = len(MODALITIES)
     for split, (n, first) in plan.items():
         k = N_SEEN if first == 0 else len(ORGANS) - N_SEEN
         labels = np.arange(n) % k
         rng.shuffle(labels)
-        mods = rng.integers(0, len(MODALITIES), n)
+        if first == 0 and split == "shift_test":
+            mods = np.array([held_out_modality(int(c)) for c in labels])
+        elif first == 0:  # one of the organ's two training modalities
+            held = np.array([held_out_modality(int(c)) for c in labels])
+            mods = (held + rng.integers(1, n_mod, n)) % n_mod
+        else:
+            mods = rng.integers(0, n_mod, n)
         imgs = np.stack([synth_image(first + int(c), int(m), size, rng) for c, m in zip(labels, mods)])
         out[f"{split}_images"] = (imgs * 255).round().astype(np.uint8)
         out[f"{split}_labels"] = labels[:, None].astype(np.int64)
@@ -287,11 +311,14 @@ class ImageNpzDataModule(LightningDataModule):
     Normalisation uses the training set's mean/std (the official code normalises with dataset
     constants, 0.3162/0.3213 for RadImageNet), so a multiplicative mask pulls pixels toward the mean.
     Training augmentation (``augment``): random flip, small rotation and shift, applied per image on
-    the whole batch after transfer.
+    the whole batch after transfer. ``train_subset`` / ``eval_subset`` draw a random subset (by ``seed``)
+    of train / val+test; ``val_subset`` (if set) sizes val alone, so the test set can stay whole while
+    per-epoch validation stays cheap.
     """
 
     def __init__(self, path: str = "synthetic", batch_size: int = 64, num_workers: int = 0, augment: bool = True,
-                 train_subset: int | None = None, eval_subset: int | None = None, seed: int = 0):
+                 train_subset: int | None = None, eval_subset: int | None = None, seed: int = 0,
+                 val_subset: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.data: ImageSet | None = None
@@ -304,11 +331,14 @@ class ImageNpzDataModule(LightningDataModule):
             return
         data = load_npz(resolve(self.hparams.path))
         rng = np.random.default_rng(self.hparams.seed)
-        for split, n in (("train", self.hparams.train_subset), ("val", self.hparams.eval_subset),
-                         ("test", self.hparams.eval_subset)):
+        h = self.hparams
+        for split, n in (("train", h.train_subset), ("val", h.val_subset or h.eval_subset),
+                         ("test", h.eval_subset)):
             if n and n < len(data.labels[split]):
                 idx = np.sort(rng.choice(len(data.labels[split]), n, replace=False))
                 data.images[split], data.labels[split] = data.images[split][idx], data.labels[split][idx]
+                if f"{split}_modality" in data.extras:  # keep the per-image modality aligned with the subset
+                    data.extras[f"{split}_modality"] = data.extras[f"{split}_modality"][idx]
         self.data = data
         self.mean = float(data.images["train"].mean())
         self.std = float(data.images["train"].std()) or 1.0
@@ -323,6 +353,11 @@ class ImageNpzDataModule(LightningDataModule):
     def in_channels(self) -> int:
         self.setup()
         return self.data.in_channels
+
+    def modality(self, split: str) -> np.ndarray | None:
+        """Per-image modality index of ``split`` (synthetic set), or None when the file has none."""
+        self.setup()
+        return self.data.extras.get(f"{split}_modality")
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         return ((images - self.mean) / self.std).astype(np.float32)

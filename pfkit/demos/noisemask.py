@@ -1,16 +1,26 @@
-"""``pfkit demo noisemask``: baseline vs noise-mask pretraining -> fine-tuning, plus unseen-concept few-shot.
+"""The noise-mask protocol as one job, ``run_arm(run)``: what ``pfkit study -c studies/noisemask.yaml`` runs
+per (arm, seed), and what ``pfkit demo noisemask`` runs for one seed.
 
-For each dataset (the embedded synthetic multi-modal/multi-organ set; PneumoniaMNIST or any MedMNIST
-npz with ``--data``):
+An arm is one of (the ``stage`` job argument and the config's ``model.init_args``):
 
-1. **baseline** — ``PlainClassifier`` on clean images for pretrain + fine-tune epochs (lr 0.1);
-2. **pretrain** — ``NoiseMaskPretrain`` (classifier + mask policy, REINFORCE, ``--mode``), the heated model;
-3. **finetune** — ``NoiseMaskFinetune`` from the heated checkpoint on clean images (lr 1e-3, warm-up).
+* ``baseline`` — ``PlainClassifier`` on clean images for pretrain + fine-tune epochs (lr 0.1);
+* ``random_mask`` — ``NoiseMaskPretrain(freeze_policy=True)``: the same Beta noise from an untrained,
+  frozen policy and base, then fine-tuning: everything but what the policy gradient adds;
+* ``faithful`` / ``per_sample`` — noise-mask pretraining (the official loss / textbook REINFORCE), the
+  "heated" model, then fine-tuning on clean images (lr 1e-3, linear warm-up);
+* ``lr_matched`` — ``faithful`` with ``lr_match=True``: the classifier's gradient is plain ∇CE, so the
+  comparison with the baseline is not a learning-rate comparison (``pfkit.noise.reinforce``).
 
-Test accuracy / macro-F1 of each; on the synthetic set, frozen features of each initialisation (random,
-baseline, heated, heated+fine-tuned) are probed on the held-out organ classes with 16–256 labelled
-samples. Writes ``OUT/<dataset>/<stage>/`` run folders (metrics.csv, checkpoints, masks/), ``OUT/summary.json``,
-``OUT/fewshot.csv`` and ``OUT/summary.png``.
+Schedule: every stage-1 and baseline StepLR steps every ``ceil(epochs / 3)`` epochs (the paper: step 30 of 90,
+two decays), fine-tuning never decays (the paper's StepLR(30) over 10 epochs); ``average_last`` averages the
+final stage's last epochs (the paper's ``weight_averaging.py``).
+
+Metrics (flat, one row per run): held-in test accuracy, macro precision/recall/F1, AUC, balanced
+accuracy (``test_*``); the same on ``shift_test`` (seen organs in the modality each never shows in
+training: ``shift_*``); unseen organs few-shot macro-F1 by a linear probe on frozen features
+(``probe_f1_n{n}``, mean over draws) and by short fine-tuning of the whole network
+(``ft_f1_n{n}``); what the policy learned (``mask_*``: Beta entropy, η² and permutation p of E[m] by
+class / modality, from the pretraining's last validation epoch); ``n_eval`` = held-in test images.
 """
 
 from __future__ import annotations
@@ -18,38 +28,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import time
 import warnings
 from pathlib import Path
 
 MODES = ("faithful", "per_sample")  # = pfkit.noise.reinforce.MODES; literal so `pfkit --help` stays light
-
-QUICK = dict(epochs=2, finetune_epochs=1, train_subset=384, eval_subset=192, shots=(16, 64, 256), repeats=2)
-FULL = dict(epochs=8, finetune_epochs=4, train_subset=None, eval_subset=None, shots=(16, 32, 64, 128, 256),
-            repeats=5)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (~1–2 min on CPU)")
-    parser.add_argument("--out", default=None, help="output folder (default runs/demo_noisemask-<time>)")
-    parser.add_argument("--data", default=None,
-                        help="also run on this MedMNIST-format npz (e.g. /work/shared/data/medmnist/pneumoniamnist.npz)")
-    parser.add_argument("--mode", default="faithful", choices=MODES, help="REINFORCE form (default: faithful)")
-    parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (baseline gets + fine-tune)")
-    parser.add_argument("--finetune-epochs", type=int, default=None)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning lr (paper: 1e-3)")
-    parser.add_argument("--widths", default="8,16,32,64",
-                        help="classifier ResNet stage widths (CPU-sized default; configs use 16,32,64,128)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = ROOT / "studies" / "noisemask.yaml"
+# job arguments the study YAML may leave out (the YAML's `args:` is where the protocol is set)
+JOB_DEFAULTS = dict(stage="noisemask", finetune_epochs=4, finetune_lr=1e-3, finetune_warmup=2, average_last=0,
+                    shots=[16, 32, 64, 128, 256], repeats=3, curve_steps=40, curve_lr=1e-3)
+STAGES = ("baseline", "noisemask")
 
 
 def _quiet() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps|"
-                                              "litlogger|litmodels).*")
+                                              "litlogger|litmodels|Checkpoint directory).*")
+
+
+def resolve_data_path(path: str) -> str:
+    """``shared:REL`` -> REL under $PFKIT_SHARED_DATA (default: the project's ``../shared/data``)."""
+    if path.startswith("shared:"):
+        base = Path(os.environ.get("PFKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+        return str(base / path.split(":", 1)[1])
+    return path
 
 
 def _fit(module, dm, run: Path, epochs: int, seed: int):
@@ -60,105 +66,167 @@ def _fit(module, dm, run: Path, epochs: int, seed: int):
 
     seed_everything(seed, verbose=False)
     trainer = Trainer(max_epochs=epochs, logger=CSVLogger(str(run), name="", version=""), default_root_dir=str(run),
-                      callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True)],
+                      callbacks=[ModelCheckpoint(dirpath=str(run / "checkpoints"), save_last=True, save_top_k=0)],
                       enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
                       num_sanity_val_steps=0, accelerator="cpu" if not torch.cuda.is_available() else "auto",
                       devices=1)
-    t = time.time()
     trainer.fit(module, dm)
-    return trainer, time.time() - t
+    return trainer
 
 
-def _scores(model, dm, split: str) -> dict:
-    from pfkit.noise.fewshot import macro_f1, predict
+def _logits(model, images, batch_size: int = 256):
+    import torch
 
-    x = dm.normalise(dm.data.images[split])
-    y = dm.data.labels[split]
-    pred = predict(model, x).numpy()
-    return {"acc": float((pred == y).mean()), "macro_f1": macro_f1(pred, y, dm.data.num_classes)}
+    was = model.training
+    model.eval()
+    x = torch.as_tensor(images, dtype=torch.float32)
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
 
 
-def run_dataset(name: str, path: str, out: Path, cfg: dict, args) -> dict:
+def _scores(model, dm, group: str, prefix: str) -> dict:
+    from pfkit.noise.metrics import classification_metrics
+
+    m = classification_metrics(_logits(model, dm.normalise(dm.data.images[group])), dm.data.labels[group],
+                               dm.num_classes)
+    return {f"{prefix}_{k}": v for k, v in m.items()}
+
+
+def _step(epochs: int) -> int:
+    """StepLR period: two decays within the run, at 1/3 and 2/3 (the paper: step 30 of 90 epochs)."""
+    return max(1, -(-epochs // 3))
+
+
+def run_arm(run) -> dict:
+    """One (arm, seed) of the noise-mask study (``run``: a ``pfkit.study.RunSpec``); returns flat metrics."""
+    import numpy as np
+    import pandas as pd
     import torch
 
     from pfkit.data.images import ImageNpzDataModule
     from pfkit.modules.noisemask import NoiseMaskFinetune, NoiseMaskPretrain, PlainClassifier
-    from pfkit.noise import Classifier
-    from pfkit.noise.fewshot import extract_features, few_shot
+    from pfkit.noise.fewshot import extract_features, few_shot, finetune_curve
 
-    widths = tuple(int(w) for w in args.widths.split(","))
-    E, F_ = cfg["epochs"], cfg["finetune_epochs"]
-    lr_step = max(1, (E + F_) * 2 // 3)
+    _quiet()
+    t0 = time.time()
+    a = {**JOB_DEFAULTS, **(run.args or {})}
+    if a.get("threads"):  # on a shared CPU one thread per run wastes less than the runner's cores // workers
+        torch.set_num_threads(int(a["threads"]))
+    if a["stage"] not in STAGES:
+        raise ValueError(f"job argument stage={a['stage']!r}; choose one of {STAGES}")
+    cfg, seed, out = run.config, int(run.seed), Path(run.run_dir)
+    model_kw = dict(cfg["model"]["init_args"])
+    data_kw = dict(cfg["data"]["init_args"]) | {"seed": seed}  # each seed its own subset and augmentation
+    data_kw["path"] = resolve_data_path(str(data_kw.get("path", "synthetic")))
+    E, F_ = int(cfg["trainer"]["max_epochs"]), int(a["finetune_epochs"])
+    arch = {k: model_kw[k] for k in ("arch", "widths", "stem_stride") if k in model_kw}
 
     def datamodule():
-        return ImageNpzDataModule(path, batch_size=args.batch_size, train_subset=cfg["train_subset"],
-                                  eval_subset=cfg["eval_subset"], seed=args.seed)
+        return ImageNpzDataModule(**data_kw)
 
     dm = datamodule()
     dm.setup()
-    print(f"[{name}] {path}: train {len(dm.data.labels['train'])}, test {len(dm.data.labels['test'])}, "
-          f"{dm.num_classes} classes, {dm.data.image_size} px, {dm.in_channels} channel(s)", flush=True)
-    res: dict = {"dataset": name, "path": path, "epochs": {"pretrain": E, "finetune": F_, "baseline": E + F_}}
-    models: dict[str, torch.nn.Module] = {}
-
-    base = PlainClassifier(arch="resnet", widths=widths, lr=0.1, lr_step=lr_step)
-    _, t_base = _fit(base, dm, out / name / "baseline", E + F_, args.seed)
-    models["baseline"] = base.classifier
-    print(f"[{name}] baseline {E + F_} epochs: {t_base:.0f}s", flush=True)
-
-    pre = NoiseMaskPretrain(arch="resnet", widths=widths, mode=args.mode, lr=0.1, policy_lr=0.01, lr_step=lr_step)
-    tr, t_pre = _fit(pre, datamodule(), out / name / "pretrain", E, args.seed)
-    models["heated"] = pre.classifier
-    ckpt = out / name / "pretrain" / "checkpoints" / "last.ckpt"
-    print(f"[{name}] noise-mask pretrain ({args.mode}) {E} epochs: {t_pre:.0f}s "
-          f"(val masked acc {float(tr.callback_metrics.get('val/masked_acc', float('nan'))):.3f})", flush=True)
-
-    ft = NoiseMaskFinetune(checkpoint=str(ckpt), arch="resnet", widths=widths, lr=args.finetune_lr,
-                           warmup_epochs=max(1, F_ // 2), lr_step=lr_step)
-    _, t_ft = _fit(ft, datamodule(), out / name / "finetune", F_, args.seed)
-    models["heated+finetune"] = ft.classifier
-    print(f"[{name}] fine-tune {F_} epochs: {t_ft:.0f}s", flush=True)
-
-    res["seconds"] = {"baseline": t_base, "pretrain": t_pre, "finetune": t_ft}
-    res["test"] = {k: _scores(m, dm, "test") for k, m in models.items()}
-
+    res: dict = {"n_train": len(dm.data.labels["train"]), "n_eval": len(dm.data.labels["test"])}
+    if a["stage"] == "baseline":
+        base = PlainClassifier(**arch, lr=model_kw.get("lr", 0.1), lr_step=_step(E + F_),
+                               average_last=int(a["average_last"]))
+        _fit(base, dm, out / "baseline", E + F_, seed)
+        final, heated = base.classifier, None
+    else:
+        pre = NoiseMaskPretrain(**(model_kw | {"lr_step": _step(E)}))
+        trainer = _fit(pre, dm, out / "pretrain", E, seed)
+        heated = pre.classifier
+        cm = trainer.callback_metrics
+        for k in ("mask_entropy", "mask_image_std", "mask_class_eta2", "mask_class_p", "mask_modality_eta2",
+                  "mask_modality_p", "masked_acc"):
+            if f"val/{k}" in cm:
+                res[k] = float(cm[f"val/{k}"])
+        res["heated_test_acc"] = _scores(heated, dm, "test", "h")["h_acc"]
+        ft = NoiseMaskFinetune(checkpoint=str(out / "pretrain" / "checkpoints" / "last.ckpt"), **arch,
+                               lr=float(a["finetune_lr"]), warmup_epochs=int(a["finetune_warmup"]),
+                               lr_step=max(30, F_ + 1), average_last=int(a["average_last"]))
+        _fit(ft, datamodule(), out / "finetune", F_, seed)
+        final = ft.classifier
+    res |= _scores(final, dm, "test", "test")
+    if "shift_test" in dm.data.images:
+        res |= _scores(final, dm, "shift_test", "shift")
+        res["n_shift"] = len(dm.data.labels["shift_test"])
     if dm.data.has_unseen:
-        torch.manual_seed(args.seed)
-        models = {"random init": Classifier(dm.num_classes, dm.in_channels, widths=widths), **models}
-        rows = []
         px, tx = dm.normalise(dm.data.images["unseen_train"]), dm.normalise(dm.data.images["unseen_test"])
-        for init, m in models.items():
-            r = few_shot(extract_features(m, px), dm.data.labels["unseen_train"], extract_features(m, tx),
-                         dm.data.labels["unseen_test"], shots=cfg["shots"], repeats=cfg["repeats"], seed=args.seed)
-            rows += [{"dataset": name, "init": init, **row} for row in r]
-        res["fewshot"] = rows
-    return res
+        py, ty = dm.data.labels["unseen_train"], dm.data.labels["unseen_test"]
+        shots = [int(n) for n in a["shots"]]
+        probe = pd.DataFrame(few_shot(extract_features(final, px), py, extract_features(final, tx), ty,
+                                      shots=shots, repeats=int(a["repeats"]), seed=seed))
+        curve = pd.DataFrame(finetune_curve(final, px, py, tx, ty, shots=shots, steps=int(a["curve_steps"]),
+                                            lr=float(a["curve_lr"]), seed=seed))
+        for n, v in probe.groupby("n")["macro_f1"].mean().items():
+            res[f"probe_f1_n{n}"] = float(v)
+        for row in curve.itertuples():
+            res[f"ft_f1_n{row.n}"] = float(row.macro_f1)
+        res["n_unseen_test"] = len(ty)
+        probe.assign(eval="probe").to_csv(out / "fewshot_probe.csv", index=False)
+        curve.assign(eval="finetune").to_csv(out / "fewshot_finetune.csv", index=False)
+    res["seconds"] = round(time.time() - t0, 1)
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in res.items()}
 
 
-def _table(results: list[dict]) -> str:
-    w = max(9, *(len(r["dataset"]) + 2 for r in results))
-    lines = [f"{'dataset':<{w}}{'model':<18}{'test acc':>9}{'macro-F1':>10}{'train s':>9}"]
-    for r in results:
-        secs = {"baseline": r["seconds"]["baseline"], "heated": r["seconds"]["pretrain"],
-                "heated+finetune": r["seconds"]["pretrain"] + r["seconds"]["finetune"]}
-        for k, v in r["test"].items():
-            lines.append(f"{r['dataset']:<{w}}{k:<18}{v['acc']:>9.3f}{v['macro_f1']:>10.3f}{secs[k]:>9.0f}")
-    fs = [row for r in results for row in r.get("fewshot", [])]
-    if fs:
-        import pandas as pd
+EPOCH_TRAIN = ("train/reward", "train/ce_epoch", "train/loss_epoch", "train/beta_entropy", "train/mask_mean",
+               "train/acc", "val/acc", "val/masked_acc")
 
-        df = pd.DataFrame(fs)
-        piv = df.pivot_table(index="init", columns="n", values="macro_f1", aggfunc=["mean", "std"])
-        ns = sorted(df.n.unique())
-        lines += ["", "unseen-concept few-shot macro-F1 (linear probe on frozen features, mean ± std over draws)",
-                  f"{'init':<18}" + "".join(f"{'n=' + str(n):>14}" for n in ns)]
-        for init in df.init.unique():
-            lines.append(f"{init:<18}" + "".join(
-                f"{piv.loc[init, ('mean', n)]:>8.3f}±{piv.loc[init, ('std', n)]:<5.3f}" for n in ns))
+
+def epoch_table(study_dir: str | os.PathLike) -> pd.DataFrame:  # noqa: F821
+    """What the policy did, per epoch, for every pretraining run of a study folder: the ``mask_stats`` rows
+    (Beta entropy, E[m] spread, η² and p by class / modality) joined with the epoch-level training curves
+    (the policy's reward −CE, the loss, accuracy). One row per (arm, seed, epoch)."""
+    import pandas as pd
+
+    from pfkit.runs import RunDir
+
+    rows = []
+    for pre in sorted(Path(study_dir).glob("*/seed_*/pretrain")):
+        arm, seed = pre.parent.parent.name, int(pre.parent.name.split("_", 1)[1])
+        run = RunDir(pre)
+        stats = run.read("mask_stats") if run.has_table("mask_stats") else pd.DataFrame({"epoch": []})
+        m = run.metrics()
+        cols = [c for c in EPOCH_TRAIN if c in m.columns]
+        curves = m.groupby("epoch")[cols].mean().reset_index() if cols else pd.DataFrame({"epoch": []})
+        curves.columns = [c.replace("/", "_") for c in curves.columns]
+        frame = curves.merge(stats, on="epoch", how="outer")
+        rows.append(frame.assign(arm=arm, seed=seed))
+    if not rows:
+        raise FileNotFoundError(f"{study_dir} has no <arm>/seed_<k>/pretrain run folders; point at the --out "
+                                f"folder of `pfkit study -c studies/noisemask.yaml`")
+    out = pd.concat(rows, ignore_index=True)
+    return out[["arm", "seed", "epoch"] + [c for c in out.columns if c not in ("arm", "seed", "epoch")]]
+
+
+# ============================================================================================== demo
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="the study's smoke-test sizes (~2 min on CPU)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/demo_noisemask-<time>)")
+    parser.add_argument("--data", default=None,
+                        help="also run on this MedMNIST-format npz (e.g. /work/shared/data/medmnist/pneumoniamnist.npz)")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arms (default: every arm of studies/noisemask.yaml)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def _table(rows: list[dict]) -> str:
+    cols = [("test_acc", "test acc"), ("test_f1", "macro-F1"), ("test_auc", "AUC"), ("shift_acc", "shift acc"),
+            ("probe_f1_n64", "probe F1@64"), ("ft_f1_n64", "ft F1@64"), ("mask_entropy", "Beta H"),
+            ("mask_class_p", "class p")]
+    w = max(14, *(len(r["arm"]) + 2 for r in rows))
+    lines = [f"{'arm':<{w}}" + "".join(f"{h:>12}" for _, h in cols)]
+    for r in rows:
+        lines.append(f"{r['arm']:<{w}}" + "".join(
+            f"{r[k]:>12.3f}" if isinstance(r.get(k), float) and not math.isnan(r[k]) else f"{'-':>12}" for k, _ in cols))
     return "\n".join(lines)
 
 
-def _plot(results: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,17 +234,17 @@ def _plot(results: list[dict], path: Path) -> None:
     import pandas as pd
     import seaborn as sns
 
-    acc = pd.DataFrame([{"dataset": r["dataset"], "model": k, "test accuracy": v["acc"]}
-                        for r in results for k, v in r["test"].items()])
-    fs = pd.DataFrame([row for r in results for row in r.get("fewshot", [])])
-    ncols = 2 if len(fs) else 1
+    df = pd.DataFrame(rows)
+    fs = [{"dataset": r["dataset"], "arm": r["arm"], "eval": ev, "n": int(k.rsplit("_n", 1)[1]), "macro_f1": v}
+          for r in rows for k, v in r.items() for ev in ("probe", "ft")
+          if k.startswith(f"{ev}_f1_n") and isinstance(v, float) and not math.isnan(v)]
+    ncols = 2 if fs else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
-    sns.barplot(acc, x="dataset", y="test accuracy", hue="model", ax=axes[0, 0])
+    sns.barplot(df, x="dataset", y="test_f1", hue="arm", ax=axes[0, 0])
     axes[0, 0].set_ylim(0, 1)
-    axes[0, 0].legend(loc="lower right", fontsize=8)
-    axes[0, 0].set_title("held-in classes: test accuracy")
-    if len(fs):
-        sns.lineplot(fs, x="n", y="macro_f1", hue="init", marker="o", errorbar=("ci", 95), ax=axes[0, 1])
+    axes[0, 0].set_title("held-in test macro-F1 (one seed)")
+    if fs:
+        sns.lineplot(pd.DataFrame(fs), x="n", y="macro_f1", hue="arm", style="eval", marker="o", ax=axes[0, 1])
         axes[0, 1].set_xscale("log", base=2)
         axes[0, 1].set_title("unseen concepts: few-shot macro-F1")
         axes[0, 1].set_xlabel("labelled samples")
@@ -186,51 +254,69 @@ def _plot(results: list[dict], path: Path) -> None:
 
 
 def main(args) -> int:
+    """One seed of every arm of studies/noisemask.yaml (its settings: the study's YAML and base config)."""
+    from dataclasses import asdict
+
+    import pandas as pd
     import torch
 
     from pfkit.cli import UserError
-    from pfkit.data.images import NpzFormatError, load_npz, resolve
+    from pfkit.data.images import NpzFormatError, load_npz
     from pfkit.runs import RunDir
+    from pfkit.study import execute, load_study
 
     _quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
-    if args.finetune_epochs is not None:
-        cfg["finetune_epochs"] = args.finetune_epochs
-    if cfg["epochs"] < 1 or cfg["finetune_epochs"] < 1:
-        raise UserError("--epochs and --finetune-epochs must be >= 1")
-    try:
-        widths = [int(w) for w in args.widths.split(",")]
-        assert len(widths) == 4 and min(widths) > 0
-    except (ValueError, AssertionError):
-        raise UserError(f"--widths {args.widths!r}: give four positive ints, e.g. 16,32,64,128") from None
-    datasets = [("synthetic", resolve("synthetic"))]
     if args.data:
         try:
             load_npz(args.data)
         except (NpzFormatError, FileNotFoundError) as e:
             raise UserError(str(e)) from None
-        datasets.append((Path(args.data).stem, args.data))
+    study = load_study(STUDY, quick=args.quick)
+    arms = study.arms
+    if args.arms:
+        want = [s.strip() for s in args.arms.split(",") if s.strip()]
+        names = [a.name for a in arms]
+        unknown = [w for w in want if w not in names]
+        if unknown:
+            raise UserError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(names)}")
+        arms = [a for a in arms if a.name in want]
     out = Path(args.out or f"runs/demo_noisemask-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     run = RunDir(out)
-    run.config_path.write_text(json.dumps({k: v for k, v in vars(args).items() if not k.startswith("_")}
-                                          | {"settings": cfg}, indent=2, default=str) + "\n")
-    t0 = time.time()
-    results = [run_dataset(name, path, out, cfg, args) for name, path in datasets]
+    run.config_path.write_text(json.dumps({"study": str(STUDY), "quick": bool(args.quick), "seed": args.seed,
+                                           "data": args.data, "arms": [a.name for a in arms]}, indent=2) + "\n")
+    study.arms, study.seeds = arms, [int(args.seed)]
+    datasets = [("synthetic", None)] + ([(Path(args.data).stem, args.data)] if args.data else [])
+    rows, t0 = [], time.time()
+    for name, path in datasets:
+        if path is not None:
+            study.overrides = {**study.overrides, "data.init_args.path": path}
+        for spec in study.runs(out / name):
+            print(f"[{name}] {spec.arm} ...", flush=True)
+            row = execute(asdict(spec) | {"run_dir": str(spec.run_dir)}, study.job, threads=args.threads)
+            rows.append({"dataset": name, **row})
+            print(f"[{name}] {spec.arm}: test acc {row['test_acc']:.3f}, macro-F1 {row['test_f1']:.3f}, "
+                  f"{row['wall_s']:.0f} s", flush=True)
     wall = time.time() - t0
-    table = _table(results)
+    table = "\n\n".join(f"[{name}] seed {args.seed} only: a demonstration, not a result (studies/noisemask.yaml "
+                        f"has the seeded study)\n" + _table([r for r in rows if r["dataset"] == name])
+                        for name, _ in datasets)
     print("\n" + table)
-    if any(r.get("fewshot") for r in results):
-        import pandas as pd
-
-        pd.DataFrame([row for r in results for row in r.get("fewshot", [])]).to_csv(out / "fewshot.csv", index=False)
-    _plot(results, out / "summary.png")
-    run.write_summary({"mode": args.mode, "quick": bool(args.quick), "wall_seconds": wall, "settings": cfg,
-                       "results": results, "table": table})
-    print(f"\nwall time {wall:.0f}s; wrote {out}/summary.json, summary.png, fewshot.csv and run folders "
-          f"({', '.join(n for n, _ in datasets)}/{{baseline,pretrain,finetune}})")
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    _plot(rows, out / "summary.png")
+    run.write_summary({"quick": bool(args.quick), "wall_seconds": wall, "results": rows, "table": table})
+    print(f"\nwall time {wall:.0f}s; wrote {out}/summary.json, results.csv, summary.png and run folders "
+          f"({', '.join(n for n, _ in datasets)}/<arm>/seed_{args.seed}/)")
     return 0
+
+
+if __name__ == "__main__":  # python -m pfkit.demos.noisemask epochs STUDY_DIR OUT.csv
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "epochs":
+        sys.exit("usage: python -m pfkit.demos.noisemask epochs STUDY_DIR OUT.csv  (per-epoch policy table)")
+    table = epoch_table(sys.argv[2])
+    table.to_csv(sys.argv[3], index=False, float_format="%.6g")
+    print(f"wrote {sys.argv[3]}: {len(table)} rows ({table.arm.nunique()} arms, {table.seed.nunique()} seeds)")

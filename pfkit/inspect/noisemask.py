@@ -8,6 +8,12 @@ training uses (``pfkit.noise.mask.sample_mask`` + ``upsample_blur``: nearest ups
 Gaussian blur). Per-class average masks show whether the policy learned class-specific noise; the
 accuracy curves come from metrics.csv.
 
+What the policy learned: when the run folder has the module's per-epoch ``mask_stats`` table, the page
+plots the Beta entropy and the class / modality dependence of the expected masks (η² with its
+permutation p-value) over epochs. Whether masks depend on the *image*: for the panel, the distance
+between masks of two different images is set against the distance between two draws for the same image
+(overall, same class, other class), and the α/β maps of two chosen images are shown side by side.
+
 α/β are stored as concentrations (the contract). A map with a value <= 0 cannot be a concentration,
 so it is read as the heads' raw log-concentration and exponentiated; the page says when that happened.
 A redrawn mask multiplies the image *around the panel's mean intensity*: the run multiplies the
@@ -137,6 +143,7 @@ class NoiseMasks:
             self.metrics = self.run.metrics()
         except C.RunFolderError:
             self.metrics = None
+        self.mask_stats = self.run.read("mask_stats") if self.run.has_table("mask_stats") else None
 
     def panel(self, epoch: int) -> Panel:
         if epoch not in self._panels:
@@ -166,6 +173,35 @@ class NoiseMasks:
         pix = pix[0, 0].double().numpy()
         m = p.pixel_mean
         return grid[0].double().numpy(), pix, (p.image[index] - m) * pix[None] + m
+
+    def draws(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two grid-mask draws for the whole panel, under seeds ``seed`` and ``seed + 1``: [K, g, g] each."""
+        import torch
+
+        from pfkit.noise.mask import sample_mask
+
+        p = self.panel(epoch)
+        la = torch.log(torch.as_tensor(p.alpha, dtype=torch.float32))
+        lb = torch.log(torch.as_tensor(p.beta, dtype=torch.float32))
+        with self._rng_lock:
+            a = sample_mask(la, lb, seed=int(seed))[0]
+            b = sample_mask(la, lb, seed=int(seed) + 1)[0]
+        return a.double().numpy(), b.double().numpy()
+
+    def image_dependence(self, epoch: int, seed: int) -> dict[str, float]:
+        """RMS distance between grid masks: two draws for the same image vs draws for two different images
+        (all pairs, pairs of the same class, pairs of different classes). If the policy's masks depend on
+        the image, masks of different images are farther apart than two draws for one image."""
+        a, b = self.draws(epoch, seed)
+        lab = self.panel(epoch).label
+        k = len(a)
+        d = np.sqrt(((a[:, None] - b[None]) ** 2).reshape(k, k, -1).mean(-1))  # d[i, j]: draw 1 of i vs draw 2 of j
+        off = ~np.eye(k, dtype=bool)
+        same = (lab[:, None] == lab[None]) & off
+        other = lab[:, None] != lab[None]
+        return {"same image": float(np.diag(d).mean()), "different images": float(d[off].mean()) if k > 1 else np.nan,
+                "same class": float(d[same].mean()) if same.any() else np.nan,
+                "different class": float(d[other].mean()) if other.any() else np.nan}
 
     def class_means(self, epoch: int) -> dict:
         p = self.panel(epoch)
@@ -246,6 +282,73 @@ def accuracy_figure(data: NoiseMasks):
     return fig
 
 
+def policy_figure(data: NoiseMasks):
+    """Per-epoch mask statistics (the module's ``mask_stats`` table): entropy and class/modality η²."""
+    t = data.mask_stats
+    if t is None or t.empty:
+        return C.empty_figure("no mask_stats table in this run folder (written by NoiseMaskPretrain each epoch)")
+    t = t.sort_values("epoch")
+    fig, axes = C.figure(10.5, 3.2, ncols=2)
+    axes[0].plot(t["epoch"], t["mask_entropy"], marker="o")
+    axes[0].set(xlabel="epoch", ylabel="mean Beta entropy (nats)", title="Beta entropy (0 = uniform)")
+    for by in ("class", "modality"):
+        if f"mask_{by}_eta2" in t:
+            axes[1].plot(t["epoch"], t[f"mask_{by}_eta2"], marker="o", label=f"by {by}")
+    axes[1].set(xlabel="epoch", ylabel="η² of E[m]", title="share of mask variance between groups")
+    axes[1].legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def policy_markdown(data: NoiseMasks) -> str:
+    t = data.mask_stats
+    if t is None or t.empty:
+        return "_No per-epoch mask statistics in this run folder._"
+    last = t.sort_values("epoch").iloc[-1]
+    parts = [f"**What the policy learned** (epoch {int(last['epoch'])}, {len(t)} epochs logged): "
+             f"Beta entropy **{C.fmt(last['mask_entropy'])}**"]
+    for by in ("class", "modality"):
+        if f"mask_{by}_eta2" in t and not pd.isna(last.get(f"mask_{by}_eta2")):
+            parts.append(f"η² by {by} **{C.fmt(last[f'mask_{by}_eta2'])}** (permutation p = "
+                         f"**{C.fmt(last[f'mask_{by}_p'])}**)")
+    return " · ".join(parts)
+
+
+def dependence_markdown(data: NoiseMasks, epoch: int, seed: int) -> str:
+    d = data.image_dependence(epoch, seed)
+    verdict = ("masks of different images differ more than two draws for one image"
+               if d["different images"] > d["same image"] else
+               "two draws for one image differ as much as masks of different images: the draw noise dominates")
+    return (f"**Do masks depend on the image?** (epoch {epoch}, draws with seeds {seed} and {seed + 1}; RMS "
+            f"distance between grid masks) same image **{C.fmt(d['same image'])}** · different images "
+            f"**{C.fmt(d['different images'])}** · same class **{C.fmt(d['same class'])}** · different class "
+            f"**{C.fmt(d['different class'])}** — {verdict}.")
+
+
+def compare_figure(data: NoiseMasks, epoch: int, a: int, b: int):
+    """α, β and E[m] of two panel images side by side (shared colour scales)."""
+    p = data.panel(epoch)
+    fig, axes = C.figure(10.5, 5.4, ncols=4, nrows=2)
+    lim_ab = (min(p.alpha[[a, b]].min(), p.beta[[a, b]].min()), max(p.alpha[[a, b]].max(), p.beta[[a, b]].max()))
+    for row, i in enumerate((a, b)):
+        items = [(_display(p.image[i]), f"image {i} (label {p.label[i]})", "gray", None),
+                 (p.alpha[i], "α", "viridis", lim_ab), (p.beta[i], "β", "viridis", lim_ab),
+                 (p.mean[i], "α/(α+β)", "magma", (0, 1))]
+        for ax, (img, title, cmap, lim) in zip(axes[row], items):
+            im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
+                           interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cmap != "gray":
+                ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"epoch {epoch}: image {a} vs image {b}")
+    return fig
+
+
 def stats_markdown(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int, sigma: float, kernel: int):
     p = data.panel(epoch)
     pred = "" if p.pred is None else f" · predicted **{p.pred[index]}**"
@@ -299,6 +402,21 @@ def _build(data: NoiseMasks):
         fig = gr.Plot(label="image, α, β, mean mask, mask, masked image", elem_id="panel")
         classes = gr.Plot(label="per-class average masks", elem_id="classes")
         acc = gr.Plot(value=accuracy_figure(data), label="accuracy over epochs", elem_id="accuracy")
+        gr.Markdown("## What the policy learned")
+        policy_md = gr.Markdown(value=policy_markdown(data), elem_id="policy")
+        policy_fig = gr.Plot(value=policy_figure(data), label="mask statistics over epochs", elem_id="policy_curves")
+        with gr.Row():
+            img_a = gr.Number(value=0, precision=0, minimum=0, label="compare image A", elem_id="img_a")
+            img_b = gr.Number(value=min(1, len(p0) - 1), precision=0, minimum=0, label="with image B", elem_id="img_b")
+        dependence = gr.Markdown(elem_id="dependence")
+        compare = gr.Plot(label="α/β maps of two images", elem_id="compare")
+
+        def show_compare(e, a, b, s):
+            if e is None:
+                return gr.skip(), gr.skip()
+            n = len(data.panel(e))
+            a, b = (min(max(int(v or 0), 0), n - 1) for v in (a, b))
+            return dependence_markdown(data, int(e), int(s or 0)), compare_figure(data, int(e), a, b)
 
         def show(e, i, m, s, sg, k):
             if e is None:
@@ -320,13 +438,16 @@ def _build(data: NoiseMasks):
         def on_reload():
             msg = C.reload(data) or (f"Reloaded at {time.strftime('%H:%M:%S')}: epochs "
                                      f"{', '.join(map(str, data.epochs))}.")
-            return gr.Dropdown(choices=data.epochs, value=data.epochs[-1]), accuracy_figure(data), msg
+            return (gr.Dropdown(choices=data.epochs, value=data.epochs[-1]), accuracy_figure(data), msg,
+                    policy_markdown(data), policy_figure(data))
 
         inputs = [epoch, index, mode, seed, sigma, kernel]
         gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig], trigger_mode=C.LATEST)
         gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig], trigger_mode=C.LATEST)
         gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes], trigger_mode=C.LATEST)
-        (reload_btn.click(on_reload, None, [epoch, acc, status]).then(on_epoch, epoch, [index, classes])
+        gr.on([epoch.change, img_a.change, img_b.change, seed.change, demo.load], show_compare,
+              [epoch, img_a, img_b, seed], [dependence, compare], trigger_mode=C.LATEST)
+        (reload_btn.click(on_reload, None, [epoch, acc, status, policy_md, policy_fig]).then(on_epoch, epoch, [index, classes])
          .then(show, inputs, [stats, fig]))
         resample.click(lambda *v: (SAMPLED, *show(*v[:2], SAMPLED, *v[3:])), inputs, [mode, stats, fig])
     return demo

@@ -9,6 +9,11 @@
 
 ``num_classes`` / ``in_channels`` default to the datamodule's (``ImageNpzDataModule``), so one config
 works on the synthetic set and on any MedMNIST npz.
+
+Controls (study arms): ``NoiseMaskPretrain(freeze_policy=True)`` is the random-mask control (the same
+Beta noise from an untrained policy and base that never change); ``lr_match=True`` removes the faithful
+loss's learning-rate factor from the classifier (``pfkit.noise.reinforce``). ``average_last=k`` on the
+plain/fine-tune modules averages the weights of the last k epochs (the paper's ``weight_averaging.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class _ClassifierModule(LightningModule):
 
     def _classifier(self) -> Classifier:
         h = self.hparams
-        return Classifier(h.num_classes, h.in_channels, arch=h.arch, widths=tuple(h.widths))
+        return Classifier(h.num_classes, h.in_channels, arch=h.arch, widths=tuple(h.widths),
+                          stem_stride=h.get("stem_stride", 1))
 
     def _eval_step(self, batch, prefix: str) -> torch.Tensor:
         x, y = batch
@@ -71,14 +77,21 @@ class PlainClassifier(_ClassifierModule):
 
     SGD(momentum 0.9, wd 1e-4); optional linear warm-up from ``warmup_start``·lr over ``warmup_epochs``,
     then StepLR(``lr_step``, ``lr_gamma``) — the official ``_normal`` trainer's schedule.
+
+    ``average_last=k`` (> 1): the weights (and BatchNorm statistics) at the end of each of the last k
+    epochs are averaged with ``torch.optim.swa_utils.AveragedModel`` and copied into the classifier when
+    training ends — the official ``utils/weight_averaging.py`` (mean of the last 3 epochs' state dicts).
+    A checkpoint written during training holds the last epoch's weights, not the average.
     """
 
     def __init__(self, num_classes: int | None = None, in_channels: int | None = None, arch: str = "resnet",
                  widths: tuple[int, ...] = (16, 32, 64, 128), lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, lr_step: int = 30, lr_gamma: float = 0.1, warmup_epochs: int = 0,
-                 warmup_start: float = 0.01, checkpoint: str | None = None, load_head: bool = True):
+                 warmup_start: float = 0.01, checkpoint: str | None = None, load_head: bool = True,
+                 stem_stride: int = 1, average_last: int = 0):
         super().__init__()
         self.save_hyperparameters()
+        self._average = None
         if num_classes is not None and in_channels is not None:
             self._build()
 
@@ -102,6 +115,21 @@ class PlainClassifier(_ClassifierModule):
     def validation_step(self, batch, batch_idx):
         return self._eval_step(batch, "val")
 
+    def on_train_epoch_end(self) -> None:
+        k, last = int(self.hparams.average_last or 0), int(self.trainer.max_epochs or 0)
+        if k > 1 and self.current_epoch >= last - k:
+            from torch.optim.swa_utils import AveragedModel
+
+            if self._average is None:  # a copy with n_averaged = 0: the first update sets it to these weights
+                self._average = AveragedModel(self.classifier, use_buffers=True)
+            self._average.update_parameters(self.classifier)
+
+    def on_train_end(self) -> None:
+        if self._average is not None:  # the mean of the last k epochs replaces the last epoch's weights
+            self.classifier.load_state_dict(self._average.module.state_dict())
+            self.averaged_epochs = int(self._average.n_averaged)
+            self._average = None
+
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.SGD(self.classifier.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
@@ -120,9 +148,10 @@ class NoiseMaskFinetune(PlainClassifier):
     def __init__(self, checkpoint: str, num_classes: int | None = None, in_channels: int | None = None,
                  arch: str = "resnet", widths: tuple[int, ...] = (16, 32, 64, 128), lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 1e-4, lr_step: int = 30, lr_gamma: float = 0.1,
-                 warmup_epochs: int = 2, warmup_start: float = 0.01, load_head: bool = True):
+                 warmup_epochs: int = 2, warmup_start: float = 0.01, load_head: bool = True, stem_stride: int = 1,
+                 average_last: int = 0):
         super().__init__(num_classes, in_channels, arch, widths, lr, momentum, weight_decay, lr_step, lr_gamma,
-                         warmup_epochs, warmup_start, checkpoint, load_head)
+                         warmup_epochs, warmup_start, checkpoint, load_head, stem_stride, average_last)
 
 
 def load_classifier(classifier: torch.nn.Module, path: str, *, load_head: bool = True) -> None:
@@ -161,7 +190,16 @@ class NoiseMaskPretrain(_ClassifierModule):
     Validation logs ``val/acc`` on clean images (what fine-tuning starts from) and ``val/masked_acc``
     under one mask from the unconditional base distribution (the official ``evaluate.py``). Every
     validation epoch, a fixed panel of the first ``panel_size`` validation images is written to
-    ``RUN_DIR/masks/epoch_XXX.npz`` (image, alpha, beta, mask, pixel_mask, masked, label, pred).
+    ``RUN_DIR/masks/epoch_XXX.npz`` (image, alpha, beta, mask, pixel_mask, masked, label, pred), and the
+    policy's masks on the first ``stats_size`` validation images are summarised (``val/mask_*``, and one
+    row per epoch in the run folder's ``mask_stats`` table): mean Beta entropy, mean and spread of E[m],
+    how much of E[m]'s variance is between images, and η² with a permutation p-value by class and by
+    modality (``pfkit.noise.metrics.group_dependence``).
+
+    ``freeze_policy=True`` is the random-mask control: the policy and its base are never updated (eval
+    mode, no gradient, no optimiser step), so the classifier sees the untrained policy's Beta noise and
+    only what the policy gradient would add is missing. ``lr_match=True`` (faithful mode): the classifier
+    gets plain ∇CE, the policy the faithful gradient (``pfkit.noise.reinforce``).
     """
 
     def __init__(self, num_classes: int | None = None, in_channels: int | None = None, arch: str = "resnet",
@@ -170,14 +208,21 @@ class NoiseMaskPretrain(_ClassifierModule):
                  policy_hidden: int = 128, use_base: bool = True, lr: float = 0.1, policy_lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 1e-4, lr_step: int = 30, lr_gamma: float = 0.1,
                  baseline_momentum: float = 0.9, entropy_coef: float = 0.0, clip_grad_norm: float | None = None,
-                 panel_size: int = 8, panel_seed: int = 0):
+                 panel_size: int = 8, panel_seed: int = 0, freeze_policy: bool = False, lr_match: bool = False,
+                 stem_stride: int = 1, policy_stem_stride: int = 1, stats_size: int = 256,
+                 stats_resamples: int = 999):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; choose one of {MODES}")
+        if lr_match and mode != "faithful":
+            raise ValueError("lr_match=True applies to mode='faithful' only (per_sample's classifier already "
+                             "sees plain CE); remove lr_match or set mode: faithful")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.baseline = RewardBaseline(baseline_momentum)
         self._panel: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._stats: tuple[torch.Tensor, np.ndarray] | None = None  # fixed images for mask statistics
+        self._stats_done = False
         if num_classes is not None and in_channels is not None:
             self._build()
 
@@ -185,7 +230,9 @@ class NoiseMaskPretrain(_ClassifierModule):
         h = self.hparams
         self.classifier = self._classifier()
         self.policy = MaskPolicy(grid=h.grid, in_channels=h.in_channels, widths=tuple(h.policy_widths),
-                                 hidden=h.policy_hidden, use_base=h.use_base)
+                                 hidden=h.policy_hidden, use_base=h.use_base, stem_stride=h.policy_stem_stride)
+        if h.freeze_policy:
+            self.policy.requires_grad_(False)
 
     def forward(self, x):
         return self.classifier(x)
@@ -195,22 +242,26 @@ class NoiseMaskPretrain(_ClassifierModule):
         h = self.hparams
         x, y = batch
         opt_c, opt_p = self.optimizers()
+        if h.freeze_policy:
+            self.policy.eval()  # no BatchNorm statistics or base update: the policy stays as initialised
         log_a, log_b = self.policy(x)
         mask, logp, dist = sample_mask(log_a, log_b)
         masked, _ = apply_mask(x, mask, sigma=h.sigma, kernel_size=h.kernel_size)
         logits = self.classifier(masked)
         ce = F.cross_entropy(logits, y, reduction="none")
-        entropy = dist.entropy() if h.entropy_coef else None
-        loss, stats = reinforce_loss(h.mode, logp, ce, baseline=self.baseline, entropy=entropy,
-                                     entropy_coef=h.entropy_coef)
+        ent = dist.entropy()
+        loss, stats = reinforce_loss(h.mode, logp, ce, baseline=self.baseline, entropy=ent if h.entropy_coef else None,
+                                     entropy_coef=h.entropy_coef, lr_match=h.lr_match)
         opt_c.zero_grad()
         opt_p.zero_grad()
         self.manual_backward(loss)
         if h.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.classifier.parameters(), h.clip_grad_norm)
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.clip_grad_norm)
+            if not h.freeze_policy:
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.clip_grad_norm)
         opt_c.step()
-        opt_p.step()
+        if not h.freeze_policy:
+            opt_p.step()
         n = len(y)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train/ce", ce.detach().mean(), on_step=True, on_epoch=True, batch_size=n, prog_bar=True,
@@ -222,13 +273,17 @@ class NoiseMaskPretrain(_ClassifierModule):
                  sync_dist=True)
         self.log("train/beta_mean", log_b.detach().exp().mean(), on_step=False, on_epoch=True, batch_size=n,
                  sync_dist=True)
+        self.log("train/beta_entropy", ent.detach().mean(), on_step=False, on_epoch=True, batch_size=n,
+                 sync_dist=True)
         for k, v in stats.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
-        for s in self.lr_schedulers():
-            s.step()
+        sched_c, sched_p = self.lr_schedulers()
+        sched_c.step()
+        if not self.hparams.freeze_policy:  # a frozen policy's optimiser never steps: nor does its schedule
+            sched_p.step()
 
     def configure_optimizers(self):
         h = self.hparams
@@ -260,16 +315,71 @@ class NoiseMaskPretrain(_ClassifierModule):
         x, y = batch
         if batch_idx == 0 and self._panel is None:
             self._panel = (x[: h.panel_size].detach().clone(), y[: h.panel_size].detach().clone())
+        if not self._stats_done:
+            self._collect_stats_images(x, y)
         self._eval_step(batch, "val")
         mask = self._unconditional_mask(x, seed=h.panel_seed + batch_idx)
         masked, _ = apply_mask(x, mask, sigma=h.sigma, kernel_size=h.kernel_size)
         self.log("val/masked_acc", (self.classifier(masked).argmax(1) == y).float().mean(), on_epoch=True,
                  sync_dist=True)
 
+    def _collect_stats_images(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The first ``stats_size`` validation images of the first real validation epoch (the val loader is
+        unshuffled, so they match ``val_modality``'s first entries), kept for every later epoch."""
+        have = 0 if self._stats is None else len(self._stats[0])
+        take = max(0, min(len(x), self.hparams.stats_size - have))
+        if take == 0:
+            return
+        xs, ys = x[:take].detach().clone(), y[:take].detach().cpu().numpy()
+        if self._stats is not None:
+            xs, ys = torch.cat([self._stats[0], xs]), np.concatenate([self._stats[1], ys])
+        self._stats = (xs, ys)
+
+    @torch.no_grad()
+    def mask_statistics(self, x: torch.Tensor, labels: np.ndarray, modality: np.ndarray | None = None, *,
+                        seed: int = 0) -> dict[str, float]:
+        """What the policy does on images ``x`` (eval mode): entropy, E[m] spread, class/modality dependence."""
+        from pfkit.noise.metrics import beta_entropy, expected_mask, group_dependence
+
+        h = self.hparams
+        was = self.policy.training
+        self.policy.eval()
+        log_a, log_b = self.policy(x)
+        self.policy.train(was)
+        em = expected_mask(log_a, log_b).cpu().numpy()
+        between_images = float(((em - em.mean(0)) ** 2).sum())
+        everything = float(((em - em.mean()) ** 2).sum())
+        out = {"mask_entropy": float(beta_entropy(log_a, log_b)), "mask_mean": float(em.mean()),
+               "mask_patch_std": float(em.mean(0).std()),  # spatial structure of the average mask
+               "mask_image_std": float(em.std(0).mean()),  # how much E[m] varies between images
+               "mask_image_var_share": between_images / max(everything, 1e-30),  # vs spatial variance
+               "alpha_mean": float(log_a.exp().mean()), "beta_mean": float(log_b.exp().mean())}
+        for name, groups in (("class", labels), ("modality", modality)):
+            if groups is None:
+                continue
+            d = group_dependence(em, groups, n_resamples=h.stats_resamples, seed=seed)
+            out[f"mask_{name}_eta2"], out[f"mask_{name}_p"] = d["eta2"], d["p"]
+        return out
+
+    def _stats_modality(self) -> np.ndarray | None:
+        dm = getattr(self.trainer, "datamodule", None)
+        mod = dm.modality("val") if dm is not None and hasattr(dm, "modality") else None
+        return None if mod is None else np.asarray(mod)[: len(self._stats[1])]
+
     def on_validation_epoch_end(self) -> None:
-        if self._panel is None or self.trainer.sanity_checking or self._trainer is None:
+        if self._trainer is not None and self.trainer.sanity_checking:
+            self._stats = None  # sanity batches are collected again by the first real epoch
+            return
+        self._stats_done = self._stats is not None
+        if self._panel is None or self._trainer is None:
             return
         h = self.hparams
+        row = None
+        if self._stats is not None and len(self._stats[1]) >= 2:
+            row = self.mask_statistics(self._stats[0], self._stats[1], self._stats_modality(),
+                                       seed=h.panel_seed + int(self.current_epoch))
+            for k, v in row.items():
+                self.log(f"val/{k}", v, on_epoch=True, sync_dist=False, rank_zero_only=True)
         x, y = self._panel
         log_a, log_b = self.policy(x)  # eval mode here: BN running stats, base not updated
         mask, _, _ = sample_mask(log_a, log_b, seed=h.panel_seed)
@@ -285,6 +395,8 @@ class NoiseMaskPretrain(_ClassifierModule):
         run = run_dir_of(self.trainer)  # collective under DDP (log_dir is broadcast): every rank calls it
         if not self.trainer.is_global_zero:  # same panel, same weights on every rank: one writer
             return
+        if row is not None:
+            run.append("mask_stats", [{"epoch": int(self.current_epoch), **row}], step=int(self.current_epoch))
         run.save_masks(
             int(self.current_epoch), image=img(x), alpha=log_a.exp().detach().cpu().numpy(),
             beta=log_b.exp().detach().cpu().numpy(), mask=mask.cpu().numpy(),

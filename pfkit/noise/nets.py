@@ -22,7 +22,9 @@ def resnet_backbone(in_channels: int, widths: Sequence[int] = (16, 32, 64, 128),
     """A MONAI 2-D ResNet-10-style trunk (one BasicBlock per stage), pooled; returns (module, out_dim).
 
     ``stem_stride=1`` and no max-pool keep enough resolution for 28 px inputs (the ImageNet stem,
-    stride 2 + max-pool, would shrink 28 px to 7 px before the first block).
+    stride 2 + max-pool, would shrink 28 px to 7 px before the first block). ``stem_stride=2`` (no
+    max-pool: 28 px -> 14 px) makes a step 2-3x cheaper on CPU (benchmarks/noisemask_step.py), which
+    is what lets the seeded study fit.
     """
     from monai.networks.nets import ResNet  # lazy: see pfkit.noise
 
@@ -47,12 +49,12 @@ class Classifier(nn.Module):
     """backbone (MONAI) -> features -> linear head."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, arch: str = "resnet",
-                 widths: Sequence[int] = (16, 32, 64, 128)):
+                 widths: Sequence[int] = (16, 32, 64, 128), stem_stride: int = 1):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown classifier arch {arch!r}; choose one of {ARCHS}")
         if arch == "resnet":
-            self.backbone, dim = resnet_backbone(in_channels, widths)
+            self.backbone, dim = resnet_backbone(in_channels, widths, stem_stride)
         else:
             self.backbone, dim = densenet_backbone(in_channels)
         self.head = nn.Linear(dim, num_classes)

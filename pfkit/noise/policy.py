@@ -34,12 +34,13 @@ class MaskPolicy(nn.Module):
     """Maps images [B, C, H, W] to (log α, log β), each [B, grid, grid]."""
 
     def __init__(self, grid: int = 8, in_channels: int = 1, widths: Sequence[int] = (8, 16, 32, 64),
-                 hidden: int = 128, use_base: bool = True, mix: float = 0.9, base_momentum: float = 0.99):
+                 hidden: int = 128, use_base: bool = True, mix: float = 0.9, base_momentum: float = 0.99,
+                 stem_stride: int = 1):
         super().__init__()
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
         self.grid, self.use_base, self.mix, self.base_momentum = grid, use_base, mix, base_momentum
-        self.fe, dim = resnet_backbone(in_channels, widths)
+        self.fe, dim = resnet_backbone(in_channels, widths, stem_stride)
         self.alpha = _head(dim, hidden, grid * grid)
         self.beta = _head(dim, hidden, grid * grid)
         if use_base:

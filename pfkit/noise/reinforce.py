@@ -13,6 +13,15 @@ Both return one scalar to ``backward()`` once; it trains the classifier and the 
   and the policy's is CE·∇mean(L): REINFORCE with reward −CE, no baseline, one reward per batch; the
   logsumexp weights the per-patch scores by softmax_j p(m_ij), which is not zero-mean.
 
+``faithful`` with ``lr_match=True`` — the learning-rate-matched control::
+
+    loss = CE + sg(CE) · (L̄ − sg(L̄))              (L̄ = mean_i L_i, sg = stop-gradient; value = CE)
+
+  The classifier's gradient is exactly ∇CE, as for the plain baseline at the same lr (this is what
+  dividing the faithful loss by a detached L̄ does to the classifier), while the policy's gradient stays
+  the faithful one, CE·∇L̄ (dividing would also shrink it by 1/L̄). So this arm differs from ``faithful``
+  only in the classifier's learning-rate factor L̄ ≈ log g² + …, which is the confound it removes.
+
 ``per_sample`` — the textbook estimator::
 
     R_i  = −CE_i (detached),  b = moving average of mean R,  A_i = R_i − b
@@ -29,10 +38,15 @@ import torch
 MODES = ("faithful", "per_sample")
 
 
-def faithful_loss(logp: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
-    """mean_i logsumexp_j logp_ij × CE. ``logp`` [B, ...patches], ``ce`` per-sample [B] or a scalar."""
+def faithful_loss(logp: torch.Tensor, ce: torch.Tensor, *, lr_match: bool = False) -> torch.Tensor:
+    """mean_i logsumexp_j logp_ij × CE. ``logp`` [B, ...patches], ``ce`` per-sample [B] or a scalar.
+
+    ``lr_match``: CE + sg(CE)·(L̄ − sg(L̄)) — same policy gradient, classifier gradient ∇CE (module doc)."""
     ce = ce.mean() if ce.dim() > 0 else ce
-    return torch.logsumexp(logp.flatten(1), dim=1).mean() * ce
+    lse = torch.logsumexp(logp.flatten(1), dim=1).mean()
+    if lr_match:
+        return ce + ce.detach() * (lse - lse.detach())
+    return lse * ce
 
 
 def per_sample_loss(logp: torch.Tensor, ce: torch.Tensor, baseline: float | torch.Tensor = 0.0, *,
@@ -77,12 +91,15 @@ class RewardBaseline:
 
 
 def reinforce_loss(mode: str, logp: torch.Tensor, ce: torch.Tensor, *, baseline: RewardBaseline | None = None,
-                   entropy: torch.Tensor | None = None, entropy_coef: float = 0.0
+                   entropy: torch.Tensor | None = None, entropy_coef: float = 0.0, lr_match: bool = False
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One loss for classifier + policy. ``ce`` per-sample [B]. Updates ``baseline`` in per_sample mode."""
+    """One loss for classifier + policy. ``ce`` per-sample [B]. Updates ``baseline`` in per_sample mode.
+
+    ``lr_match`` applies to ``faithful`` only (per_sample's classifier already sees plain CE)."""
     if mode == "faithful":
         lse = torch.logsumexp(logp.flatten(1), dim=1).mean()
-        return faithful_loss(logp, ce), {"reward": -ce.detach().mean(), "logsumexp_logp": lse.detach()}
+        return faithful_loss(logp, ce, lr_match=lr_match), {"reward": -ce.detach().mean(),
+                                                            "logsumexp_logp": lse.detach()}
     if mode == "per_sample":
         b = baseline.get(-ce) if baseline is not None else 0.0
         loss, stats = per_sample_loss(logp, ce, b, entropy=entropy, entropy_coef=entropy_coef)

@@ -1,0 +1,94 @@
+"""The noise-mask inspector's "what the policy learned" views: per-epoch mask statistics, whether masks
+depend on the image (draw-to-draw vs image-to-image distance), two images' α/β side by side; in a browser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _browser import chromium, open_app, page, screenshot, serve, wait_text  # noqa: F401  (fixtures)
+from _inspect_runs import noisemask_run
+
+from pfkit.inspect import _common as C
+from pfkit.inspect import noisemask as N
+
+STATS = pd.DataFrame({"epoch": [0, 1, 2], "mask_entropy": [-0.05, -0.08, -0.12],
+                      "mask_class_eta2": [0.03, 0.05, 0.21], "mask_class_p": [0.4, 0.02, 0.001],
+                      "mask_modality_eta2": [0.1, 0.1, 0.12], "mask_modality_p": [0.001, 0.001, 0.001]})
+
+
+def _run(tmp_path, stats=True):
+    run = noisemask_run(tmp_path / "run", epochs=(0, 2), images=6, classes=3, grid=4, size=16)
+    if stats:
+        for _, row in STATS.iterrows():
+            run.append("mask_stats", [row.to_dict()], step=int(row.epoch))
+    return run
+
+
+def _expected_dependence(alpha, beta, labels, seed):
+    """Independent of the app: torch's Beta under the two seeds, RMS distances by pair type."""
+    draws = []
+    for s in (seed, seed + 1):
+        torch.manual_seed(s)
+        draws.append(torch.distributions.Beta(torch.as_tensor(alpha), torch.as_tensor(beta)).sample()
+                     .clamp(1e-6, 1 - 1e-6).double().numpy())
+    a, b = draws
+    k = len(a)
+    same_img = np.mean([np.sqrt(np.mean((a[i] - b[i]) ** 2)) for i in range(k)])
+    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+    diff_img = np.mean([np.sqrt(np.mean((a[i] - b[j]) ** 2)) for i, j in pairs])
+    same_cls = np.mean([np.sqrt(np.mean((a[i] - b[j]) ** 2)) for i, j in pairs if labels[i] == labels[j]])
+    diff_cls = np.mean([np.sqrt(np.mean((a[i] - b[j]) ** 2)) for i, j in pairs if labels[i] != labels[j]])
+    return same_img, diff_img, same_cls, diff_cls
+
+
+def test_image_dependence_matches_an_independent_computation(tmp_path):
+    _run(tmp_path)
+    data = N.NoiseMasks(tmp_path / "run")
+    z = np.load(tmp_path / "run" / "masks" / "epoch_002.npz")
+    d = data.image_dependence(2, seed=5)
+    exp = _expected_dependence(z["alpha"], z["beta"], z["label"], 5)
+    assert [d["same image"], d["different images"], d["same class"], d["different class"]] == pytest.approx(exp)
+    text = N.policy_markdown(data)
+    assert "epoch 2, 3 epochs logged" in text and "η² by class **0.210**" in text and "p = **0.001**" in text
+    N.compare_figure(data, 2, 0, 5)
+    N.policy_figure(data)
+
+
+def test_identical_images_give_no_image_dependence(tmp_path):
+    """A policy that ignores the image (every panel row has the same α, β): image-to-image distance equals
+    draw-to-draw distance in expectation; with many patches they agree closely."""
+    run = noisemask_run(tmp_path / "run", epochs=(0,), images=8, classes=2, grid=4, size=16)
+    z = dict(np.load(tmp_path / "run" / "masks" / "epoch_000.npz"))
+    g = 32
+    z["alpha"] = np.full((8, g, g), 2.0, np.float32)
+    z["beta"] = np.full((8, g, g), 3.0, np.float32)
+    run.save_masks(0, **z)
+    d = N.NoiseMasks(tmp_path / "run").image_dependence(0, seed=0)
+    assert d["different images"] == pytest.approx(d["same image"], rel=0.05)
+    assert "_No per-epoch mask statistics" in N.policy_markdown(N.NoiseMasks(tmp_path / "run"))
+
+
+@pytest.mark.browser
+def test_policy_views_in_browser(page, tmp_path):  # noqa: F811
+    _run(tmp_path)
+    z = np.load(tmp_path / "run" / "masks" / "epoch_002.npz")
+    with serve(N.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#policy", "η² by class 0.210")
+        text = wait_text(page, "#dependence", "Do masks depend on the image?")
+        exp = _expected_dependence(z["alpha"], z["beta"], z["label"], 0)
+        assert f"same image {C.fmt(exp[0])}" in text and f"different images {C.fmt(exp[1])}" in text
+        seed = page.locator("#seed input")
+        seed.fill("3")
+        seed.press("Enter")
+        text = wait_text(page, "#dependence", "seeds 3 and 4")
+        exp = _expected_dependence(z["alpha"], z["beta"], z["label"], 3)
+        assert f"same class {C.fmt(exp[2])}" in text and f"different class {C.fmt(exp[3])}" in text
+        box = page.locator("#img_b input")
+        box.fill("4")
+        box.press("Enter")
+        page.locator("#compare img, #compare canvas, #compare svg").first.wait_for()
+        page.locator("#policy_curves img, #policy_curves canvas, #policy_curves svg").first.wait_for()
+        screenshot(page, tmp_path / "noisemask_policy.png")
