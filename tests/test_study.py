@@ -155,6 +155,11 @@ def test_cli_runs_in_parallel_processes_resumes_and_writes_the_table(tmp_path):
     cfg = (out / "b" / "seed_1" / "config.yaml").read_text()
     assert "lr: 0.5" in cfg and "seed_everything: 1" in cfg  # the run folder's config is YAML
 
+    # --summary without runs reads the committed table and prints the same paired line
+    stored = run_cli(tmp_path, "-c", str(path), "--summary", "--out", str(tmp_path / "nothing"))
+    assert stored.returncode == 0 and "summarising the stored table" in stored.stdout
+    assert paired_line in stored.stdout
+
     quick = run_cli(tmp_path, "-c", str(path), "--quick", "--out", str(tmp_path / "q"))
     assert quick.returncode == 0 and "QUICK: smoke-test sizes" in quick.stdout
     assert len(pd.read_parquet(tmp_path / "q" / "results.parquet")) == 1

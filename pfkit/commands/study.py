@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the YAML's smoke-test sizes (not a result)")
     parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
                         help="local process pool; submitit-local / debug (submitit, for testing); slurm")
-    parser.add_argument("--summary", action="store_true", help="only summarise the runs already finished")
+    parser.add_argument("--summary", action="store_true",
+                        help="only summarise: the runs finished in --out, else the study's stored table")
 
 
 def main(args) -> int:
@@ -25,11 +26,18 @@ def main(args) -> int:
     study = load_study(args.config, quick=args.quick)
     out = Path(args.out or f"runs/study_{study.name}{'_quick' if study.quick else ''}")
     if args.summary:
+        import pandas as pd
+
         from pfkit.study import collect
 
-        if not out.is_dir():
-            raise UserError(f"{out} has no study runs yet; run `pfkit study -c {args.config}` first")
-        results, errors = collect(study, out), []
+        results, errors = (collect(study, out) if out.is_dir() else pd.DataFrame()), []
+        if results.empty and study.table is not None and study.table.is_file() and not study.quick:
+            print(f"(no runs in {out}: summarising the stored table {study.table})")
+            results = pd.read_csv(study.table)
+            out.mkdir(parents=True, exist_ok=True)
+        elif results.empty:
+            raise UserError(f"{out} has no finished runs and there is no stored table; run "
+                            f"`pfkit study -c {args.config}` first")
     else:
         results, errors = run_study(study, out, workers=args.workers, launcher=args.launcher)
     if results.empty:
