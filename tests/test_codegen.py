@@ -79,3 +79,17 @@ def test_splits_are_built_once_and_each_call_gets_its_own_lists():
     assert len(b["train"]) == 30 and b["test"][0] is a["test"][0]  # same frozen problems, new lists
     fresh = codegen._splits.__wrapped__(0, 30, 5, 10)  # uncached: the cache returns what generation returns
     assert [p.prompt for p in b["train"]] == [p.prompt for p in fresh["train"]]
+
+
+def test_extra_split_is_disjoint_from_the_fixed_splits_and_reproducible():
+    from pfkit.tasks import codegen
+
+    extra = codegen.extra_split("study_eval", 300)
+    fixed = {p.meta["fingerprint"] for ps in codegen.splits().values() for p in ps}
+    fps = [p.meta["fingerprint"] for p in extra]
+    assert len(extra) == 300 and len(set(fps)) == 300 and not set(fps) & fixed
+    assert extra[7].task_id == "codegen/study_eval/7"
+    assert [p.prompt for p in codegen.extra_split("study_eval", 300)] == [p.prompt for p in extra]
+    assert codegen.extra_split("other", 5)[0].prompt != extra[0].prompt
+    with pytest.raises(ValueError, match="fixed split"):
+        codegen.extra_split("test", 5)

@@ -67,6 +67,12 @@ def test_general_forms_cover_the_named_strategies():
         select(torch.tensor([[1.0, float("nan")]]), "bon")
 
 
+def test_paper_br_selection_frequencies_match_inclusion_probs():
+    rewards = torch.tensor([[0.1, 0.9, 0.3, 0.5, 0.2]]).expand(20000, 5)
+    kept = select(rewards, "paper-br", torch.Generator().manual_seed(0)).double().mean(0)
+    assert torch.allclose(kept, inclusion_probs(rewards[:1], "paper-br")[0], atol=0.01)
+
+
 def test_inclusion_probs():
     p = inclusion_probs(R, "br")
     assert p[0].tolist() == [0.25, 1.0, 0.25, 0.25, 0.25]
@@ -124,9 +130,34 @@ def test_paper_weight_form_by_name():
     from pfkit.rl.filtration import resolve
 
     s = resolve("paper-br")
-    assert isinstance(s, RankWeights) and s.draws == 2
-    # two draws from (1/2, 1/8 x 4): the best is kept with prob 1 - (1/2)^2, each other 1 - (7/8)^2
+    assert isinstance(s, RankWeights) and s.draws == 2 and not s.replacement
+    # two distinct draws from (1/2, 1/8 x 4), by hand: the best is kept with prob
+    # 1/2 + 4 * 1/8 * (1/2)/(7/8) = 11/14; another rank with 1/8 + 1/2 * (1/8)/(1/2) + 3 * 1/8 * (1/8)/(7/8) = 17/56
     p = inclusion_probs(R, "paper-br")[0]
-    assert p[1].item() == pytest.approx(0.75) and p[0].item() == pytest.approx(1 - (7 / 8) ** 2)
-    assert select(R, "paper-bw", torch.Generator().manual_seed(1)).sum(1).le(2).all()
+    assert p[1].item() == pytest.approx(11 / 14) and p[0].item() == pytest.approx(17 / 56)
+    assert p.sum().item() == pytest.approx(2.0)  # the paper's "about 2 of N" kept, exactly
+    for name in ("paper-br", "paper-bw"):  # every prompt keeps exactly 2 (with replacement: 1.5 for BW)
+        assert select(R, name, torch.Generator().manual_seed(1)).sum(1).eq(2).all()
+    assert select(R, "paper-bon").equal(select(R, "bon"))
+    # with replacement (the general RankWeights form) the old union-of-draws semantics stay available
+    assert inclusion_probs(R, RankWeights("br", draws=2))[0, 1].item() == pytest.approx(0.75)
     assert inclusion_probs(R, "paper-bw").bool().equal(select(R, "bw"))
+
+
+def test_reliability_curve_bins_counts_and_exact_intervals():
+    from scipy import stats
+
+    from pfkit.rl.filtration import reliability_curve
+
+    rewards = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+    scores = np.array([0, 0, 1, 0, 1, 1, 1, 0])
+    curve = reliability_curve(rewards, scores, bins=2)
+    assert curve["count"].tolist() == [4, 4] and curve["score_mean"].tolist() == [0.25, 0.75]
+    assert curve["reward_mean"].tolist() == pytest.approx([0.25, 0.75])
+    # Clopper-Pearson for 1 of 4 from the beta quantiles, independently of binomtest
+    assert curve.loc[0, "ci_low"] == pytest.approx(stats.beta.ppf(0.025, 1, 4))
+    assert curve.loc[0, "ci_high"] == pytest.approx(stats.beta.ppf(0.975, 2, 3))
+    width = reliability_curve(np.arange(8.0), scores, bins=4, binning="width")  # edges 0, 1.75, 3.5, 5.25, 7
+    assert width["count"].tolist() == [2, 2, 2, 2] and width["score_mean"].tolist() == [0.0, 0.5, 1.0, 0.5]
+    frac = reliability_curve(rewards, scores * 0.5 + 0.25, bins=2)  # fractional scores: t interval
+    assert frac.loc[0, "ci_low"] < frac.loc[0, "score_mean"] < frac.loc[0, "ci_high"]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 __all__ = ["STRATEGIES", "RankWindow", "RankWeights", "resolve", "paper_weights", "ranks", "select",
-           "inclusion_probs", "r_squared"]
+           "inclusion_probs", "r_squared", "reliability_curve"]
 
 STRATEGIES = ("none", "bon", "br", "bw")
 
@@ -68,11 +68,14 @@ class RankWeights:
 
     ``weights`` may also be a strategy name (``"br"``, ``"bw"``, ``"bon"``): the paper's vector for that
     strategy at whatever N the rewards have. The strategy names ``paper-br``, ``paper-bw``, ``paper-bon``
-    resolve to ``RankWeights(name, draws=2)``.
+    resolve to ``RankWeights(name, draws=2, replacement=False)``: two *distinct* ranks, so they keep the
+    paper's "about 2 of N" (with replacement BW's union of two draws would keep 1.5 on average). Without
+    replacement, ``draws`` is capped at the number of ranks with positive weight (BoN keeps one).
     """
 
     weights: tuple[float, ...] | str
     draws: int = 2
+    replacement: bool = True
 
     def probs(self, n: int) -> torch.Tensor:
         weights = paper_weights(self.weights, n) if isinstance(self.weights, str) else self.weights
@@ -97,7 +100,7 @@ def resolve(strategy) -> RankWindow | RankWeights:
     key = str(strategy).lower().replace("-", "").replace("_", "")
     key = {"ppom": "none", "bestofn": "bon", "bestrandom": "br", "bestworst": "bw"}.get(key, key)
     if key.startswith("paper") and key[5:] in ("bon", "br", "bw"):
-        return RankWeights(key[5:], draws=2)
+        return RankWeights(key[5:], draws=2, replacement=False)
     if key not in NAMED:
         raise ValueError(f"unknown filtration strategy {strategy!r}; use one of {', '.join(STRATEGIES)} "
                          f"or a RankWindow/RankWeights object")
@@ -155,7 +158,8 @@ def select(rewards: torch.Tensor, strategy="none", generator: torch.Generator | 
             keep_rank[torch.arange(P)[:, None], torch.tensor(rest)[pick]] = True
     else:
         w = s.probs(N).float()
-        drawn = torch.multinomial(w.expand(P, N), s.draws, replacement=True, generator=generator)
+        draws = s.draws if s.replacement else min(s.draws, int((w > 0).sum()))
+        drawn = torch.multinomial(w.expand(P, N), draws, replacement=s.replacement, generator=generator)
         keep_rank[torch.arange(P)[:, None], drawn] = True
     mask = torch.zeros(P, N, dtype=torch.bool)
     mask.scatter_(1, order.cpu(), keep_rank)
@@ -176,11 +180,32 @@ def inclusion_probs(rewards: torch.Tensor, strategy="none") -> torch.Tensor:
         rest = [r for r in range(N) if r not in fixed]
         if rest and s.n_random:
             p_rank[rest] = min(s.n_random, len(rest)) / len(rest)
-    else:
+    elif s.replacement:
         p_rank = 1.0 - (1.0 - s.probs(N)) ** s.draws
+    else:
+        p_rank = _without_replacement_inclusion(s.probs(N), s.draws)
     out = torch.zeros(P, N, dtype=torch.float64)
     out.scatter_(1, ranks(rewards).cpu(), p_rank.expand(P, N).clone())
     return out
+
+
+def _without_replacement_inclusion(w: torch.Tensor, draws: int) -> torch.Tensor:
+    """P(rank i is among ``draws`` successive draws without replacement from Categorical(w)), exactly,
+    by enumerating the draw sequences (N^draws of them: small for PF-PPO's N and 2 draws)."""
+    w = w.double()
+    n, draws = w.numel(), min(draws, int((w > 0).sum()))
+    p_in = torch.zeros(n, dtype=torch.float64)
+
+    def walk(prob: float, taken: tuple[int, ...], left: float):
+        if len(taken) == draws:
+            p_in[list(taken)] += prob
+            return
+        for i in range(n):
+            if i not in taken and w[i] > 0:
+                walk(prob * float(w[i]) / left, taken + (i,), left - float(w[i]))
+
+    walk(1.0, (), float(w.sum()))
+    return p_in
 
 
 def _flat(a) -> np.ndarray:
@@ -238,3 +263,48 @@ def r_squared(rewards, scores, bins: int | None = None, *, weights=None, binning
     if sxx <= 1e-15 * max(1.0, np.sum(w * x**2)):
         return 0.0
     return float(min(1.0, sxy**2 / (sxx * syy)))
+
+
+def reliability_curve(rewards, scores, bins: int = 10, binning: str = "quantile", confidence: float = 0.95):
+    """The paper's Figure-1 analysis: actual score (pass rate) per reward bin, with counts and intervals.
+
+    Rewards are grouped as in :func:`r_squared` (``quantile``: equal-count groups of the reward-sorted
+    samples; ``width``: equal-width intervals, empty ones dropped). Where the curve is steep and its bins
+    are tight the reward is reliable; a flat stretch is a region where it says little about the score.
+    Binary scores get exact Clopper–Pearson intervals (``scipy.stats.binomtest``), others a Student t interval.
+    Returns a DataFrame: bin, reward_low, reward_high, reward_mean, score_mean, count, ci_low, ci_high.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    x, y = _flat(rewards), _flat(scores)
+    if x.shape != y.shape:
+        raise ValueError(f"rewards ({x.size}) and scores ({y.size}) must have the same number of samples")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if binning == "quantile":
+        groups = [g for g in np.array_split(np.argsort(x, kind="stable"), min(bins, max(1, x.size))) if g.size]
+    elif binning == "width":
+        edges = np.linspace(x.min(), x.max(), bins + 1) if x.size else np.zeros(bins + 1)
+        idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+        groups = [np.flatnonzero(idx == b) for b in range(bins) if (idx == b).any()]
+    else:
+        raise ValueError(f"binning must be 'quantile' or 'width', got {binning!r}")
+    binary = bool(np.isin(y, (0.0, 1.0)).all())
+    rows = []
+    for b, g in enumerate(groups):
+        ys = y[g]
+        if binary:
+            ci = stats.binomtest(int(ys.sum()), ys.size).proportion_ci(confidence, method="exact")
+            lo, hi = ci.low, ci.high
+        elif ys.size > 1 and ys.std() > 0:
+            lo, hi = stats.t.interval(confidence, ys.size - 1, loc=ys.mean(), scale=stats.sem(ys))
+        else:
+            lo = hi = float(ys.mean())
+        rows.append({"bin": b, "reward_low": float(x[g].min()), "reward_high": float(x[g].max()),
+                     "reward_mean": float(x[g].mean()), "score_mean": float(ys.mean()), "count": int(g.size),
+                     "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows, columns=["bin", "reward_low", "reward_high", "reward_mean", "score_mean", "count",
+                                       "ci_low", "ci_high"])

@@ -325,6 +325,25 @@ def _splits(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, tuple
     return {k: tuple(out[k]) for k in ("train", "val", "test")}
 
 
+def extra_split(name: str, n: int, seed: int = 0) -> list[CodeProblem]:
+    """``n`` more problems, behaviourally disjoint from every problem of ``splits(seed)`` (and from each other).
+
+    For what the fixed splits are too small for: a study's large held-out evaluation set, more reward-model
+    prompts. The same ``name`` gives the same problems; ids are ``codegen/<name>/<i>``. The one-step functions
+    are mostly taken by the fixed splits, so these problems are deeper on average (``meta['steps']``).
+    """
+    if name in ("train", "val", "test"):
+        raise ValueError(f"{name!r} is a fixed split; use splits() for it")
+    taken = {p.meta["fingerprint"] for ps in _splits(seed, 3000, 64, 256).values() for p in ps}
+    return [CodeProblem(f"codegen/{name}/{i}", p.prompt, p.tests, p.entry_point, p.reference, p.meta)
+            for i, p in enumerate(_extra(name, n, seed, frozenset(taken)))]
+
+
+@functools.lru_cache(maxsize=8)
+def _extra(name: str, n: int, seed: int, taken: frozenset) -> tuple[CodeProblem, ...]:
+    return tuple(generate(n, f"{seed}-{name}", exclude=set(taken)))
+
+
 def spec_of(problem: CodeProblem) -> Spec:
     """The step composition behind a generated problem."""
     return Spec(problem.meta["family"], tuple((k, tuple(tuple(a) for a in args)) for k, args in problem.meta["steps"]))
