@@ -46,8 +46,8 @@ CONFIG = ROOT / "configs" / "grpo_codegen.yaml"
 SAMPLERS = ("uniform", "dapo_filter", "vade")
 
 # job arguments that are not config keys (a study's `args:`); the demo's quick mode shrinks them
-ARGS = dict(budget=768, eval_every=256, curve_samples=2, eval_samples=10, target_arm="uniform",
-            log_difficulty="all")
+ARGS = dict(budget=512, eval_every=256, curve_samples=1, eval_samples=10, target_arm="uniform",
+            log_difficulty="all", threads=1)
 QUICK = dict(overrides={"data.init_args.n_train": 24, "data.init_args.n_val": 8,
                         "model.init_args.prompts_per_step": 6},
              args=dict(budget=6 * 6 * 8, eval_every=3 * 6 * 8, curve_samples=1, eval_samples=2))
@@ -135,6 +135,9 @@ def run_arm(run) -> dict:
     from pfkit.modules.grpo import GRPOModule
 
     args = {**ARGS, **(run.args or {})}
+    # one thread: the rollouts share the CPU with the sandbox's scoring workers, and on an oversubscribed
+    # machine a second BLAS thread made a run 5x slower (618 s vs ~120 s measured at one thread)
+    torch.set_num_threads(int(args.get("threads", 1)))
     cfg = copy.deepcopy(run.config)
     seed = int(run.seed)
     run_dir = Path(run.run_dir)
