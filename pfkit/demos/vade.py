@@ -377,3 +377,30 @@ def main(args) -> int:
     print(f"\nwrote {out / 'summary.json'} and {png}; inspect with: "
           f"pfkit inspect difficulty {runs[-1].run_dir}")
     return 0
+
+
+def collect_curves(out: str | Path, arms=None) -> tuple:
+    """The study folder's per-run ``curve.csv`` and ``steps.csv``, stacked (finished runs only):
+    ``(curves, steps)`` DataFrames with ``arm`` and ``seed`` columns, for the notebook's figures."""
+    import pandas as pd
+
+    out = Path(out)
+    curves, steps = [], []
+    for run_dir in sorted(out.glob("*/seed_*")):
+        if arms is not None and run_dir.parent.name not in arms:
+            continue
+        if (run_dir / "result.json").is_file() or (run_dir / "final.json").is_file():
+            curves.append(pd.read_csv(run_dir / "curve.csv"))
+            steps.append(pd.read_csv(run_dir / "steps.csv"))
+    if not curves:
+        return pd.DataFrame(columns=["step", "rollouts", "val_pass", "arm", "seed"]), pd.DataFrame()
+    return pd.concat(curves, ignore_index=True), pd.concat(steps, ignore_index=True)
+
+
+def store_curves(out: str | Path, prefix: str | Path = ROOT / "studies" / "results" / "vade") -> list[Path]:
+    """Write a finished study's curves next to its table (``<prefix>_curves.csv``, ``<prefix>_steps.csv``)."""
+    curves, steps = collect_curves(out)
+    paths = [Path(f"{prefix}_curves.csv"), Path(f"{prefix}_steps.csv")]
+    curves.round(6).to_csv(paths[0], index=False)
+    steps.round(6).to_csv(paths[1], index=False)
+    return paths
