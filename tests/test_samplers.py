@@ -102,7 +102,8 @@ def test_difficulty_rows_contract():
     rows = difficulty_rows(s, b, step=7, names=[f"t{i}" for i in range(5)])
     assert len(rows) == 5
     assert set(rows[0]) == {"step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes", "trials",
-                            "sampler"}
+                            "draw", "sampler"}
+    assert all(0.0 <= r["draw"] <= 1.0 for r in rows)   # every prompt was a candidate of vade's draw
     by = {r["prompt_id"]: r for r in rows}
     for i in b.prompt_ids:
         r = by[f"t{i}"]
@@ -260,3 +261,23 @@ def test_every_sampler_state_is_identical_across_two_gloo_ranks(tmp_path):
     for name in SAMPLERS:
         same(a[name], b[name], name)
         assert a[name]["rollouts_spent"] > 0 and int(a[name]["tracker"]["visits"].sum()) > 0
+
+
+def test_difficulty_rows_record_the_draw_each_prompt_was_ranked_on():
+    import math
+
+    from pfkit.rl.vade import info_gain
+
+    s = make_sampler("vade", 6, 4, seed=2)
+    fn, _ = bernoulli_rollout([0.5] * 6, 4)
+    s.collect(2, fn)
+    state = s.tracker.generator.get_state()
+    b = s.collect(3, fn)
+    rows = difficulty_rows(s, b, step=1)
+    draws = torch.tensor([r["draw"] for r in rows], dtype=torch.float64)
+    chosen = torch.topk(info_gain(draws), 3).indices.tolist()
+    assert sorted(chosen) == sorted(b.prompt_ids)            # the logged draws are the ones ranked on
+    assert torch.equal(state, s.tracker.generator.get_state())
+    u = make_sampler("uniform", 6, 4)
+    bu = u.collect(2, fn)
+    assert all(math.isnan(r["draw"]) for r in difficulty_rows(u, bu, step=0))

@@ -128,6 +128,7 @@ class PromptSampler:
         """Choose prompts, have them rolled out, update the tracker, apply the filter; one training step."""
         if not 0 < k <= self.num_prompts:
             raise ValueError(f"cannot draw k={k} prompts per step from {self.num_prompts} training prompts")
+        self.tracker.last_draw.fill_(float("nan"))  # this step's draws, for difficulty.parquet
         kept_ids: list[int] = []
         kept_rewards: list[torch.Tensor] = []
         kept_payload: list[Any] = []
@@ -338,7 +339,8 @@ class MoppsSampler(UniformSampler):
     def _propose(self, n: int, exclude: set[int]) -> list[int]:
         m = min(math.ceil(n / self.top_k_ratio), self.num_prompts - len(exclude))
         cand = super()._propose(m, exclude)  # the candidate batch from the uniform stream
-        p = self.tracker.sample_p(self.generator, ids=torch.tensor(cand, dtype=torch.long))
+        ids = torch.tensor(cand, dtype=torch.long)
+        p = self.tracker._record(ids, self.tracker.sample_p(self.generator, ids=ids))
         order = torch.argsort((p - self.target_success_rate).pow(2), stable=True)[:n]
         return [cand[j] for j in order.tolist()]
 
@@ -384,7 +386,8 @@ def difficulty_rows(sampler: PromptSampler, batch: GroupBatch, step: int,
 
     ``prompt_ids`` limits the rows (default: every training prompt); ``names`` maps index -> task id.
     ``successes``/``trials`` are this step's evidence for the prompt (0/0 when it was not rolled out);
-    ``selected`` is True when the prompt's group went into the update.
+    ``selected`` is True when the prompt's group went into the update; ``draw`` is the Thompson draw (or
+    posterior mean) the prompt was ranked on this step (NaN when it was not a candidate, e.g. uniform).
     """
     t = sampler.tracker
     ids = range(t.num_prompts) if prompt_ids is None else prompt_ids
@@ -395,11 +398,11 @@ def difficulty_rows(sampler: PromptSampler, batch: GroupBatch, step: int,
         succ.index_add_(0, gi, batch.generated_rewards.to(torch.float64).sum(1))
         trials.index_add_(0, gi, torch.full((len(gi),), float(sampler.group_size), dtype=torch.float64))
     kept = set(batch.prompt_ids)
-    alpha, beta = t.alpha.tolist(), t.beta.tolist()
+    alpha, beta, draw = t.alpha.tolist(), t.beta.tolist(), t.last_draw.tolist()
     rows = []
     for i in ids:
         a, b = alpha[i], beta[i]
         rows.append({"step": int(step), "prompt_id": names[i] if names is not None else str(i), "alpha": a,
                      "beta": b, "p_mean": a / (a + b), "selected": i in kept, "successes": float(succ[i]),
-                     "trials": float(trials[i]), "sampler": sampler.name})
+                     "trials": float(trials[i]), "draw": draw[i], "sampler": sampler.name})
     return rows

@@ -197,7 +197,7 @@ def run_arm(run) -> dict:
                          logger=CSVLogger(run_dir, name="", version=""), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=run_dir, callbacks=[Curve()])
-    trainer.fit(module, datamodule=PromptDataModule.from_sets(dm.train_set, val, steps_per_epoch=max_steps))
+    trainer.fit(module, datamodule=dm)  # the module already holds its prompt sets; dm's seed matches the module's
     train_s = time.perf_counter() - t0
 
     spent = module.sampler.rollouts_spent

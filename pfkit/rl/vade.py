@@ -133,6 +133,8 @@ class BetaTracker:
         self.updated = torch.zeros(num_prompts, dtype=torch.bool)  # observed since the last step()
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(seed)
+        # the p~ each prompt was ranked on in the latest selection (NaN: not a candidate); logging only
+        self.last_draw = torch.full((num_prompts,), float("nan"), dtype=torch.float64)
 
     # ------------------------------------------------------------ estimates
     @property
@@ -216,10 +218,15 @@ class BetaTracker:
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
             return Beta(a, b).sample()
 
+    def _record(self, ids: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        self.last_draw[ids] = p.to(torch.float64)
+        return p
+
     def scores(self, generator: torch.Generator | None = None, *, ids: torch.Tensor | None = None,
                group_size: int = 8) -> torch.Tensor:
         """The information-gain score of each prompt (one Thompson draw each, or the posterior mean)."""
-        return info_gain(self.sample_p(generator, ids=ids), self.criterion, group_size)
+        ids = torch.arange(self.num_prompts) if ids is None else ids
+        return info_gain(self._record(ids, self.sample_p(generator, ids=ids)), self.criterion, group_size)
 
     def select(self, k: int, generator: torch.Generator | None = None, *,
                candidates: Sequence[int] | torch.Tensor | None = None, group_size: int = 8) -> torch.Tensor:
