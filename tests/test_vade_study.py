@@ -134,3 +134,28 @@ def test_study_job_runs_to_budget_and_reports_not_reached(tiny_code_policy, tmp_
     # no baseline run in the folder: the target metrics are NaN, the rest is measured
     r = demo.run_arm(tiny_run(tmp_path / "alone", "vade", "vade", tiny_code_policy, target_arm="uniform"))
     assert math.isnan(r["target"]) and math.isnan(r["rollouts_to_target_ratio"]) and r["rollouts_spent"] == 12
+
+
+@pytest.mark.slow
+def test_demo_cli_quick_runs_the_study_job_per_sampler(tiny_code_policy, tmp_path):
+    """`pfkit demo vade --quick` as a subprocess: one run folder per sampler through run_arm, the table,
+    summary.json and the figure."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "pfkit.cli", "demo", "vade", "--quick", "--samplers",
+                          "uniform,dapo_filter", "--policy", str(tiny_code_policy), "--budget", "32",
+                          "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("uniform", "dapo_filter"):
+        assert summary[name]["rollouts_spent"] == 32 and summary[name]["n_eval"] == 8 * 2
+        assert (out / name / "seed_0" / "curve.csv").is_file() and (out / name / "seed_0" / "metrics.csv").is_file()
+    assert (out / "reward_vs_rollouts.png").stat().st_size > 0
+    assert "sampler      rollouts" in res.stdout and "n_eval = 16" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "pfkit.cli", "demo", "vade", "--budget", "30", "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "multiple of group_size=8" in bad.stderr and "Traceback" not in bad.stderr
