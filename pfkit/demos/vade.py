@@ -380,7 +380,7 @@ def main(args) -> int:
 
 
 def collect_curves(out: str | Path, arms=None) -> tuple:
-    """The study folder's per-run ``curve.csv`` and ``steps.csv``, stacked (finished runs only):
+    """The study folder's per-run ``curve.csv`` and ``steps.csv``, stacked (runs with a ``result.json``):
     ``(curves, steps)`` DataFrames with ``arm`` and ``seed`` columns, for the notebook's figures."""
     import pandas as pd
 
@@ -389,7 +389,7 @@ def collect_curves(out: str | Path, arms=None) -> tuple:
     for run_dir in sorted(out.glob("*/seed_*")):
         if arms is not None and run_dir.parent.name not in arms:
             continue
-        if (run_dir / "result.json").is_file() or (run_dir / "final.json").is_file():
+        if (run_dir / "result.json").is_file():  # finished runs of a study, the ones in its table
             curves.append(pd.read_csv(run_dir / "curve.csv"))
             steps.append(pd.read_csv(run_dir / "steps.csv"))
     if not curves:
