@@ -122,16 +122,14 @@ def test_grpo_vade_ddp_tracker_agrees_selection_split_and_step_equals_single_pro
         # rollouts.parquet: each rank wrote its own 2 groups x G rows
         rs = rollouts[rollouts["step"] == step]
         assert len(rs) == 4 * G and rs.groupby("prompt_id").size().eq(G).all()
-        # tracker evidence: this step's gathered rewards (both ranks' groups) went into alpha, with the
-        # local decay (visits clock, 0.8) before and the global decay (0.99) after, as in BetaTracker
+        # tracker evidence: this step's gathered rewards (both ranks' groups) went into alpha, in the
+        # paper's exclusive form (config default): selected counts * 0.2 + new group, the others * 0.999
         ids, r = a["batch"]["prompt_ids"], a["batch"]["rewards"].double()
         if prev is not None:
-            alpha = prev["alpha"].clone()
+            alpha = 1 + 0.999 * (prev["alpha"] - 1)
             for j, i in enumerate(ids):
-                if int(prev["last_seen"][i]) >= 0:
-                    alpha[i] = 1 + 0.8 * (alpha[i] - 1)
-                alpha[i] += r[j].sum()
-            assert torch.allclose(ta["alpha"], 1 + 0.99 * (alpha - 1), atol=1e-9), step
+                alpha[i] = 1 + 0.2 * (prev["alpha"][i] - 1) + r[j].sum()
+            assert torch.allclose(ta["alpha"], alpha, atol=1e-9), step
         prev = {"alpha": ta["alpha"].clone(), "last_seen": ta["last_seen"].clone()}
         # DDP all-reduced the gradient: identical on both ranks
         for n, g in a["grads"].items():

@@ -10,18 +10,39 @@ One interface, chosen by name from config (``make_sampler``):
                   dropped, is counted in ``rollouts_spent``: that cost is what VADE is meant to avoid.
                   Refill rounds ask only for the missing groups (times ``oversample``); verl's recipe
                   regenerates a whole generation batch each round, so this baseline is the cheaper form.
-* ``vade``        Thompson sampling on per-prompt Beta posteriors (``pfkit.rl.vade.BetaTracker``):
-                  selects before rollout, so no completion is thrown away.
+* ``greso``       GRESO (Zheng et al., arXiv 2506.02177; code Infini-AI-Lab/GRESO ``DataProfiler``):
+                  pre-rollout skipping on top of dynamic sampling. A prompt whose last ``z`` groups were
+                  all correct (group mean >= 0.98) or all wrong (<= 0.11) is skipped before rollout with
+                  probability ``1 - max(p^z, 0.01)``, ``p = p_easy`` or ``p_hard``; after every step past
+                  the first epoch each ``p`` moves by 0.01 (within [0.05, 0.95]) toward a target share of
+                  zero-variance groups (``target_zero_variance`` 0.25, split 1/3 easy, 2/3 hard), as in
+                  the authors' trainer. GRESO's adaptive rollout batch size is replaced by the refill loop
+                  shared with dapo_filter. ``filter_zero_variance=False`` gives skipping alone.
+* ``mopps``       MoPPS-style (Qu et al., arXiv 2507.04632; code thu-rllab/MoPPS ``MoPPS`` class): a
+                  discounted Beta per prompt (``alpha <- l alpha + (1 - l) alpha0 + s``, same for beta, on
+                  observed prompts only; ``discount`` l = 0.5 is our choice, the code's default is 1.0),
+                  a Thompson draw for each of ``ceil(k / top_k_ratio)`` candidates from the uniform stream
+                  (``top_k_ratio`` 0.6 as in the code), and the ``k`` whose draw is closest to
+                  ``target_success_rate`` (0.5) are rolled out. No rollouts are spent on the estimate.
+* ``vade``        Thompson sampling on per-prompt Beta posteriors (``pfkit.rl.vade.BetaTracker``, the
+                  paper's form by default, ablations through ``tracker.variant``): selects before
+                  rollout, so no completion is thrown away.
 * ``vade_filter`` VADE selection plus the DAPO filter with refill from the next-best posterior draws
                   (the combination marin#8765 found best); refills cost rollouts like dapo_filter.
 
 Every sampler keeps a ``BetaTracker`` fed with every group it generated, so the difficulty table
-(alpha, beta, p_mean per prompt) is logged for all of them; only ``vade*`` uses it to choose.
+(alpha, beta, p_mean per prompt) is logged for all of them; ``vade*`` and ``mopps`` choose with it.
+
+``rollout_budget`` (completions, a multiple of ``group_size``) caps what ``collect`` may generate in total:
+a refill round or a last step is cut to the prompts the budget still pays for, so every sampler stops at
+the same budget. Rewards reach the tracker unchanged; one outside [0, 1] raises there.
 
 A sampler does not generate text. ``collect(k, rollout_fn)`` calls ``rollout_fn(prompt_ids)``, which
 returns ``(rewards [n, G], payload)`` with ``payload`` a list of one opaque item per prompt (the module's
 sequences, log-probs, texts); the sampler decides what to keep and returns a ``GroupBatch``.
-Pure torch; the state (tracker, shuffle order, counters, RNG) is a ``state_dict()`` for checkpoints.
+Pure torch; the state (tracker, shuffle order, counters, RNG) is a ``state_dict()`` for checkpoints. Every
+decision comes from the sampler's own seeded generators and the rewards it was given, so DDP ranks fed the
+same gathered rewards hold identical states.
 """
 
 from __future__ import annotations
@@ -35,7 +56,7 @@ import torch
 
 from pfkit.rl.vade import BetaTracker
 
-SAMPLERS = ("uniform", "dapo_filter", "vade", "vade_filter")
+SAMPLERS = ("uniform", "dapo_filter", "greso", "mopps", "vade", "vade_filter")
 
 RolloutFn = Callable[[list[int]], tuple[torch.Tensor, list[Any]]]
 
@@ -69,15 +90,20 @@ class PromptSampler:
     name = "base"
 
     def __init__(self, num_prompts: int, group_size: int, *, seed: int = 0, filter_zero_variance: bool = False,
-                 oversample: float = 1.0, max_rounds: int = 8, tracker: dict | None = None):
+                 oversample: float = 1.0, max_rounds: int = 8, tracker: dict | None = None,
+                 rollout_budget: int | None = None):
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 for group-relative advantages, got {group_size}")
         if oversample < 1.0:
             raise ValueError(f"oversample must be >= 1.0, got {oversample}")
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        if rollout_budget is not None and (rollout_budget <= 0 or rollout_budget % group_size):
+            raise ValueError(f"rollout_budget must be a positive multiple of group_size={group_size} "
+                             f"(whole groups), got {rollout_budget}")
         self.num_prompts, self.group_size = int(num_prompts), int(group_size)
         self.filter_zero_variance, self.oversample, self.max_rounds = filter_zero_variance, oversample, max_rounds
+        self.rollout_budget = rollout_budget
         self.tracker = BetaTracker(num_prompts, seed=seed + 1, **(tracker or {}))
         self.generator = torch.Generator().manual_seed(seed)
         self.rollouts_spent = 0
@@ -87,11 +113,22 @@ class PromptSampler:
     def _propose(self, n: int, exclude: set[int]) -> list[int]:
         raise NotImplementedError
 
+    def _observe(self, ids: list[int], rewards: torch.Tensor) -> None:
+        """Hook: a round's groups came back (after the tracker update)."""
+
+    def _end_step(self, ids: list[int], rewards: torch.Tensor) -> None:
+        """Hook: the step is over; ``ids``/``rewards`` are every group generated in it."""
+
+    @property
+    def budget_left(self) -> float:
+        return math.inf if self.rollout_budget is None else self.rollout_budget - self.rollouts_spent
+
     # main entry ----------------------------------------------------------------------------------
     def collect(self, k: int, rollout_fn: RolloutFn) -> GroupBatch:
         """Choose prompts, have them rolled out, update the tracker, apply the filter; one training step."""
         if not 0 < k <= self.num_prompts:
             raise ValueError(f"cannot draw k={k} prompts per step from {self.num_prompts} training prompts")
+        self.tracker.last_draw.fill_(float("nan"))  # this step's draws, for difficulty.parquet
         kept_ids: list[int] = []
         kept_rewards: list[torch.Tensor] = []
         kept_payload: list[Any] = []
@@ -103,6 +140,8 @@ class PromptSampler:
             missing = k - len(kept_ids)
             n = missing if not self.filter_zero_variance else math.ceil(missing * self.oversample)
             n = min(n, self.num_prompts - len(set(gen_ids))) if self.filter_zero_variance else n
+            if self.rollout_budget is not None:  # never generate past the budget, not even inside a step
+                n = min(n, (self.rollout_budget - self.rollouts_spent - spent) // self.group_size)
             if n <= 0:
                 break
             ids = self._propose(n, exclude=set(gen_ids))
@@ -112,7 +151,8 @@ class PromptSampler:
                 raise ValueError(f"rollout_fn returned {len(payload)} payload items for {len(ids)} prompts")
             rounds += 1
             spent += len(ids) * self.group_size
-            self.tracker.update(ids, rewards.clamp(0, 1), self.group_size)
+            self.tracker.update(ids, rewards, self.group_size)  # range-checks the rewards: no clamping
+            self._observe(ids, rewards)
             gen_ids += ids
             gen_rewards.append(rewards)
             keep = ~zero_variance(rewards) if self.filter_zero_variance else torch.ones(len(ids), dtype=torch.bool)
@@ -125,12 +165,13 @@ class PromptSampler:
                 break
         self.rollouts_spent += spent
         self.steps += 1
+        all_rewards = torch.cat(gen_rewards) if gen_rewards else torch.zeros(0, self.group_size)
+        self._end_step(gen_ids, all_rewards)
         self.tracker.step()
         return GroupBatch(
             prompt_ids=kept_ids,
             rewards=torch.stack(kept_rewards) if kept_rewards else torch.zeros(0, self.group_size),
-            payload=kept_payload, rollouts=spent, generated_ids=gen_ids,
-            generated_rewards=torch.cat(gen_rewards) if gen_rewards else torch.zeros(0, self.group_size),
+            payload=kept_payload, rollouts=spent, generated_ids=gen_ids, generated_rewards=all_rewards,
             rounds=rounds,
         )
 
@@ -158,14 +199,20 @@ class UniformSampler(PromptSampler):
         super().__init__(num_prompts, group_size, **kw)
         self.order = torch.randperm(self.num_prompts, generator=self.generator)
         self.pos = 0
+        self.epoch = 0  # completed passes over the shuffled prompts
 
     def _next(self) -> int:
         if self.pos >= self.num_prompts:
             self.order = torch.randperm(self.num_prompts, generator=self.generator)
             self.pos = 0
+            self.epoch += 1
         i = int(self.order[self.pos])
         self.pos += 1
         return i
+
+    def _accept(self, i: int) -> bool:
+        """Hook for pre-rollout skipping (GRESO); the stream position advances either way."""
+        return True
 
     def _propose(self, n: int, exclude: set[int]) -> list[int]:
         out: list[int] = []
@@ -173,16 +220,23 @@ class UniformSampler(PromptSampler):
         while len(out) < n and tries < 2 * self.num_prompts + n:
             i = self._next()
             tries += 1
-            if i not in exclude and i not in out:
+            if i not in exclude and i not in out and self._accept(i):
                 out.append(i)
+        if len(out) < n:  # the skip rule rejected (nearly) everything: fill from the stream unconditionally
+            while len(out) < n and tries < 4 * self.num_prompts + n:
+                i = self._next()
+                tries += 1
+                if i not in exclude and i not in out:
+                    out.append(i)
         return out
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "order": self.order.clone(), "pos": self.pos}
+        return {**super().state_dict(), "order": self.order.clone(), "pos": self.pos, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.order, self.pos = state["order"].clone(), int(state["pos"])
+        self.epoch = int(state.get("epoch", 0))
 
 
 class DapoFilterSampler(UniformSampler):
@@ -191,6 +245,104 @@ class DapoFilterSampler(UniformSampler):
     def __init__(self, num_prompts: int, group_size: int, **kw):
         kw.setdefault("filter_zero_variance", True)
         super().__init__(num_prompts, group_size, **kw)
+
+
+class GresoSampler(UniformSampler):
+    """GRESO: probabilistic pre-rollout skipping of prompts with a zero-variance streak (see module doc)."""
+
+    name = "greso"
+
+    def __init__(self, num_prompts: int, group_size: int, *, p_easy: float = 0.5, p_hard: float = 0.5,
+                 delta_p: float = 0.01, min_p: float = 0.05, max_p: float = 0.95,
+                 target_zero_variance: float = 0.25, easy_threshold: float = 0.98, hard_threshold: float = 0.11,
+                 min_keep: float = 0.01, **kw):
+        kw.setdefault("filter_zero_variance", True)
+        super().__init__(num_prompts, group_size, **kw)
+        for name, v in (("p_easy", p_easy), ("p_hard", p_hard), ("min_p", min_p), ("max_p", max_p),
+                        ("target_zero_variance", target_zero_variance), ("min_keep", min_keep)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"greso {name} must be in [0, 1], got {v}")
+        self.p_easy, self.p_hard = float(p_easy), float(p_hard)
+        self.delta_p, self.min_p, self.max_p, self.min_keep = delta_p, min_p, max_p, min_keep
+        self.target_easy, self.target_hard = target_zero_variance / 3, target_zero_variance * 2 / 3
+        self.easy_threshold, self.hard_threshold = easy_threshold, hard_threshold
+        self.easy_streak = torch.zeros(num_prompts, dtype=torch.long)  # consecutive all-correct groups
+        self.hard_streak = torch.zeros(num_prompts, dtype=torch.long)  # consecutive all-wrong groups
+        self.skipped = 0
+
+    def skip_probability(self, i: int) -> float:
+        """``1 - max(p^z, min_keep)`` for the prompt's current easy or hard streak ``z`` (0 = no streak)."""
+        ze, zh = int(self.easy_streak[i]), int(self.hard_streak[i])
+        if ze > 0:
+            return 1.0 - max(self.p_easy ** ze, self.min_keep)
+        if zh > 0:
+            return 1.0 - max(self.p_hard ** zh, self.min_keep)
+        return 0.0
+
+    def _accept(self, i: int) -> bool:
+        p = self.skip_probability(i)
+        if p <= 0.0:
+            return True
+        if float(torch.rand((), generator=self.generator)) < p:
+            self.skipped += 1
+            return False
+        return True
+
+    def _observe(self, ids: list[int], rewards: torch.Tensor) -> None:
+        mean = rewards.mean(dim=1)
+        idx = torch.tensor(ids, dtype=torch.long)
+        easy, hard = mean >= self.easy_threshold, mean <= self.hard_threshold
+        self.easy_streak[idx] = torch.where(easy, self.easy_streak[idx] + 1, torch.zeros_like(idx))
+        self.hard_streak[idx] = torch.where(hard, self.hard_streak[idx] + 1, torch.zeros_like(idx))
+
+    def _end_step(self, ids: list[int], rewards: torch.Tensor) -> None:
+        if not ids or self.epoch == 0:  # the authors adapt only after the first epoch
+            return
+        mean = rewards.mean(dim=1)
+        easy = float((mean >= self.easy_threshold).double().mean())
+        hard = float((mean <= self.hard_threshold).double().mean())
+        # too many zero-variance groups of a kind -> lower its p (skip more), else raise it (explore more)
+        step = lambda p, share, target: (max(p - self.delta_p, self.min_p) if share >= target  # noqa: E731
+                                         else min(p + self.delta_p, self.max_p))
+        self.p_easy = step(self.p_easy, easy, self.target_easy)
+        self.p_hard = step(self.p_hard, hard, self.target_hard)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "easy_streak": self.easy_streak.clone(),
+                "hard_streak": self.hard_streak.clone(), "p_easy": self.p_easy, "p_hard": self.p_hard,
+                "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.easy_streak, self.hard_streak = state["easy_streak"].clone(), state["hard_streak"].clone()
+        self.p_easy, self.p_hard = float(state["p_easy"]), float(state["p_hard"])
+        self.skipped = int(state["skipped"])
+
+
+class MoppsSampler(UniformSampler):
+    """MoPPS-style: Thompson draw on a discounted Beta, keep the candidates closest to a target rate."""
+
+    name = "mopps"
+
+    def __init__(self, num_prompts: int, group_size: int, *, discount: float = 0.5,
+                 target_success_rate: float = 0.5, top_k_ratio: float = 0.6, **kw):
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"mopps discount must be in [0, 1], got {discount}")
+        if not 0.0 < top_k_ratio <= 1.0:
+            raise ValueError(f"mopps top_k_ratio must be in (0, 1], got {top_k_ratio}")
+        # MoPPS's posterior: discount on each observation, no decay of unobserved prompts, Thompson draw
+        tracker = {**(kw.pop("tracker", None) or {}), "local_decay": discount, "global_decay": 1.0,
+                   "local_clock": "visits", "draw": "thompson"}
+        super().__init__(num_prompts, group_size, tracker=tracker, **kw)
+        self.target_success_rate, self.top_k_ratio = float(target_success_rate), float(top_k_ratio)
+
+    def _propose(self, n: int, exclude: set[int]) -> list[int]:
+        m = min(math.ceil(n / self.top_k_ratio), self.num_prompts - len(exclude))
+        cand = super()._propose(m, exclude)  # the candidate batch from the uniform stream
+        ids = torch.tensor(cand, dtype=torch.long)
+        p = self.tracker._record(ids, self.tracker.sample_p(self.generator, ids=ids))
+        order = torch.argsort((p - self.target_success_rate).pow(2), stable=True)[:n]
+        return [cand[j] for j in order.tolist()]
 
 
 class VadeSampler(PromptSampler):
@@ -211,14 +363,17 @@ class VadeFilterSampler(VadeSampler):
         super().__init__(num_prompts, group_size, **kw)
 
 
-_CLASSES = {c.name: c for c in (UniformSampler, DapoFilterSampler, VadeSampler, VadeFilterSampler)}
+_CLASSES = {c.name: c for c in (UniformSampler, DapoFilterSampler, GresoSampler, MoppsSampler, VadeSampler,
+                                VadeFilterSampler)}
 
 
 def make_sampler(name: str, num_prompts: int, group_size: int, *, seed: int = 0, **kwargs) -> PromptSampler:
-    """Build a sampler by config name: uniform | dapo_filter | vade | vade_filter.
+    """Build a sampler by config name: uniform | dapo_filter | greso | mopps | vade | vade_filter.
 
-    ``kwargs``: ``oversample``, ``max_rounds`` (filters), ``tracker`` (BetaTracker keyword args:
-    alpha0, beta0, global_decay, local_decay, local_clock, continuous, criterion, draw).
+    ``kwargs``: ``rollout_budget``; ``oversample``, ``max_rounds`` (filters); ``tracker`` (BetaTracker
+    keyword args: variant, alpha0, beta0, global_decay, local_decay, local_clock, decay_scope, continuous,
+    criterion, draw); greso: ``p_easy``, ``p_hard``, ``delta_p``, ``target_zero_variance``, ...; mopps:
+    ``discount``, ``target_success_rate``, ``top_k_ratio``.
     """
     if name not in _CLASSES:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -231,7 +386,8 @@ def difficulty_rows(sampler: PromptSampler, batch: GroupBatch, step: int,
 
     ``prompt_ids`` limits the rows (default: every training prompt); ``names`` maps index -> task id.
     ``successes``/``trials`` are this step's evidence for the prompt (0/0 when it was not rolled out);
-    ``selected`` is True when the prompt's group went into the update.
+    ``selected`` is True when the prompt's group went into the update; ``draw`` is the Thompson draw (or
+    posterior mean) the prompt was ranked on this step (NaN when it was not a candidate, e.g. uniform).
     """
     t = sampler.tracker
     ids = range(t.num_prompts) if prompt_ids is None else prompt_ids
@@ -242,11 +398,11 @@ def difficulty_rows(sampler: PromptSampler, batch: GroupBatch, step: int,
         succ.index_add_(0, gi, batch.generated_rewards.to(torch.float64).sum(1))
         trials.index_add_(0, gi, torch.full((len(gi),), float(sampler.group_size), dtype=torch.float64))
     kept = set(batch.prompt_ids)
-    alpha, beta = t.alpha.tolist(), t.beta.tolist()
+    alpha, beta, draw = t.alpha.tolist(), t.beta.tolist(), t.last_draw.tolist()
     rows = []
     for i in ids:
         a, b = alpha[i], beta[i]
         rows.append({"step": int(step), "prompt_id": names[i] if names is not None else str(i), "alpha": a,
                      "beta": b, "p_mean": a / (a + b), "selected": i in kept, "successes": float(succ[i]),
-                     "trials": float(trials[i]), "sampler": sampler.name})
+                     "trials": float(trials[i]), "draw": draw[i], "sampler": sampler.name})
     return rows

@@ -1,135 +1,309 @@
-"""``pfkit demo vade``: GRPO on the embedded code task with uniform vs dapo_filter vs VADE prompt sampling.
+"""``pfkit demo vade`` and the VADE study's job: GRPO on the embedded code task, one prompt sampler per run.
 
-Every sampler starts from the same embedded policy with the same seed and trains until the same rollout
-budget (completions generated, dropped ones included) is spent. Along the way the train pass rate (the
-policy's expected pass rate over the training prompts, sampled at temperature 1 with a fixed evaluation
-seed) is measured every few steps; at the end the held-out pass rate too. Prints, per sampler: rollouts
-spent, effective-sample ratio (samples with non-zero group-relative advantage / completions generated),
-mean fraction of zero-variance groups, train and held-out pass rate; writes ``summary.json`` and
-``reward_vs_rollouts.png`` (seaborn) in ``--out``, and one run folder per sampler (metrics.csv,
-rollouts.parquet, difficulty.parquet, a final checkpoint) for ``pfkit inspect difficulty``.
+``run_arm(run)`` is the one path both use (``studies/vade.yaml`` names it as ``job``; the demo calls it once
+per sampler). A run is configs/grpo_codegen.yaml (merged with the study's/arm's overrides) trained until a
+shared rollout budget (completions generated, dropped ones included; the samplers never overrun it) is
+spent, then evaluated on the **unfiltered validation split** (held-out problems no sampler ever selects
+from):
+
+* at the start and the end: ``eval_samples`` samples per prompt at temperature 1 (64 x 10 = 640 by
+  default; its standard error given the validation prompts, ``val_pass_final_se``, is returned with it and
+  is <= 0.01 at the embedded policy's pass rate, about 0.1). The start is the same policy for every arm
+  of a seed, so it is measured once per seed and shared through the study folder (``_initial_eval/``);
+* along the way, every ``eval_every`` rollouts: ``curve_samples`` samples per prompt (a cheaper, noisier
+  point; the same evaluation seed at every point and in every arm of a seed, so curves differ by
+  training, not by evaluation draws).
+
+Per step it records the **effective-gradient ratio** (the paper's Fig. 3): the share of the training
+batch's groups with mixed rewards (``eff_ratio``), and the share among every group generated
+(``mixed_generated``; they differ only for the filtering samplers, whose dropped groups cost rollouts).
+
+Rollouts-to-target: the target is the final validation pass rate of the arm named ``target_arm`` (default
+``uniform``) on the same seed, on the curve's estimator (its last curve point), read from that arm's
+finished run folder (the study runs arms in order, so it exists when the baseline arm is listed first).
+``rollouts_to_target`` is the first curve point that reaches it; ``NaN`` when the run never does ("not
+reached", never 0 or 1). The ratio to the baseline's own rollouts-to-target is NaN too when the baseline
+gained nothing over the initial policy on the precise estimate (no signal to reach, not a tie).
+
+Writes ``curve.csv`` (evaluation points), ``steps.csv`` (per-step ratios), ``metrics.csv`` and
+``difficulty.parquet`` (``pfkit inspect difficulty``) in the run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "grpo_codegen.yaml"
 SAMPLERS = ("uniform", "dapo_filter", "vade")
 
-# (full, quick) settings
-SETTINGS = {
-    False: dict(n_train=64, n_val=64, prompts_per_step=16, group_size=8, max_new_tokens=64, steps=30,
-                eval_every=5, eval_samples=4, lr=2e-5),
-    True: dict(n_train=24, n_val=16, prompts_per_step=6, group_size=8, max_new_tokens=64, steps=6,
-               eval_every=3, eval_samples=1, lr=2e-5),
-}
+# job arguments that are not config keys (a study's `args:`); the demo's quick mode shrinks them
+ARGS = dict(budget=512, eval_every=256, curve_samples=1, eval_samples=10, target_arm="uniform",
+            log_difficulty="all", threads=1)
+QUICK = dict(overrides={"data.init_args.n_train": 24, "data.init_args.n_val": 8,
+                        "model.init_args.prompts_per_step": 6},
+             args=dict(budget=6 * 6 * 8, eval_every=3 * 6 * 8, curve_samples=1, eval_samples=2))
 
 
+@dataclass
+class Run:
+    """What ``run_arm`` needs (the fields of ``pfkit.study.RunSpec``)."""
+
+    arm: str
+    seed: int
+    run_dir: Path
+    config: dict = field(default_factory=dict)
+    args: dict = field(default_factory=dict)
+    factors: dict = field(default_factory=dict)
+    quick: bool = False
+
+
+def load_config(path: str | Path = CONFIG) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def set_dotted(cfg: dict, key: str, value) -> None:
+    node = cfg
+    *head, last = key.split(".")
+    for k in head:
+        node = node.setdefault(k, {})
+    node[last] = value
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def pass_rates(module, prompt_set, samples: int, seed: int, batch_size: int = 64) -> torch.Tensor:
+    """Per-prompt pass rate ``[n]`` of the current policy: ``samples`` completions each at temperature 1."""
+    from pfkit.rollout import generate
+
+    h = module.hparams
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(prompt_set), batch_size):
+        ids = list(range(start, min(start + batch_size, len(prompt_set))))
+        ro = generate(module.model, module.tokenizer, [prompt_set.prompts[i] for i in ids], n=samples,
+                      max_new_tokens=h.max_new_tokens, temperature=1.0, top_p=h.top_p, stop=prompt_set.stop,
+                      generator=g)
+        r = torch.tensor(prompt_set.score([i for i in ids for _ in range(samples)], ro.texts), dtype=torch.float64)
+        out.append(r.view(len(ids), samples).mean(1))
+    return torch.cat(out)
+
+
+def standard_error(per_prompt: torch.Tensor, samples: int) -> float:
+    """SE of the mean pass rate given the prompts: sqrt(sum_i p_i (1 - p_i) / (S - 1)) / n (binomial per
+    prompt, unbiased with S - 1); the sampling noise that separates two arms evaluated on the same set."""
+    if samples < 2:
+        return math.nan
+    n = per_prompt.numel()
+    return float((per_prompt * (1 - per_prompt)).sum().div(samples - 1).sqrt() / n)
+
+
+def rollouts_to_reach(curve: list[tuple[int, float]], target: float) -> float:
+    """Rollouts at the first point of ``curve`` [(rollouts, pass rate)] that reaches ``target``; NaN if none."""
+    for spent, value in curve:
+        if value >= target - 1e-12:
+            return float(spent)
+    return math.nan
+
+
+def target_ratio(rtt: float, rtt_base: float, base_gain: float) -> float:
+    """rollouts-to-target over the baseline's; NaN when either did not reach it or the baseline did not
+    improve on the initial policy (``base_gain <= 0``: there is nothing to reach, not a tie)."""
+    if not base_gain > 0 or math.isnan(rtt) or math.isnan(rtt_base) or rtt_base <= 0:
+        return math.nan
+    return rtt / rtt_base
+
+
+# ------------------------------------------------------------------------------------------------- job
+def run_arm(run) -> dict:
+    """One GRPO run: ``run.config`` (LightningCLI dict), ``run.args`` (``ARGS`` keys); returns flat metrics."""
+    import lightning.pytorch as pl
+    from lightning.pytorch import Callback
+    from lightning.pytorch.loggers import CSVLogger
+
+    from pfkit.data.prompts import PromptDataModule
+    from pfkit.modules.grpo import GRPOModule
+
+    args = {**ARGS, **(run.args or {})}
+    # one thread: the rollouts share the CPU with the sandbox's scoring workers, and on an oversubscribed
+    # machine a second BLAS thread made a run 5x slower (618 s vs ~120 s measured at one thread)
+    torch.set_num_threads(int(args.get("threads", 1)))
+    cfg = copy.deepcopy(run.config)
+    seed = int(run.seed)
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pl.seed_everything(seed, verbose=False)
+
+    model_kw = dict(cfg["model"]["init_args"])
+    G = int(model_kw.get("group_size", 8))
+    budget = int(args["budget"])
+    if budget <= 0 or budget % G:
+        raise ValueError(f"budget must be a positive multiple of group_size={G}, got {budget}")
+    model_kw.update(seed=seed, rollout_budget=budget, log_rollouts=bool(args.get("log_rollouts", False)),
+                    log_difficulty=args["log_difficulty"])
+    data_kw = {**cfg.get("data", {}).get("init_args", {}), "seed": seed}  # the seed picks the training prompts
+    dm = PromptDataModule(**data_kw)
+    dm.setup("fit")
+    module = GRPOModule(**model_kw)
+    module.attach(dm.train_set, dm.val_set)
+    val = dm.val_set
+    eval_seed = 777 + seed  # the same evaluation draws at every point and in every arm of this seed
+    S_curve, S_final = int(args["curve_samples"]), int(args["eval_samples"])
+    every = int(args["eval_every"])
+
+    # the initial policy's pass rate is the same for every arm of a seed: measure it once, at the final
+    # evaluation's size, and share it through the study folder
+    key = {"policy": str(model_kw.get("policy")), "val": list(val.ids), "samples": S_final, "seed": eval_seed,
+           "max_new_tokens": int(module.hparams.max_new_tokens)}
+    cache = run_dir.parent.parent / "_initial_eval" / f"seed_{seed}.json"
+    initial = json.loads(cache.read_text()) if cache.is_file() else None
+    if initial is None or initial["key"] != key:
+        p0 = pass_rates(module, val, S_final, eval_seed)
+        initial = {"key": key, "val_pass": float(p0.mean()), "se": standard_error(p0, S_final),
+                   "curve_pass": float(pass_rates(module, val, S_curve, eval_seed).mean())}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{run.arm}.tmp")
+        tmp.write_text(json.dumps(initial))
+        tmp.replace(cache)
+
+    curve: list[tuple[int, int, float]] = []   # (step, rollouts, val pass rate)
+
+    class Curve(Callback):
+        next_mark = every
+
+        def on_train_start(self, trainer, m):
+            curve.append((0, 0, initial["curve_pass"]))
+
+        def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx):
+            spent = m.sampler.rollouts_spent
+            if spent >= self.next_mark and spent < budget:
+                curve.append((len(m.history), spent, float(pass_rates(m, val, S_curve, eval_seed).mean())))
+                while self.next_mark <= spent:
+                    self.next_mark += every
+
+    max_steps = 20 * budget // (G * module.hparams.prompts_per_step) + 10  # filters may need many steps
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1,
+                         logger=CSVLogger(run_dir, name="", version=""), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=run_dir, callbacks=[Curve()])
+    trainer.fit(module, datamodule=dm)  # the module already holds its prompt sets; dm's seed matches the module's
+    train_s = time.perf_counter() - t0
+
+    spent = module.sampler.rollouts_spent
+    curve.append((len(module.history), spent, float(pass_rates(module, val, S_curve, eval_seed).mean())))
+    final = pass_rates(module, val, S_final, eval_seed)
+    val_final, se = float(final.mean()), standard_error(final, S_final)
+
+    import pandas as pd
+
+    pd.DataFrame(curve, columns=["step", "rollouts", "val_pass"]).assign(arm=run.arm, seed=seed).to_csv(
+        run_dir / "curve.csv", index=False)
+    steps = []
+    for i, h in enumerate(module.history):
+        kept = h["groups_kept"]
+        steps.append({"step": i + 1, "rollouts": h["rollouts_spent"],
+                      "eff_ratio": h["effective_samples"] / (kept * G) if kept else 0.0,
+                      "mixed_generated": 1.0 - h["frac_zero_var"], "reward_generated": h["reward_generated"],
+                      "groups_kept": kept, "groups_dropped": h["groups_dropped"]})
+    sdf = pd.DataFrame(steps).assign(arm=run.arm, seed=seed)
+    sdf.to_csv(run_dir / "steps.csv", index=False)
+
+    # area under the validation curve (trapezoid over rollouts, / budget): the mean pass rate while training
+    xs, ys = [c[1] for c in curve], [c[2] for c in curve]
+    auc = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / max(xs[-1], 1)
+    points = [(c[1], c[2]) for c in curve]
+    # the target lives on the curve's own estimator (the baseline's last curve point), so a run's curve is
+    # compared with a number measured the same way; val_pass_final is the precise end-point estimate
+    own = {"val_pass_final": val_final, "val_pass_initial": initial["val_pass"], "curve_final": curve[-1][2],
+           "curve_initial": curve[0][2]}
+    (run_dir / "final.json").write_text(json.dumps({**own, "curve": points}))
+
+    # rollouts to the baseline arm's final validation pass rate (same seed), read from its finished run
+    base_dir = run_dir.parent.parent / args["target_arm"] / run_dir.name
+    if run.arm == args["target_arm"]:
+        base = {**own, "curve": points}
+    elif (base_dir / "final.json").is_file():
+        base = json.loads((base_dir / "final.json").read_text())
+    else:
+        base = None
+    if base is not None:
+        target = base["curve_final"]
+        gain = base["val_pass_final"] - base["val_pass_initial"]  # the precise estimate decides "no signal"
+        rtt = rollouts_to_reach(points, target)
+        rtt_base = rollouts_to_reach([tuple(p) for p in base["curve"]], target)
+        ratio = target_ratio(rtt, rtt_base, gain)
+    else:
+        target = gain = rtt = ratio = math.nan
+
+    n = len(module.history)
+    tail = sdf.tail(max(1, n // 4))
+    skipped = getattr(module.sampler, "skipped", None)
+    return {
+        "n_eval": len(val) * S_final, "eval_samples": S_final, "n_val_prompts": len(val),
+        "val_pass_final": val_final, "val_pass_final_se": se, "val_pass_initial": initial["val_pass"],
+        "val_pass_initial_se": initial["se"], "val_gain": val_final - initial["val_pass"],
+        "val_auc": auc, "target": target, "target_gain": gain,
+        "rollouts_to_target": rtt, "reached_target": float(not math.isnan(rtt)) if base is not None else math.nan,
+        "rollouts_to_target_ratio": ratio,
+        "eff_ratio_mean": float(sdf.eff_ratio.mean()) if n else math.nan,
+        "eff_ratio_last_quarter": float(tail.eff_ratio.mean()) if n else math.nan,
+        "mixed_generated_mean": float(sdf.mixed_generated.mean()) if n else math.nan,
+        "effective_sample_ratio": module.effective_total / max(spent, 1),
+        "rollouts_spent": spent, "steps": n, "groups_dropped": float(sdf.groups_dropped.sum()) if n else 0.0,
+        "greso_skipped": float(skipped) if skipped is not None else math.nan,
+        "train_s": round(train_s, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ demo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="CI-sized run (~1-2 min on CPU)")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo_vade-<time>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
-                        help="comma-separated: uniform, dapo_filter, vade, vade_filter")
-    parser.add_argument("--budget", type=int, default=None,
-                        help="rollouts (completions) per sampler; default steps x prompts x group size")
-    parser.add_argument("--policy", default="embedded", help="policy checkpoint folder (default: embedded)")
+                        help="comma-separated: uniform, dapo_filter, greso, mopps, vade, vade_filter")
+    parser.add_argument("--variant", default=None,
+                        help="VADE tracker variant for the vade samplers: paper | p1p | greedy | last_update | kit")
+    parser.add_argument("--budget", type=int, default=None, help="rollouts (completions) per sampler")
+    parser.add_argument("--config", default=str(CONFIG), help="base config (default configs/grpo_codegen.yaml)")
+    parser.add_argument("--policy", default=None, help="policy checkpoint folder (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
 
-def _pass_curve_callback(train_set, curve: list, eval_every: int, baseline: float):
-    from lightning.pytorch import Callback
-
-    class PassCurve(Callback):
-        def on_train_start(self, trainer, module):
-            curve.append((0, baseline))
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = len(module.history)
-            if step and (step % eval_every == 0 or trainer.should_stop):
-                if curve[-1][0] != module.sampler.rollouts_spent:
-                    curve.append((module.sampler.rollouts_spent, module.evaluate(train_set)))
-
-    return PassCurve()
-
-
-def run_comparison(seed: int = 0, quick: bool = False, samplers=SAMPLERS, out: str | Path | None = None,
-                   verbose: bool = True, policy: str = "embedded", budget: int | None = None,
-                   **overrides) -> dict:
-    """Train one GRPO run per sampler on the same budget; returns {sampler: results} (+ "settings")."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
-
-    from pfkit.data.prompts import PromptDataModule, code_prompt_set
-    from pfkit.models import load_policy
-    from pfkit.modules.grpo import GRPOModule
-    from pfkit.tasks import codegen
-
-    cfg = {**SETTINGS[bool(quick)], **overrides}
-    per_step = cfg["prompts_per_step"] * cfg["group_size"]
-    budget = budget or cfg["steps"] * per_step
-    splits = codegen.splits(seed=0)
-    import random
-
-    train = list(splits["train"])
-    random.Random(seed).shuffle(train)
-    train_set = code_prompt_set(train[: cfg["n_train"]])
-    val_set = code_prompt_set(list(splits["val"])[: cfg["n_val"]])
-    out = Path(out) if out is not None else None
-    results: dict = {"settings": {**cfg, "budget": budget, "seed": seed, "policy": policy}}
-    baseline = None
+def demo_runs(out: Path, samplers, *, seed: int = 0, quick: bool = False, budget: int | None = None,
+              config: str | Path = CONFIG, policy: str | None = None, variant: str | None = None) -> list[Run]:
+    """The demo's runs: one per sampler, the base config plus the sampler (and the quick sizes)."""
+    base = load_config(config)
+    args = {**ARGS, **(QUICK["args"] if quick else {})}
+    if budget is not None:
+        args["budget"] = budget
+    runs = []
     for name in samplers:
-        t0 = time.perf_counter()
-        model, tok = load_policy(policy)
-        torch.manual_seed(seed)
-        module = GRPOModule(policy=None, sampler=name, prompts_per_step=cfg["prompts_per_step"],
-                            group_size=cfg["group_size"], max_new_tokens=cfg["max_new_tokens"], lr=cfg["lr"],
-                            rollout_budget=budget, eval_temperature=1.0, eval_samples=cfg["eval_samples"],
-                            seed=seed, log_rollouts=out is not None,
-                            log_difficulty="all" if out is not None else "none")
-        module.set_policy(model, tok)
-        module.attach(train_set, val_set)
-        if baseline is None:  # same initial policy for every sampler: evaluate it once
-            baseline = module.evaluate(train_set)
-        curve: list = []
-        run_dir = out / name if out is not None else None
-        trainer = pl.Trainer(
-            max_steps=10 * cfg["steps"] + 10, max_epochs=-1, accelerator="cpu", devices=1,
-            logger=CSVLogger(run_dir, name="", version="") if run_dir else False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, log_every_n_steps=1, default_root_dir=run_dir,
-            callbacks=[_pass_curve_callback(train_set, curve, cfg["eval_every"], baseline)])
-        dm = PromptDataModule.from_sets(train_set, val_set, steps_per_epoch=10 * cfg["steps"] + 10)
-        trainer.fit(module, datamodule=dm)
-        if curve[-1][0] != module.sampler.rollouts_spent:
-            curve.append((module.sampler.rollouts_spent, module.evaluate(train_set)))
-        heldout = module.evaluate(val_set)
-        if run_dir is not None:
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        hist = module.history
-        spent = module.sampler.rollouts_spent
-        res = {
-            "steps": len(hist), "rollouts_spent": spent, "effective_samples": module.effective_total,
-            "effective_ratio": module.effective_total / max(spent, 1),
-            "frac_zero_var": sum(h["frac_zero_var"] for h in hist) / max(len(hist), 1),
-            "train_pass_rate_initial": baseline, "train_pass_rate": curve[-1][1], "heldout_pass_rate": heldout,
-            "curve": curve,
-            "batch_reward": [(h["rollouts_spent"], h["reward_generated"]) for h in hist],
-            "seconds": time.perf_counter() - t0,
-        }
-        results[name] = res
-        if verbose:
-            print(f"[{name}] {res['steps']} steps, {spent} rollouts, effective ratio {res['effective_ratio']:.3f}, "
-                  f"train pass {baseline:.3f} -> {res['train_pass_rate']:.3f}, held-out {heldout:.3f} "
-                  f"({res['seconds']:.0f}s)", flush=True)
-    return results
+        cfg = copy.deepcopy(base)
+        over = {"model.init_args.sampler": name, **(QUICK["overrides"] if quick else {})}
+        if policy is not None:
+            over["model.init_args.policy"] = policy
+        if variant is not None:
+            over["model.init_args.sampler_options.tracker.variant"] = variant
+        for k, v in over.items():
+            set_dotted(cfg, k, v)
+        runs.append(Run(arm=name, seed=seed, run_dir=out / name / f"seed_{seed}", config=cfg,
+                        args={**args, "target_arm": samplers[0]}, quick=quick))
+    return runs
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(out: Path, names) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,54 +311,96 @@ def plot(results: dict, path: Path) -> None:
     import pandas as pd
     import seaborn as sns
 
-    rows, batch_rows = [], []
-    for name, res in results.items():
-        if name == "settings":
-            continue
-        rows += [{"sampler": name, "rollouts": r, "train pass rate": p} for r, p in res["curve"]]
-        batch_rows += [{"sampler": name, "rollouts": r, "batch reward": p} for r, p in res["batch_reward"]]
+    curves = pd.concat([pd.read_csv(p) for n in names for p in (out / n).glob("seed_*/curve.csv")])
+    steps = pd.concat([pd.read_csv(p) for n in names for p in (out / n).glob("seed_*/steps.csv")])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    sns.lineplot(pd.DataFrame(rows), x="rollouts", y="train pass rate", hue="sampler", marker="o", ax=axes[0])
-    sns.lineplot(pd.DataFrame(batch_rows), x="rollouts", y="batch reward", hue="sampler", ax=axes[1])
-    axes[0].set_title("pass rate on training prompts")
-    axes[1].set_title("mean reward of generated groups")
+    sns.lineplot(curves, x="rollouts", y="val_pass", hue="arm", marker="o", ax=axes[0])
+    sns.lineplot(steps, x="step", y="eff_ratio", hue="arm", ax=axes[1])
+    axes[0].set_title("validation pass rate (unfiltered held-out split)")
+    axes[1].set_title("effective-gradient ratio (mixed-reward groups in the batch)")
     fig.tight_layout()
+    path = out / "reward_vs_rollouts.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def print_table(results: dict) -> None:
-    names = [n for n in results if n != "settings"]
-    print(f"\n{'sampler':12} {'rollouts':>8} {'eff.ratio':>9} {'zero-var':>8} {'train pass':>10} {'held-out':>8}")
-    for n in names:
-        r = results[n]
-        print(f"{n:12} {r['rollouts_spent']:>8} {r['effective_ratio']:>9.3f} {r['frac_zero_var']:>8.3f} "
-              f"{r['train_pass_rate']:>10.3f} {r['heldout_pass_rate']:>8.3f}")
+    return path
 
 
 def main(args) -> int:
     from pfkit.cli import UserError
+    from pfkit.data.samplers import SAMPLERS as KNOWN
+    from pfkit.rl.vade import VARIANTS
     from pfkit.runs import RunDir
 
     if args.threads:
         torch.set_num_threads(args.threads)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    from pfkit.data.samplers import SAMPLERS as KNOWN
-
     bad = [s for s in samplers if s not in KNOWN]
     if bad or not samplers:
         raise UserError(f"unknown sampler(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(KNOWN)}")
     if args.budget is not None and args.budget <= 0:
         raise UserError(f"--budget must be a positive number of rollouts, got {args.budget}")
+    if args.variant is not None and args.variant not in VARIANTS:
+        raise UserError(f"unknown --variant {args.variant}; choose from {', '.join(VARIANTS)}")
+    if not Path(args.config).is_file():
+        raise UserError(f"config {args.config} not found; pass --config PATH.yaml")
     out = Path(args.out) if args.out else Path("runs") / f"demo_vade-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = demo_runs(out, samplers, seed=args.seed, quick=args.quick, budget=args.budget, config=args.config,
+                     policy=args.policy, variant=args.variant)
+    G = int(runs[0].config["model"]["init_args"].get("group_size", 8))
+    if runs[0].args["budget"] % G:
+        raise UserError(f"--budget must be a multiple of group_size={G} (whole groups), got {runs[0].args['budget']}")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"VADE demo -> {out}  (samplers: {', '.join(samplers)}; {'quick' if args.quick else 'full'} setting)",
-          flush=True)
-    results = run_comparison(seed=args.seed, quick=args.quick, samplers=samplers, out=out, policy=args.policy,
-                             budget=args.budget)
-    print_table(results)
-    RunDir(out).write_summary(results)
-    plot(results, out / "reward_vs_rollouts.png")
-    print(f"\nwrote {out / 'summary.json'} and {out / 'reward_vs_rollouts.png'}; "
-          f"inspect with: pfkit inspect difficulty {out / samplers[-1]}")
+    print(f"VADE demo -> {out}  (samplers: {', '.join(samplers)}; {'quick' if args.quick else 'full'} setting, "
+          f"budget {runs[0].args['budget']} rollouts)", flush=True)
+    results = {}
+    for run in runs:
+        res = run_arm(run)
+        results[run.arm] = res
+        print(f"[{run.arm}] {res['steps']} steps, {res['rollouts_spent']} rollouts, effective-gradient ratio "
+              f"{res['eff_ratio_mean']:.3f} (generated {res['mixed_generated_mean']:.3f}), validation pass "
+              f"{res['val_pass_initial']:.3f} -> {res['val_pass_final']:.3f} ± {res['val_pass_final_se']:.3f} "
+              f"(n_eval {res['n_eval']}) ({res['train_s']:.0f}s)", flush=True)
+
+    def f(x):
+        return "not reached" if isinstance(x, float) and math.isnan(x) else f"{x:.3f}" if isinstance(x, float) else x
+
+    print(f"\n{'sampler':12} {'rollouts':>8} {'eff.ratio':>9} {'val pass':>9} {'±SE':>6} {'AUC':>6} "
+          f"{'to target':>11} {'ratio':>11}")
+    for n, r in results.items():
+        print(f"{n:12} {r['rollouts_spent']:>8} {r['eff_ratio_mean']:>9.3f} {r['val_pass_final']:>9.3f} "
+              f"{r['val_pass_final_se']:>6.3f} {r['val_auc']:>6.3f} {f(r['rollouts_to_target']):>11} "
+              f"{f(r['rollouts_to_target_ratio']):>11}")
+    print(f"(target: {samplers[0]}'s final validation pass rate; one seed, n_eval = {results[samplers[0]]['n_eval']} "
+          "completions per final evaluation)")
+    RunDir(out).write_summary({"settings": {"seed": args.seed, "quick": args.quick, **runs[0].args}, **results})
+    png = plot(out, samplers)
+    print(f"\nwrote {out / 'summary.json'} and {png}; inspect with: "
+          f"pfkit inspect difficulty {runs[-1].run_dir}")
     return 0
+
+
+def collect_curves(out: str | Path, arms=None) -> tuple:
+    """The study folder's per-run ``curve.csv`` and ``steps.csv``, stacked (runs with a ``result.json``):
+    ``(curves, steps)`` DataFrames with ``arm`` and ``seed`` columns, for the notebook's figures."""
+    import pandas as pd
+
+    out = Path(out)
+    curves, steps = [], []
+    for run_dir in sorted(out.glob("*/seed_*")):
+        if arms is not None and run_dir.parent.name not in arms:
+            continue
+        if (run_dir / "result.json").is_file():  # finished runs of a study, the ones in its table
+            curves.append(pd.read_csv(run_dir / "curve.csv"))
+            steps.append(pd.read_csv(run_dir / "steps.csv"))
+    if not curves:
+        return pd.DataFrame(columns=["step", "rollouts", "val_pass", "arm", "seed"]), pd.DataFrame()
+    return pd.concat(curves, ignore_index=True), pd.concat(steps, ignore_index=True)
+
+
+def store_curves(out: str | Path, prefix: str | Path = ROOT / "studies" / "results" / "vade") -> list[Path]:
+    """Write a finished study's curves next to its table (``<prefix>_curves.csv``, ``<prefix>_steps.csv``)."""
+    curves, steps = collect_curves(out)
+    paths = [Path(f"{prefix}_curves.csv"), Path(f"{prefix}_steps.csv")]
+    curves.round(6).to_csv(paths[0], index=False)
+    steps.round(6).to_csv(paths[1], index=False)
+    return paths

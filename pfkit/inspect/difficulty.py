@@ -7,6 +7,11 @@ trajectories, how often each prompt was selected against its estimated success p
 information-gain criterion should favour p near 0.5), the fraction of zero-variance groups per step for
 every sampler in the run, and a prompt table sortable by difficulty and uncertainty.
 
+What VADE decided at a step: the information-gain curve I(p) = p(1 - p)^2 (the paper's score) with each
+candidate's Thompson draw on it, the selected ones ringed (``draw`` column, logged by every selecting
+sampler; a run without it shows posterior means), and the effective-gradient ratio per sampler: the share
+of the trained groups with mixed rewards per step (the paper's Fig. 3).
+
 Zero-variance groups (all G rewards equal, so the group-relative advantage is 0 and the group teaches
 nothing) are counted two ways: over the groups the sampler *generated* (difficulty.parquet:
 ``trials > 0`` and ``successes`` in {0, trials}; exact for 0/1 rewards) and over the groups *logged* to
@@ -134,6 +139,13 @@ class Difficulty:
                 frames.append(log)
         return pd.concat(frames, ignore_index=True)
 
+    def effective_ratio(self) -> pd.DataFrame:
+        """Per sampler and step: share of the selected (trained) groups whose rewards were mixed."""
+        d = self.raw[self.raw["selected"] & (self.raw["trials"] > 0)]
+        mixed = (d["successes"] > 0) & (d["successes"] < d["trials"])
+        return (d.assign(mixed=mixed).groupby(["sampler", "step"], as_index=False)
+                .agg(ratio=("mixed", "mean"), groups=("mixed", "size")))
+
     def selection(self, sampler: str) -> pd.DataFrame:
         """Per prompt: times selected and mean p_mean over the steps (the estimate it was chosen on)."""
         d = self.of(sampler)
@@ -203,6 +215,42 @@ def selection_figure(data: Difficulty, sampler: str):
     return fig
 
 
+def infogain_figure(data: Difficulty, sampler: str, step: int):
+    """I(p) = p(1 - p)^2 with the step's draws (or posterior means) on it; selected prompts ringed."""
+    d = data.at(sampler, step)
+    has_draw = "draw" in d and d["draw"].notna().any()
+    x = d["draw"] if has_draw else d["p_mean"]
+    what = "Thompson draw p̃" if has_draw else "posterior mean (no draws logged)"
+    fig, ax = C.figure(6.0, 4.0)
+    p = np.linspace(0, 1, 201)
+    ax.plot(p, p * (1 - p) ** 2, color="k", lw=1, label="I(p) = p(1−p)² (VADE)")
+    ax.plot(p, p * (1 - p), color="gray", lw=0.8, ls="--", label="p(1−p) (ablation)")
+    ok = x.notna()
+    xs = x[ok].to_numpy(np.float64)
+    ax.scatter(xs, xs * (1 - xs) ** 2, s=14, alpha=0.6, label=f"candidates ({what})")
+    sel = d["selected"].to_numpy()[ok.to_numpy()]
+    ax.scatter(xs[sel], (xs * (1 - xs) ** 2)[sel], s=70, facecolors="none", edgecolors="tab:red",
+               label=f"selected ({int(sel.sum())})")
+    ax.axvline(1 / 3, color="k", lw=0.6, ls=":")
+    ax.set(xlabel=what, ylabel="information gain", title=f"{sampler}, step {step}: what was chosen")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def effective_ratio_figure(data: Difficulty):
+    from matplotlib.ticker import MaxNLocator
+
+    er = data.effective_ratio()
+    fig, ax = C.figure(7.0, 3.4)
+    for sampler, g in er.groupby("sampler", sort=True):
+        ax.plot(g["step"], g["ratio"], marker=".", label=sampler)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="step", ylabel="share of trained groups", ylim=(-0.02, 1.02),
+           title="effective-gradient ratio (mixed-reward groups in the batch)")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def zero_variance_figure(data: Difficulty):
     from matplotlib.ticker import MaxNLocator
 
@@ -269,6 +317,9 @@ def _build(data: Difficulty):
         with gr.Row():
             post = gr.Plot(label="Beta posteriors at the step", elem_id="posteriors")
             zero = gr.Plot(label="zero-variance groups", elem_id="zero-variance")
+        with gr.Row():
+            gain = gr.Plot(label="information gain of the step's draws", elem_id="infogain")
+            eff = gr.Plot(label="effective-gradient ratio", elem_id="effective-ratio")
         traj = gr.Plot(label="α / β / mean over steps", elem_id="trajectories")
         sel = gr.Plot(label="selection vs estimated p", elem_id="selection")
         sort = gr.Radio(choices=list(SORTS), value=next(iter(SORTS)), label="sort prompts", elem_id="sort")
@@ -282,10 +333,11 @@ def _build(data: Difficulty):
 
         def views(s, st, ps):
             if s is None or st is None:
-                return (gr.skip(),) * 5
+                return (gr.skip(),) * 7
             ps = list(ps or [])
             return (stats_markdown(data, s, int(st)), posterior_figure(data, s, int(st), ps),
-                    trajectory_figure(data, s, ps, int(st)), selection_figure(data, s), zero_variance_figure(data))
+                    trajectory_figure(data, s, ps, int(st)), selection_figure(data, s), zero_variance_figure(data),
+                    infogain_figure(data, s, int(st)), effective_ratio_figure(data))
 
         def tab(s, st, srt):
             if s is None or st is None:
@@ -301,9 +353,10 @@ def _build(data: Difficulty):
 
         sampler.change(on_sampler, sampler, [step, prompts])
         (reload_btn.click(on_reload, sampler, [sampler, step, status])
-         .then(views, [sampler, step, prompts], [stats, post, traj, sel, zero]).then(tab, [sampler, step, sort], table))
+         .then(views, [sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff])
+         .then(tab, [sampler, step, sort], table))
         gr.on([sampler.change, step.change, prompts.change, demo.load], views, [sampler, step, prompts],
-              [stats, post, traj, sel, zero], trigger_mode=C.LATEST)
+              [stats, post, traj, sel, zero, gain, eff], trigger_mode=C.LATEST)
         gr.on([sampler.change, step.change, sort.change, demo.load], tab, [sampler, step, sort], table, trigger_mode=C.LATEST)
     return demo
 

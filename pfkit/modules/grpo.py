@@ -107,7 +107,7 @@ class GRPOModule(LightningModule):
             raise ValueError(f"prompts_per_step={h.prompts_per_step} exceeds the {len(self.prompt_set)} training "
                              "prompts; lower prompts_per_step or use more training prompts")
         self.sampler = make_sampler(h.sampler, len(self.prompt_set), h.group_size, seed=h.seed,
-                                    **(h.sampler_options or {}))
+                                    rollout_budget=h.rollout_budget, **(h.sampler_options or {}))
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None

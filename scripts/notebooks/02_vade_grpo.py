@@ -5,19 +5,22 @@
 # (advantage = reward − group mean, scaled by the group std). When all G rewards are equal — the policy
 # always solves the prompt, or never does — every advantage is 0 and the whole group contributes **no
 # gradient**: those G rollouts were paid for and thrown away. VADE (Hu et al., Nov 2025, arXiv 2511.18902)
-# avoids that *before* rolling out:
+# avoids that *before* rolling out. Its algorithm box, from the authors' method figure (the paper's method
+# text was not retrievable; ../shared/research/vade.md):
 #
-# 1. keep a **Beta(α, β) posterior** over each prompt's success probability, updated from its groups;
-# 2. choose the next batch by **Thompson sampling**: draw p̃ per prompt, prefer the largest expected reward
-#    variance p̃(1−p̃) (the information-gain criterion);
-# 3. **decay** old evidence toward the prior on two time scales, because the policy keeps changing.
+# 1. per prompt, pseudo-counts (a, b) from 0, and one **Thompson draw** p̃ ~ Beta(a + 1, b + 1);
+# 2. the **information gain** I = p̃(1 − p̃)², maximal at p̃ = 1/3; the **top-B** prompts are rolled out;
+# 3. **two-scale decay**, exclusive: selected prompts a ← 0.2·a + r, b ← 0.2·b + (G − r); all others
+#    a, b ← 0.999·a, 0.999·b.
 #
 # It only changes *which prompts are sampled*, not the GRPO loss. This notebook builds each piece with
-# `pfkit.rl.vade.BetaTracker`, then compares `uniform`, `dapo_filter` (DAPO's over-sample-and-drop) and
-# `vade` on the embedded code task, and opens the difficulty inspector.
+# `pfkit.rl.vade.BetaTracker`, then shows the **VADE study** (`studies/vade.yaml`: uniform, DAPO's filter,
+# GRESO, MoPPS, VADE and its three ablations on GRPO, plus GSPO) from its stored table, and re-runs a tiny
+# grid of it.
 #
 # **Data**: nothing beyond the kit (embedded policy + generated code task). `QUICK = True` (default; CI)
-# uses a handful of prompts and steps: curves are a smoke test; `PFKIT_NOTEBOOK_QUICK=0` for real ones.
+# re-runs the study's smoke-test grid (2 arms, 1 seed, tiny sizes: not a result); the stored table is the
+# full study's.
 
 # %% [parameters]
 import os
@@ -100,157 +103,211 @@ axes[1].set_title("embedded policy: per-prompt pass rate", fontsize=9)
 fig
 
 # %% [markdown]
-# ## 2 · The Beta posterior, step by step
+# ## 2 · The Beta posterior and the figure's worked example
 #
-# `BetaTracker` holds Beta(α, β) per prompt, starting at the prior Beta(1, 1) (uniform). After a group of G
-# rewards r_j ∈ [0, 1]: α += Σ r_j, β += Σ (1 − r_j) — the conjugate update for binary rewards; a
-# continuous reward of 0.7 counts as 0.7 of a success (`continuous="fractional"`, the default). Decay is
-# switched off here (`global_decay = local_decay = 1`) to see the raw update.
+# `BetaTracker` stores α = 1 + a and β = 1 + b, so Beta(α, β) is the figure's Beta(a + 1, b + 1) and
+# `counts()` gives (a, b). A group of G rewards r_j ∈ [0, 1] adds r = Σ r_j to a and G − r to b (binary
+# rewards: the correct count; a continuous reward of 0.7 counts as 0.7 of a success — the paper does not
+# say how continuous rewards enter). The figure's worked example (G = 8): two selected samples and one
+# that was not selected.
 
 # %%
-tracker = BetaTracker(1, global_decay=1.0, local_decay=1.0)
-groups = [[1, 0, 0, 0], [0, 0, 1, 0], [1, 1, 0, 1], [0.5, 0.7, 0.2, 1.0]]
-states = {"prior": (float(tracker.alpha[0]), float(tracker.beta[0]))}
-rows = [{"after": "prior", "rewards": "", "alpha": 1.0, "beta": 1.0, "mean": 0.5}]
-for t, g in enumerate(groups, 1):
-    tracker.update([0], g, group_size=4)
-    a, b = float(tracker.alpha[0]), float(tracker.beta[0])
-    states[f"group {t}"] = (a, b)
-    rows.append({"after": f"group {t}", "rewards": str(g), "alpha": a, "beta": b, "mean": a / (a + b)})
-display_table = pd.DataFrame(rows)
-display_table
+tracker = BetaTracker(3)  # the paper's form: variant="paper"
+tracker.alpha = torch.tensor([1 + 0.1, 1 + 2.7, 1 + 9.0], dtype=torch.float64)
+tracker.beta = torch.tensor([1 + 8.4, 1 + 5.3, 1 + 0.2], dtype=torch.float64)
+before = [tuple(round(float(x), 4) for x in pair) for pair in zip(*tracker.counts())]
+tracker.update([0, 1], [1, 0, 0, 0, 0, 0, 0, 0] + [1, 1, 0, 1, 0, 0, 1, 0], group_size=8)
+tracker.step()
+after = [tuple(round(float(x), 4) for x in pair) for pair in zip(*tracker.counts())]
+pd.DataFrame({"sample": ["selected, 1/8 correct", "selected, 4/8 correct", "not selected"],
+              "(a, b) before": before, "(a, b) after": after,
+              "figure": ["(1.02, 8.68)", "(4.54, 5.06)", "(8.991, 0.1998)"]})
 
 # %%
-viz.beta_densities(states)
+viz.beta_densities({f"{n}: Beta({a + 1:.2f}, {b + 1:.2f})": (a + 1, b + 1)
+                    for n, (a, b) in zip(["1/8", "4/8", "unselected"], after)})
 
 # %% [markdown]
-# ## 3 · Thompson sampling and the information-gain criterion
+# ## 3 · Thompson sampling and the information gain p̃(1 − p̃)²
 #
-# To pick k prompts, draw p̃ ~ Beta(α, β) for each and take the k largest p̃(1−p̃) — the variance of a
-# Bernoulli(p̃) reward, i.e. the expected within-group reward variance that GRPO's advantages and gradient
-# scale with. The *draw* (not the posterior mean) is what keeps exploring prompts the tracker knows little
-# about. We feed a tracker the groups from section 1 and look at one draw:
+# To pick k prompts, draw p̃ per prompt and take the k largest I(p̃). Unlike the Bernoulli variance
+# p(1 − p) (the paper's ablation, symmetric about ½), I peaks at p̃ = 1/3: a prompt solved a third of the
+# time outranks one solved two thirds of the time. The *draw* (not the posterior mean) keeps exploring
+# prompts the tracker knows little about; ranking by the mean is the "greedy" ablation (our reading of
+# the name). We feed a tracker the groups from section 1 and look at one draw:
 
 # %%
-tracker = BetaTracker(n_probe, global_decay=1.0, local_decay=1.0)
+from pfkit.rl.vade import info_gain
+
+grid = torch.linspace(0, 1, 201, dtype=torch.float64)
+fig, axes = viz.figure(2, 1, 4.4, 3.2)
+axes[0].plot(grid, info_gain(grid, "infogain"), label="p(1−p)² (VADE)")
+axes[0].plot(grid, info_gain(grid, "variance"), label="p(1−p) (ablation)", ls="--")
+axes[0].axvline(1 / 3, color="grey", lw=0.8)
+axes[0].set_xlabel("success probability p")
+axes[0].legend(fontsize=8)
+tracker = BetaTracker(n_probe)
 tracker.update(list(range(n_probe)), scores.reshape(-1), group_size=G)
 k = 8
 score = tracker.scores(torch.Generator().manual_seed(1))
 chosen = tracker.select(k, torch.Generator().manual_seed(1))  # same generator state -> the same draw
 a, b = tracker.alpha, tracker.beta
 sd = torch.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-viz.thompson_panel(tracker.p_mean, score, chosen, uncertainty=sd)
+viz.thompson_panel(tracker.p_mean, score, chosen, uncertainty=sd, ax=axes[1])
+fig
 
 # %% [markdown]
-# Over many draws, how often each prompt is chosen: prompts whose mean is near ½ are chosen nearly always,
-# settled easy/hopeless ones rarely, and uncertain ones in between. `criterion="nonzero"` scores
-# 1 − p̃^G − (1 − p̃)^G instead (the probability that the group is *not* all-equal); it ranks prompts the same.
+# Over many draws, how often each prompt is chosen, under the paper's score and under p(1 − p):
 
 # %%
-gen = torch.Generator().manual_seed(0)
-counts = torch.zeros(n_probe)
-n_draws = 200
-for _ in range(n_draws):
-    counts[tracker.select(k, gen)] += 1
-freq = pd.DataFrame({"posterior mean": tracker.p_mean.numpy(), "chosen fraction": (counts / n_draws).numpy(),
-                     "posterior sd": sd.numpy()})
+freq = []
+for variant in ("paper", "p1p"):
+    t = BetaTracker(n_probe, variant=variant)
+    t.update(list(range(n_probe)), scores.reshape(-1), group_size=G)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(n_probe)
+    for _ in range(200):
+        counts[t.select(k, gen)] += 1
+    freq.append(pd.DataFrame({"posterior mean": t.p_mean.numpy(), "chosen fraction": (counts / 200).numpy(),
+                              "score": variant}))
 fig, ax = viz.figure(width=5, height=3.4)
-sns.scatterplot(freq, x="posterior mean", y="chosen fraction", hue="posterior sd", palette="viridis", ax=ax)
-ax.set_title(f"selection frequency over {n_draws} Thompson draws (k={k} of {n_probe})", fontsize=9)
+sns.scatterplot(pd.concat(freq), x="posterior mean", y="chosen fraction", hue="score", ax=ax)
+ax.set_title(f"selection frequency over 200 Thompson draws (k={k} of {n_probe})", fontsize=9)
 fig
 
 # %% [markdown]
 # ## 4 · The two-scale decay
 #
-# The policy improves, so a group seen 50 steps ago says little about the prompt today. Evidence
-# (α − α0, β − β0) is shrunk toward the prior on two clocks:
-#
-# * **global**, every training step, every prompt: `evidence *= global_decay` (slow);
-# * **local**, per prompt: with `local_clock="visits"` (default) old evidence is multiplied by
-#   `local_decay` each time the prompt gets a fresh group, so its newest group dominates; with
-#   `local_clock="steps"` by `local_decay ** (steps since last seen)` when it is next seen.
-#
-# One prompt, a group of 8 passes at step 0, then one group (all failures: the policy got worse at it) every
-# 10 steps; the posterior mean with no decay, global only, and both:
+# The policy improves, so old evidence goes stale. In the paper's form the two decays are **exclusive**: a
+# prompt rolled out this step keeps 0.2 of its old counts and adds the new group (fast); a prompt not
+# rolled out keeps 0.999 of them (slow). `variant="last_update"` keeps only the newest group (λ1 = 0; our
+# reading of the ablation's name); `variant="kit"` is pfkit's earlier form (0.8 per visit and 0.99 on
+# every prompt every step, selected ones included). One prompt: 8 passes at step 0, then an all-fail group
+# every 10 steps:
 
 # %%
-settings = {"no decay": dict(global_decay=1.0, local_decay=1.0),
-            "global 0.98": dict(global_decay=0.98, local_decay=1.0),
-            "global 0.98 + local 0.5 (visits)": dict(global_decay=0.98, local_decay=0.5),
-            "global 0.98 + local 0.9 (steps)": dict(global_decay=0.98, local_decay=0.9, local_clock="steps")}
 trace = []
-for name, kw in settings.items():
-    t = BetaTracker(1, **kw)
+for name in ("paper", "last_update", "kit"):
+    t = BetaTracker(1, variant=name)
     for step in range(60):
         if step == 0:
             t.update([0], [1.0] * 8, group_size=8)
         elif step % 10 == 0:
             t.update([0], [0.0] * 8, group_size=8)
-        trace.append({"setting": name, "step": step, "posterior mean": float(t.p_mean[0]),
-                      "evidence α+β−2": float(t.alpha[0] + t.beta[0] - 2)})
+        trace.append({"variant": name, "step": step, "posterior mean": float(t.p_mean[0]),
+                      "counts a+b": float(sum(c[0] for c in t.counts()))})
         t.step()
 trace = pd.DataFrame(trace)
 fig, axes = viz.figure(2, 1, 4.6, 3.2)
-sns.lineplot(trace, x="step", y="posterior mean", hue="setting", ax=axes[0], legend=False)
-sns.lineplot(trace, x="step", y="evidence α+β−2", hue="setting", ax=axes[1])
+sns.lineplot(trace, x="step", y="posterior mean", hue="variant", ax=axes[0], legend=False)
+sns.lineplot(trace, x="step", y="counts a+b", hue="variant", ax=axes[1])
 axes[1].legend(fontsize=7)
 fig
 
 # %% [markdown]
-# ## 5 · uniform vs dapo_filter vs vade
+# ## 5 · The VADE study (stored table)
 #
-# `GRPOModule` takes the sampler by name (`pfkit.data.samplers`): **uniform** (plain GRPO), **dapo_filter**
-# (roll out, drop all-equal groups, refill until k groups are kept — every dropped rollout is paid for) and
-# **vade** (Thompson selection before rollout, nothing dropped). `pfkit demo vade` trains one run per sampler
-# from the same policy, seed and prompts until the same **rollout budget** is spent, measuring the pass rate
-# on the training prompts along the way. In Python that is `pfkit.demos.vade.run_comparison` (the settings
-# below shrink the quick setting further so the notebook stays fast). Each sampler's run folder gets
-# metrics.csv (mean reward, fraction of zero-variance groups, samples with a non-zero advantage, rollouts
-# spent, per step), `difficulty.parquet` (α, β per prompt per step) and `rollouts.parquet`.
+# `pfkit study -c studies/vade.yaml --workers 1` trains one GRPO run per (arm, seed) from the embedded policy
+# until the **same rollout budget** is spent (the filtering samplers' dropped groups count, and no sampler
+# overruns it), then evaluates the **unfiltered held-out validation split** (problems no sampler ever selects
+# from) at temperature 1. Arms: `uniform`, `dapo_filter` (DAPO: drop all-equal groups, refill), `greso`
+# (GRESO: skip prompts with a zero-variance streak before rollout), `mopps` (MoPPS-style: discounted Beta,
+# the draw closest to 0.5), `vade` (the paper's form) and its ablations `vade_p1p`, `vade_greedy`,
+# `vade_last_update`, and GSPO `gspo_uniform` / `gspo_vade`. The job is `pfkit.demos.vade:run_arm`, the same
+# function `pfkit demo vade` runs. The YAML states the paper's prediction and how the grid was sized.
 #
-# The same from a terminal: `pfkit demo vade [--quick] --out runs/vade`, or one sampler at a time with
-# `pfkit fit -c configs/grpo_codegen.yaml --model.init_args.sampler uniform|dapo_filter|vade`.
+# The stored table `studies/results/vade.csv` has one row per run; per arm, mean and 95% t-interval over
+# seeds (`pfkit.study.summarize`), with the seeds and evaluation samples behind every figure:
 
 # %%
-from pfkit.demos.vade import run_comparison
+from pfkit.study import format_summary, load_study, summarize
 
-SAMPLERS = ["uniform", "dapo_filter", "vade"]
-small = dict(n_train=16, n_val=8, prompts_per_step=4, group_size=G, steps=4, eval_every=2, eval_samples=1)
-demo_dir = OUT / "demo"
-results = run_comparison(seed=0, quick=QUICK, samplers=SAMPLERS, out=demo_dir, policy=POLICY,
-                         **(small if QUICK else {}))
-runs = {s: RunDir(demo_dir / s) for s in SAMPLERS}
-metrics = {s: r.metrics() for s, r in runs.items()}
-keys = ["steps", "rollouts_spent", "effective_samples", "effective_ratio", "frac_zero_var",
-        "train_pass_rate_initial", "train_pass_rate", "heldout_pass_rate"]
-pd.DataFrame({s: {k: results[s][k] for k in keys} for s in SAMPLERS}).round(3)
-
-# %%
-viz.curves(metrics, "train/rollouts_spent",
-           ["train/frac_zero_var", "train/effective_total", "train/reward_generated"], hue_name="sampler",
-           titles=["zero-variance groups per step", "useful samples so far", "mean reward of rollouts"])
+ROOT = Path("..").resolve()
+study = load_study(ROOT / "studies" / "vade.yaml")
+print("prediction (stated before running):", study.prediction)
+table_path = ROOT / "studies" / "results" / "vade.csv"
+stored = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame()
+if stored.empty:
+    print(f"{table_path} is not there yet: run the study first")
+else:
+    per_arm, paired = summarize(stored, study)
+    print(f"{stored['arm'].nunique()} arms x {stored['seed'].nunique()} seeds; evaluation samples per run "
+          f"(n_eval): {sorted(stored['n_eval'].unique().tolist())}")
+    show = ["val_pass_final", "val_gain", "val_auc", "rollouts_to_target_ratio", "reached_target",
+            "eff_ratio_mean", "mixed_generated_mean"]
+    cell = per_arm[per_arm.metric.isin(show)].assign(
+        value=lambda d: d.apply(lambda r: f"{r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] n={r.n}", axis=1))
+    display_table = cell.pivot(index="arm", columns="metric", values="value").reindex(
+        [a.name for a in study.arms])[[m for m in show if m in set(cell.metric)]]
+display_table if not stored.empty else None
 
 # %% [markdown]
-# The x-axis is **rollouts spent**, the cost that matters: `dapo_filter` reaches its k useful groups per step
-# by paying for the dropped ones; `vade` should spend fewer rollouts per useful sample. With the embedded
-# policy in quick mode (a few steps on a few prompts) the curves are a smoke test; the kit's benchmark
-# (`benchmarks/vade_efficiency.py`) measures the rollouts-to-target ratio over seeds.
-#
-# What the tracker believed at the end of the `vade` run, from `difficulty.parquet`:
+# Paired by seed against each algorithm's `uniform` arm (same seed = same training prompts and the same
+# evaluation draws), mean difference with its 95% CI and the paired t-test p:
 
 # %%
-diff = runs["vade"].read("difficulty")
-last = diff[diff["step"] == diff["step"].max()]
-print(f"{diff['prompt_id'].nunique()} prompts over {diff['step'].nunique()} steps; last step:")
-last.sort_values("p_mean")[["prompt_id", "alpha", "beta", "p_mean", "selected", "successes", "trials"]].head(10)
+if not stored.empty:
+    pd_show = paired[paired.metric.isin(["val_pass_final", "val_auc", "eff_ratio_mean", "mixed_generated_mean"])]
+    display_table = pd_show.pivot(index="arm", columns="metric", values="mean_diff").round(4)
+    print(format_summary(study, stored, per_arm[per_arm.metric.isin(show)], pd_show))
+display_table if not stored.empty else None
 
 # %% [markdown]
-# ## 6 · The difficulty inspector
+# The **effective-gradient ratio** over training steps (the paper's Fig. 3): the share of the batch's
+# groups with mixed rewards. `dapo_filter` and `greso` train only on mixed groups by construction (their
+# cost shows as rollouts spent on dropped groups: "mixed among generated"). Next to it, validation pass rate
+# against rollouts spent (the curve's cheaper estimator, 64 x curve_samples per point):
+
+# %%
+curves_path = ROOT / "studies" / "results" / "vade_curves.csv"
+steps_path = ROOT / "studies" / "results" / "vade_steps.csv"
+fig = None
+if curves_path.is_file() and steps_path.is_file():
+    curves, steps = pd.read_csv(curves_path), pd.read_csv(steps_path)
+    fig, axes = viz.figure(3, 1, 4.6, 3.6)
+    grpo = steps[~steps.arm.str.startswith("gspo")]
+    sns.lineplot(grpo, x="step", y="eff_ratio", hue="arm", errorbar=("ci", 95), ax=axes[0], legend=False)
+    axes[0].set_title("effective-gradient ratio (trained batch)", fontsize=9)
+    sns.lineplot(grpo, x="rollouts", y="mixed_generated", hue="arm", errorbar=None, ax=axes[1], legend=False)
+    axes[1].set_title("mixed groups among all generated", fontsize=9)
+    sns.lineplot(curves, x="rollouts", y="val_pass", hue="arm", errorbar=None, marker="o", ax=axes[2])
+    axes[2].set_title("validation pass rate vs rollouts spent", fontsize=9)
+    axes[2].legend(fontsize=6)
+else:
+    print("no stored curves yet")
+fig
+
+# %% [markdown]
+# ## 6 · Re-running the study (tiny grid)
 #
-# Posteriors per prompt over time, which prompts each step selected, and zero-variance fractions:
+# The study's smoke-test grid (`quick:` in the YAML: 2 arms, 1 seed, tiny sizes; *not a result*), through
+# the same runner and job, into this notebook's run folder; the full grid is the command above.
+
+# %%
+from pfkit.demos.vade import collect_curves
+from pfkit.study import run_study
+
+quick = load_study(ROOT / "studies" / "vade.yaml", quick=True)
+quick.overrides["model.init_args.policy"] = POLICY
+quick_out = OUT / "study_quick"
+results, errors = run_study(quick, quick_out, workers=1, log=lambda m: None)
+assert not errors, errors
+q_arm, q_paired = summarize(results, quick)
+print(format_summary(quick, results, q_arm, q_paired))
+q_curves, q_steps = collect_curves(quick_out)
+fig, axes = viz.figure(2, 1, 4.4, 3.2)
+sns.lineplot(q_steps, x="step", y="eff_ratio", hue="arm", ax=axes[0])
+sns.lineplot(q_curves, x="rollouts", y="val_pass", hue="arm", marker="o", ax=axes[1])
+fig
+
+# %% [markdown]
+# ## 7 · The difficulty inspector
+#
+# Posteriors per prompt over time, which prompts each step selected, and zero-variance fractions, from a
+# run folder's `difficulty.parquet`:
 #
 # ```bash
-# pfkit inspect difficulty runs/notebooks/02_vade_grpo/demo/vade      # or: python apps/difficulty.py RUN_DIR
+# pfkit inspect difficulty runs/study_vade/vade/seed_0      # or: python apps/difficulty.py RUN_DIR
 # ```
 #
 # `preview(name, run_dir)` builds the same `gradio.Blocks` app without serving it; `LAUNCH_INSPECTOR = True`
@@ -259,28 +316,11 @@ last.sort_values("p_mean")[["prompt_id", "alpha", "beta", "p_mean", "selected", 
 # %%
 from pfkit.inspect import preview
 
-app = preview("difficulty", runs["vade"].path, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
+vade_run = quick_out / "vade" / "seed_0"
+diff = RunDir(vade_run).read("difficulty")
+last = diff[diff["step"] == diff["step"].max()]
+print(f"{diff['prompt_id'].nunique()} prompts over {diff['step'].nunique()} steps; last step:")
+print(last.sort_values("p_mean")[["prompt_id", "alpha", "beta", "p_mean", "selected"]].head(8).to_string())
+app = preview("difficulty", vade_run, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
 if LAUNCH_INSPECTOR:
     app.close()  # remove this line to keep it running while you explore
-
-# %% [markdown]
-# ## Summary figures
-#
-# Per sampler: the training-prompt pass rate and the useful (non-zero-advantage) samples against rollouts
-# spent, and the posterior means of the `vade` run's prompts over training.
-
-# %%
-curve = pd.DataFrame([{"sampler": s, "rollouts spent": r, "train pass rate": p}
-                      for s in SAMPLERS for r, p in results[s]["curve"]])
-fig, axes = viz.figure(3, 1, 4.4, 3.4)
-sns.lineplot(curve, x="rollouts spent", y="train pass rate", hue="sampler", marker="o", ax=axes[0])
-axes[0].set_title("pass rate on the training prompts", fontsize=9)
-for s, m in metrics.items():  # effective_total is logged once a step has kept a group
-    d = m.reindex(columns=["train/rollouts_spent", "train/effective_total"]).dropna()
-    axes[1].plot(d["train/rollouts_spent"], d["train/effective_total"], marker="o", ms=3, label=s)
-axes[1].set_xlabel("rollouts spent")
-axes[1].set_ylabel("useful samples (non-zero advantage)")
-axes[1].legend(fontsize=8)
-sns.lineplot(diff, x="step", y="p_mean", units="prompt_id", estimator=None, lw=0.6, alpha=0.6, ax=axes[2])
-axes[2].set_title("vade: posterior mean per prompt", fontsize=9)
-fig
