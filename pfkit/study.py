@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pfkit.cli import UserError
+from pfkit.errors import UserError
 
 STUDY_KEYS = {
     "name": "study name (used for the output folder)",

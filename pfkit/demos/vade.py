@@ -36,10 +36,11 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from pfkit.study import RunSpec as Run  # the demo builds the same runs the study does
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "grpo_codegen.yaml"
@@ -51,19 +52,6 @@ ARGS = dict(budget=512, eval_every=256, curve_samples=1, eval_samples=10, target
 QUICK = dict(overrides={"data.init_args.n_train": 24, "data.init_args.n_val": 8,
                         "model.init_args.prompts_per_step": 6},
              args=dict(budget=6 * 6 * 8, eval_every=3 * 6 * 8, curve_samples=1, eval_samples=2))
-
-
-@dataclass
-class Run:
-    """What ``run_arm`` needs (the fields of ``pfkit.study.RunSpec``)."""
-
-    arm: str
-    seed: int
-    run_dir: Path
-    config: dict = field(default_factory=dict)
-    args: dict = field(default_factory=dict)
-    factors: dict = field(default_factory=dict)
-    quick: bool = False
 
 
 def load_config(path: str | Path = CONFIG) -> dict:
