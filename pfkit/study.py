@@ -465,8 +465,12 @@ def format_summary(study: Study, results: pd.DataFrame, per_arm: pd.DataFrame, p
         for m, g in paired.groupby("metric", sort=False):
             lines.append(f"  {m}")
             for r in g.itertuples():
-                verdict = ("differs" if not math.isnan(r.ci_low) and (r.ci_low > 0 or r.ci_high < 0)
-                           else "CI includes 0")
+                if math.isnan(r.ci_low):
+                    verdict = "no interval (fewer than 2 pairs)"
+                elif r.ci_low == r.ci_high:  # a t-interval of zero width is degenerate, not certainty
+                    verdict = f"same difference on all {r.pairs} seeds (no spread to build an interval from)"
+                else:
+                    verdict = "differs" if (r.ci_low > 0 or r.ci_high < 0) else "CI includes 0"
                 lines.append(f"    {r.arm:<{w}} − {r.baseline:<{w}} {_fmt(r.mean_diff):>9} "
                              f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]  p={_fmt(r.p)}  pairs={r.pairs}  {verdict}")
     return "\n".join(lines)

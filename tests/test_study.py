@@ -149,7 +149,8 @@ def test_cli_runs_in_parallel_processes_resumes_and_writes_the_table(tmp_path):
     assert table.pid.nunique() == 6  # every run in its own fresh process
     # the printed summary: the paired difference is exactly 1 on every seed, so its CI is [1, 1]
     paired_line = next(line for line in second.stdout.splitlines() if line.strip().startswith("b ") and "− a" in line)
-    assert paired_line.split()[3:5] == ["1", "[1,"] and "pairs=3" in paired_line and "differs" in paired_line
+    assert paired_line.split()[3:5] == ["1", "[1,"] and "pairs=3" in paired_line
+    assert "same difference on all 3 seeds" in paired_line  # zero spread: not reported as a certain effect
     assert "evaluation samples per run: 10" in second.stdout and "seeds [0, 1, 2]" in second.stdout
     assert (out / "toy.png").stat().st_size > 1000
     cfg = (out / "b" / "seed_1" / "config.yaml").read_text()
