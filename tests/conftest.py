@@ -24,3 +24,8 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# One Chromium per test session for every browser test module (a session fixture imported into two modules
+# would be two fixtures, and Playwright's sync API cannot start a second instance while the first one runs).
+from _browser import chromium, page  # noqa: E402, F401

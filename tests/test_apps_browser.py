@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import TIMEOUT_MS, choose, chromium, open_app, page, screenshot, serve, wait_text  # noqa: F401  (fixtures)
+from _browser import TIMEOUT_MS, choose, open_app, screenshot, serve, wait_text
 from _inspect_runs import big_filtration_run, difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
@@ -33,7 +33,7 @@ def cells(pg, selector: str, rows: int, cols: int) -> list[list[str]]:
             for r in range(rows)]
 
 
-def test_filtration_in_browser(page, tmp_path):  # noqa: F811
+def test_filtration_in_browser(page, tmp_path):
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5)
     raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
     with serve(F.build_app(tmp_path / "run")) as url:
@@ -75,7 +75,7 @@ def test_filtration_in_browser(page, tmp_path):  # noqa: F811
         screenshot(page, tmp_path / "filtration.png")
 
 
-def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
+def test_difficulty_in_browser(page, tmp_path):
     difficulty_run(tmp_path / "run", steps=6, prompts=8, samplers=("vade", "uniform"))
     raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
     with serve(D.build_app(tmp_path / "run")) as url:
@@ -117,7 +117,7 @@ def test_difficulty_in_browser(page, tmp_path):  # noqa: F811
         screenshot(page, tmp_path / "difficulty.png")
 
 
-def test_noisemask_in_browser(page, tmp_path):  # noqa: F811
+def test_noisemask_in_browser(page, tmp_path):
     noisemask_run(tmp_path / "run", epochs=(0, 1), images=6, classes=3, grid=4, size=16)
     z = np.load(tmp_path / "run" / "masks" / "epoch_001.npz")
     alpha, beta = z["alpha"].astype(np.float64), z["beta"].astype(np.float64)
@@ -146,7 +146,7 @@ def test_noisemask_in_browser(page, tmp_path):  # noqa: F811
         screenshot(page, tmp_path / "noisemask.png")
 
 
-def test_not_a_run_folder_in_browser(page, tmp_path):  # noqa: F811
+def test_not_a_run_folder_in_browser(page, tmp_path):
     with serve(F.build_app(tmp_path / "not-a-run")) as url:
         open_app(page, url)
         text = wait_text(page, "#pfkit-error", "is not a folder")
@@ -161,7 +161,7 @@ def _found_line(frame: pd.DataFrame, total: int) -> str:
             f"{f3((frame.score >= 1).mean())} · mean reward {f3(frame.reward.mean())} · kept {int(frame.kept.sum())}")
 
 
-def test_filtration_search_results_csv_and_jump(page, tmp_path):  # noqa: F811
+def test_filtration_search_results_csv_and_jump(page, tmp_path):
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, hack=True, long_lines=True)
     raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
     with serve(F.build_app(tmp_path / "run")) as url:
@@ -223,7 +223,7 @@ def test_filtration_search_results_csv_and_jump(page, tmp_path):  # noqa: F811
         screenshot(page, tmp_path / "filtration-search.png")
 
 
-def test_filtration_url_and_per_token_view(page, tmp_path):  # noqa: F811
+def test_filtration_url_and_per_token_view(page, tmp_path):
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, tokens=True)
     filtration_run(tmp_path / "plain", steps=2, prompts=2, n=3)  # no token columns
     raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
@@ -300,7 +300,7 @@ def _strategy_weights(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def test_filtration_reliability_in_browser(page, tmp_path):  # noqa: F811
+def test_filtration_reliability_in_browser(page, tmp_path):
     from scipy import stats
 
     filtration_run(tmp_path / "run", steps=4, prompts=5, n=5, seed=2)
@@ -357,7 +357,7 @@ def test_filtration_reliability_in_browser(page, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_filtration_10k_rows_page_load_and_server_start(page, tmp_path):  # noqa: F811
+def test_filtration_10k_rows_page_load_and_server_start(page, tmp_path):
     """The issue's figure: a usable page (summary and the sample cards) within seconds on a 10k-row run."""
     import os
     import subprocess

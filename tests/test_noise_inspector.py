@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import chromium, open_app, page, screenshot, serve, wait_text  # noqa: F401  (fixtures)
+from _browser import open_app, screenshot, serve, wait_text
 from _inspect_runs import noisemask_run
 
 from pfkit.inspect import _common as C
@@ -71,7 +71,7 @@ def test_identical_images_give_no_image_dependence(tmp_path):
 
 
 @pytest.mark.browser
-def test_policy_views_in_browser(page, tmp_path):  # noqa: F811
+def test_policy_views_in_browser(page, tmp_path):
     _run(tmp_path)
     z = np.load(tmp_path / "run" / "masks" / "epoch_002.npz")
     with serve(N.build_app(tmp_path / "run")) as url:
