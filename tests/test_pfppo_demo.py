@@ -28,7 +28,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {r["strategy"] for r in summary["r2_sft"]} == {"none", "bon", "br", "bw"}
     r2 = {r["strategy"]: r["r2"] for r in summary["r2_sft"]}
     assert all(v != v or 0.0 <= v <= 1.0 for v in r2.values())  # NaN when no sample's score varies
-    finite = {k: v for k, v in r2.items() if v == v}
+    # the recommendation is by the binned R² (the paper's criterion), falling back to plain R² without bins
+    binned = {r["strategy"]: r["r2_binned"] for r in summary["r2_sft"]}
+    finite = {k: v for k, v in binned.items() if v == v} or {k: v for k, v in r2.items() if v == v}
     assert summary["recommended_strategy"] == (max(finite, key=finite.get) if finite else None)
     assert summary["peak_rss_mb"] < 4096
     kept = {}

@@ -212,7 +212,7 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
     if best is None:
         log("R² undefined: the unit-test scores do not vary over these samples (all fail or all pass)")
     else:
-        log(f"highest R²: {best} (R² guides the choice; it is not a guarantee)")
+        log(f"highest binned R²: {best} (R² guides the choice; it is not a guarantee)")
 
     test = codegen.splits(seed)["test"][: sizes["n_test"]]
     t = time.perf_counter()
@@ -281,7 +281,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"reward model: {rmi.get('source')}; held-out pairwise accuracy "
                  f"{acc:.3f}" if isinstance(acc, float) else f"reward model: {rmi.get('source')}")
     lines.append("R² by strategy on the SFT policy: " + ", ".join(
-        f"{r['strategy']}={r['r2']:.3f}" for r in summary["r2_sft"]) + f" -> highest: {summary['recommended_strategy']}")
+        f"{r['strategy']}={r['r2']:.3f}" for r in summary["r2_sft"])
+        + f" -> highest binned R²: {summary['recommended_strategy']}")
     lines.append(f"total wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MB "
                  f"(torch threads {summary['settings']['threads']})")
     return "\n".join(lines)
