@@ -173,8 +173,9 @@ def test_fit_writes_tables_and_resumes_sampler_state(tiny_policy, tmp_path):
     tr = fit(m, 3)
     run = RunDir(tmp_path)
     diff = run.read("difficulty")
-    assert list(diff.columns) == ["step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes",
-                                  "trials", "sampler"]
+    assert list(diff.columns[:9]) == ["step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes",
+                                      "trials", "sampler"]  # the run-folder contract's columns first
+    assert list(diff.columns[9:]) == ["draw"]  # then the sampler's Thompson draw (the difficulty inspector's)
     assert len(diff) == 3 * 12 and diff.groupby("step")["selected"].sum().tolist() == [4, 4, 4]
     ro = run.read("rollouts")
     assert {"step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "kept",

@@ -404,5 +404,5 @@ def difficulty_rows(sampler: PromptSampler, batch: GroupBatch, step: int,
         a, b = alpha[i], beta[i]
         rows.append({"step": int(step), "prompt_id": names[i] if names is not None else str(i), "alpha": a,
                      "beta": b, "p_mean": a / (a + b), "selected": i in kept, "successes": float(succ[i]),
-                     "trials": float(trials[i]), "draw": draw[i], "sampler": sampler.name})
+                     "trials": float(trials[i]), "sampler": sampler.name, "draw": draw[i]})  # contract, then extras
     return rows
