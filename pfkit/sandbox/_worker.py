@@ -1219,33 +1219,30 @@ class _Judge:
                       "mode": job.get("mode") or "isolated", "hack": ""}
         _send(self.out, result, self.out_lock)
 
+    def _read_jobs(self):
+        """The jobs the pool sends, one JSON object per line, until it closes the pipe."""
+        buf = b""
+        while True:
+            chunk = os.read(self.inp, 1 << 20)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+
     def serve(self) -> None:
         if len(self.slots) == 1:  # one job at a time: no threads at all (no GIL hand-offs per job)
-            buf = b""
-            while True:
-                chunk = os.read(self.inp, 1 << 20)
-                if not chunk:
-                    break
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        self._one(json.loads(line), 0)
+            for job in self._read_jobs():
+                self._one(job, 0)
             self._finish()
             return
         slots = [threading.Thread(target=self._slot, args=(s,), daemon=True) for s in range(len(self.uids))]
         for t in slots:
             t.start()
-        buf = b""
-        while True:
-            chunk = os.read(self.inp, 1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self.jobs.put(json.loads(line))
+        for job in self._read_jobs():
+            self.jobs.put(job)
         for _ in slots:
             self.jobs.put(None)
         for t in slots:
