@@ -239,13 +239,7 @@ def panel_figure(data: NoiseMasks, epoch: int, index: int, mode: str, seed: int,
         (axes[1, 2], _display(masked, like=p.image[index]), "masked image (same grey scale)", "gray", None),
     ]
     for ax, img, title, cmap, lim in panels:
-        im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
-                       interpolation="nearest")
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if cmap != "gray":
-            ax.figure.colorbar(im, ax=ax, fraction=0.046)
+        _panel(ax, img, title, cmap, lim, fontsize=10)
     fig.suptitle(f"epoch {epoch}, image {index}")
     return fig
 
@@ -338,13 +332,7 @@ def compare_figure(data: NoiseMasks, epoch: int, a: int, b: int):
                  (p.alpha[i], "α", "viridis", lim_ab), (p.beta[i], "β", "viridis", lim_ab),
                  (p.mean[i], "α/(α+β)", "magma", (0, 1))]
         for ax, (img, title, cmap, lim) in zip(axes[row], items):
-            im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
-                           interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if cmap != "gray":
-                ax.figure.colorbar(im, ax=ax, fraction=0.046)
+            _panel(ax, img, title, cmap, lim, fontsize=9)
     fig.suptitle(f"epoch {epoch}: image {a} vs image {b}")
     return fig
 
@@ -459,3 +447,14 @@ def add_arguments(parser):
 
 def main(args):
     return C.launch(build_app(args.run_dir), args)
+
+
+def _panel(ax, img, title: str, cmap: str, lim, fontsize: int) -> None:
+    """One map without ticks; every map but the grey image gets a colour bar."""
+    im = ax.imshow(img, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1],
+                   interpolation="nearest")
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if cmap != "gray":
+        ax.figure.colorbar(im, ax=ax, fraction=0.046)
