@@ -104,8 +104,9 @@ class Study:
     def runs(self, out: Path) -> list[RunSpec]:
         """One RunSpec per (arm, seed); the config is the base merged with study and arm overrides."""
         specs = []
-        for arm in self.arms:
-            for seed in self.seeds:
+        # seed-major: an interrupted study has every arm at the same seeds, so its paired tables stay usable
+        for seed in self.seeds:
+            for arm in self.arms:
                 cfg = copy.deepcopy(self.config)
                 for key, value in {**self.overrides, **arm.overrides}.items():
                     set_dotted(cfg, key, value)
@@ -346,7 +347,8 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
 def collect(study: Study, out: Path) -> pd.DataFrame:
     """The results table: one row per finished run of this study's grid (in grid order)."""
     rows = []
-    for spec in study.runs(out):
+    order = {a.name: i for i, a in enumerate(study.arms)}
+    for spec in sorted(study.runs(out), key=lambda r: (order[r.arm], r.seed)):
         result = spec.run_dir / "result.json"
         if result.is_file():
             rows.append(json.loads(result.read_text()))
