@@ -225,7 +225,9 @@ class CodePromptDataModule(LightningDataModule):
     def __init__(self, seed: int = 0, n_train: int = 512, offset: int = 0,
                  n_val: int = 64):
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: the data seed picks the task's splits and the module's seed its sampling; Lightning
+        # refuses to log a module and a datamodule whose same-named hparams differ (a study's seed k run)
+        self.save_hyperparameters(logger=False)
         self.problems = None
 
     def setup(self, stage: str | None = None) -> None:
