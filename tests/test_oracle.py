@@ -51,4 +51,18 @@ def test_deterministic_given_a_generator_and_checked_inputs():
         oracle_rewards(torch.zeros(2), "noisy")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         oracle_rewards(torch.tensor([2.0]))
-    assert set(PROFILES) == {"uniform", "noisy_middle", "noisy_top", "exact", "pure_noise"}
+    assert set(PROFILES) == {"uniform", "noisy_middle", "noisy_top", "exact", "score", "pure_noise"}
+
+
+def test_score_profile_is_the_unit_test_score_and_exact_carries_the_tie_breaker():
+    """``score`` is the noise-free bound (r = s); ``exact``'s tie-breaker u holds 1/48 of variance against
+    p(1-p)/4 from the tests: at p = 0.07 that is 57% of the reward's variance, as its docstring says."""
+    g = torch.Generator().manual_seed(1)
+    scores = (torch.rand(200_000, generator=g) < 0.07).float()
+    r, c = oracle_rewards(scores, "score", 0.3, generator=g)
+    assert torch.equal(r, scores) and torch.equal(c, scores)
+    r, _ = oracle_rewards(scores, "exact", 0.3, generator=g)
+    p = scores.mean().item()
+    share = (1 / 48) / (1 / 48 + p * (1 - p) / 4)
+    assert share == pytest.approx(0.57, abs=0.01)
+    assert 1 - np.corrcoef(r.numpy(), scores.numpy())[0, 1] ** 2 == pytest.approx(share, abs=0.01)

@@ -15,7 +15,11 @@ Profiles ``w``:
 - ``noisy_middle``  w = 6c(1−c): exact at the extremes (clear passes and clear failures), noisiest at
                     the pass/fail boundary: the paper's hypothesis, under which BR/BW should beat PPO-M.
 - ``noisy_top``     w = 2c: the highest rewards are the least reliable (BoN should suffer most).
-- ``exact``         σ = 0: the upper bound, r = c.
+- ``exact``         σ = 0: r = c. Still not noise-free for the policy: u is a random tie-breaker, and with
+                    a pass rate p its share of the reward's variance is (1/48) / (1/48 + p(1−p)/4), 57% at
+                    p = 0.07 (the embedded policy on the RL prompts); in an all-fail group the whole
+                    advantage is u.
+- ``score``         r = s, the unit-test score itself: the noise-free bound (no tie-breaker).
 - ``pure_noise``    r = σ̄·ε, independent of the tests: the lower bound.
 
 For binary scores c lies in [0, ½) for failures and [½, 1) for passes, so "region" means where the
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-PROFILES = ("uniform", "noisy_middle", "noisy_top", "exact", "pure_noise")
+PROFILES = ("uniform", "noisy_middle", "noisy_top", "exact", "score", "pure_noise")
 
 
 def noise_scale(clean: torch.Tensor, profile: str, sigma: float) -> torch.Tensor:
@@ -38,7 +42,7 @@ def noise_scale(clean: torch.Tensor, profile: str, sigma: float) -> torch.Tensor
         w = 6.0 * c * (1.0 - c)
     elif profile == "noisy_top":
         w = 2.0 * c
-    elif profile == "exact":
+    elif profile in ("exact", "score"):
         w = torch.zeros_like(c)
     else:
         raise ValueError(f"unknown oracle profile {profile!r}; choose from {', '.join(PROFILES)}")
@@ -58,6 +62,8 @@ def oracle_rewards(scores: torch.Tensor, profile: str = "noisy_middle", sigma: f
         raise ValueError(f"oracle sigma must be >= 0, got {sigma}")
     u = torch.rand(scores.shape, generator=generator)
     eps = torch.randn(scores.shape, generator=generator)
+    if profile == "score":
+        return scores.clone(), scores.clone()
     clean = (scores + u) / 2
     if profile == "pure_noise":
         return sigma * eps, clean

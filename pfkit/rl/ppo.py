@@ -68,7 +68,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     sandbox_timeout: float = 3.0
     reward_source: str = "model"          # model (the learned RM) | oracle (pfkit.rl.oracle: tests + noise)
-    oracle_profile: str = "noisy_middle"  # uniform | noisy_middle | noisy_top | exact | pure_noise
+    oracle_profile: str = "noisy_middle"  # uniform | noisy_middle | noisy_top | exact | score | pure_noise
     oracle_sigma: float = 0.3
 
     @classmethod
