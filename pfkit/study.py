@@ -448,7 +448,7 @@ def summarize(results: pd.DataFrame, study: Study, confidence: float = 0.95) -> 
             continue
         b = by_arm[base]
         for m in metrics:
-            if m not in g or m not in b:
+            if m not in g or m not in b or b[m].isna().all():  # e.g. a training metric of an untrained baseline
                 continue
             diff = (g[m] - b[m].reindex(g.index)).dropna()
             n, mean, lo, hi = mean_ci(diff, confidence)
