@@ -9,11 +9,18 @@ DEMOS = {
     "vade": ("pfkit.demos.vade", "GRPO with uniform vs dapo_filter vs VADE prompt sampling"),
     "noisemask": ("pfkit.demos.noisemask", "noise-mask REINFORCE pretraining -> fine-tune vs baseline"),
 }
+#: printed under a --quick demo's table: its sizes are chosen to finish in minutes, so its numbers (all
+#: samplers equal, a reversed conclusion) say nothing about the methods
+QUICK_CAVEAT = ("[pfkit] --quick: smoke-test sizes, not a result (run without --quick, or `pfkit study`, "
+                "for figures)")
 
 
 def add_arguments(parser):
-    add_choices(parser, DEMOS, "demo")
+    add_choices(parser, DEMOS, "demo", dispatch=main)
 
 
 def main(args):
-    return args._main(args)
+    rc = args._choice_main(args)
+    if getattr(args, "quick", False):
+        print(QUICK_CAVEAT, flush=True)
+    return rc
