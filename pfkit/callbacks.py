@@ -145,7 +145,7 @@ class RunSummary(Callback):
 
         self.run = run_dir_of(trainer)  # collective under DDP: every rank calls it
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:  # after a checkpoint's steps are restored
         import time
 
         self._t0 = time.perf_counter()
@@ -154,7 +154,7 @@ class RunSummary(Callback):
         params = list(pl_module.parameters())
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        resumed = f", resuming at step {trainer.global_step}" if trainer.ckpt_path else ""
+        resumed = f", resumed at step {trainer.global_step} from {trainer.ckpt_path}" if trainer.ckpt_path else ""
         print(f"[pfkit] {type(pl_module).__name__}: {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M "
               f"parameters, up to {trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs} "
               f"{'steps' if trainer.max_steps > 0 else 'epochs'}{resumed} -> {self.run.path}", flush=True)
