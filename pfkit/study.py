@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
 import importlib
 import itertools
 import json
@@ -29,7 +30,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,9 @@ class Study:
     def runs(self, out: Path) -> list[RunSpec]:
         """One RunSpec per (arm, seed); the config is the base merged with study and arm overrides."""
         specs = []
-        for arm in self.arms:
-            for seed in self.seeds:
+        # seed-major: an interrupted study has every arm at the same seeds, so its paired tables stay usable
+        for seed in self.seeds:
+            for arm in self.arms:
                 cfg = copy.deepcopy(self.config)
                 for key, value in {**self.overrides, **arm.overrides}.items():
                     set_dotted(cfg, key, value)
@@ -346,29 +348,52 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
 def collect(study: Study, out: Path) -> pd.DataFrame:
     """The results table: one row per finished run of this study's grid (in grid order)."""
     rows = []
-    for spec in study.runs(out):
+    order = {a.name: i for i, a in enumerate(study.arms)}
+    for spec in sorted(study.runs(out), key=lambda r: (order[r.arm], r.seed)):
         result = spec.run_dir / "result.json"
         if result.is_file():
             rows.append(json.loads(result.read_text()))
     return pd.DataFrame(rows)
 
 
+def select_arms(study: Study, patterns: str | Sequence[str] | None) -> set[str]:
+    """The arm names matching any of ``patterns`` (comma-separated or a list; shell globs such as
+    ``exact_*``); every arm when None. A pattern that matches nothing is an error (with the arm names)."""
+    names = [a.name for a in study.arms]
+    if patterns is None:
+        return set(names)
+    pats = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
+    chosen = set()
+    for pat in pats:
+        hit = fnmatch.filter(names, pat)
+        if not hit:
+            raise UserError(f"--arms: `{pat}` matches no arm of study {study.name}; arms: {', '.join(names)}")
+        chosen.update(hit)
+    return chosen
+
+
 def run_study(study: Study, out: str | os.PathLike, workers: int | None = None, launcher: str = "local",
-              log: Callable[[str], None] = print) -> tuple[pd.DataFrame, list[str]]:
-    """Run every unfinished (arm, seed) of ``study`` into ``out``; returns (results table, errors)."""
+              log: Callable[[str], None] = print, arms: str | Sequence[str] | None = None,
+              ) -> tuple[pd.DataFrame, list[str]]:
+    """Run every unfinished (arm, seed) of ``study`` into ``out`` (only the arms matching ``arms``, e.g.
+    ``"sft,exact_*"``, to run a study in stages); returns (results table of every finished run, errors).
+    The committed table is written once the whole grid has finished, whichever stage finishes it."""
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher `{launcher}`; choose from {', '.join(LAUNCHERS)}")
+    chosen = select_arms(study, arms)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolve_job(study.job)  # fail before launching anything
     specs = study.runs(out)
-    pending = [s for s in specs if not (s.run_dir / "result.json").is_file()]
+    pending = [s for s in specs if not (s.run_dir / "result.json").is_file() and s.arm in chosen]
     for s in pending:  # a run killed half-way starts over from an empty folder
         if s.run_dir.exists():
             shutil.rmtree(s.run_dir)
     workers = max(1, int(workers or study.workers or os.cpu_count() or 1))
+    finished = sum((s.run_dir / "result.json").is_file() for s in specs)
     log(f"study {study.name}: {len(study.arms)} arms × {len(study.seeds)} seeds = {len(specs)} runs; "
-        f"{len(specs) - len(pending)} finished earlier (skipped), {len(pending)} to run "
+        f"{finished} finished earlier (skipped), {len(pending)} to run"
+        f"{'' if arms is None else f' (arms {sorted(chosen)})'} "
         f"({launcher}, {min(workers, max(1, len(pending)))} in parallel) -> {out}")
     errors = _launch(pending, study, out, workers, launcher, log) if pending else []
     results = collect(study, out)

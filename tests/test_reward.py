@@ -9,7 +9,13 @@ import torch
 from lightning.pytorch import Trainer
 
 from pfkit import models
-from pfkit.data.preference import PreferenceDataModule, make_pairs, split_by_prompt, synthetic_pairs
+from pfkit.data.preference import (
+    PreferenceDataModule,
+    edit_distance,
+    make_pairs,
+    split_by_prompt,
+    synthetic_pairs,
+)
 from pfkit.models import ScalarHeadModel, encode
 from pfkit.modules.reward import RewardModule, bradley_terry_loss
 from pfkit.tasks import codegen
@@ -106,7 +112,9 @@ def test_bradley_terry_training_learns_pass_vs_fail(tiny, tmp_path):
     assert after > max(0.8, before + 0.2), (before, after)
     assert "val/acc" in trainer.callback_metrics
     saved = ScalarHeadModel.load(tmp_path / "rm")
-    assert saved.meta["val/acc"] == pytest.approx(float(trainer.callback_metrics["val/acc"]))
+    # keep_best: the saved weights are the best held-out epoch's, and their accuracy is the one recorded
+    assert saved.meta["val/acc"] >= float(trainer.callback_metrics["val/acc"]) - 1e-9
+    assert _pair_acc(saved, tok, dm.val_pairs) == pytest.approx(saved.meta["val/acc"])
     # calibrated on the training responses: their normalised rewards have mean 0, std 1
     r = saved.score_texts(tok, list(dm.train_samples.prompt), list(dm.train_samples.response))
     assert abs(r.mean().item()) < 1e-3 and r.std().item() == pytest.approx(1.0, abs=1e-3)
@@ -185,3 +193,37 @@ def test_synthetic_pairs_need_embedded_task_prompts(tiny):
     dm.tokenizer = tok
     with pytest.raises(ValueError, match="synthetic_per_prompt needs embedded-task prompts"):
         dm.setup()
+
+
+def test_edit_distance_hand_computed():
+    assert edit_distance("kitten", "sitting") == 3  # k->s, e->i, +g
+    assert edit_distance("flaw", "lawn") == 2
+    assert edit_distance("", "abc") == 3 and edit_distance("abc", "abc") == 0
+
+
+def test_make_pairs_max_edit_keeps_the_furthest_pass_fail_pairs():
+    """The paper pairs the responses furthest apart in edit distance: with one pair per prompt, the
+    passing response is matched with the failing one that differs most from it."""
+    rows = [("p", "return x + 1", 1), ("p", "return x + 2", 0), ("p", "y = x * 9\n    return y - 7", 0)]
+    samples = pd.DataFrame([{"prompt_id": pid, "prompt": "def f(x):", "response": r, "score": sc}
+                            for pid, r, sc in rows])
+    far = make_pairs(samples, max_pairs_per_prompt=1, selection="max_edit")
+    assert list(far.rejected) == ["y = x * 9\n    return y - 7"]
+    both = make_pairs(samples, max_pairs_per_prompt=2, selection="max_edit")
+    assert list(both.rejected) == ["y = x * 9\n    return y - 7", "return x + 2"]
+    assert len(make_pairs(samples, max_pairs_per_prompt=2, selection="random")) == 2
+    with pytest.raises(ValueError, match="max_edit"):
+        make_pairs(samples, selection="closest")
+
+
+def test_extra_split_exclude_keeps_named_splits_disjoint():
+    """Two extra splits are drawn independently and overlap; ``exclude`` makes them disjoint (the reward
+    model's synthetic prompts must not include the study's evaluation problems)."""
+    ev = {p.meta["fingerprint"] for p in codegen.extra_split("t_eval", 200)}
+    plain = {p.meta["fingerprint"] for p in codegen.extra_split("t_rm", 600)}
+    kept = codegen.extra_split("t_rm", 600, exclude={"t_eval": 200})
+    fps = {p.meta["fingerprint"] for p in kept}
+    assert plain & ev, "the test needs overlapping splits to mean anything"
+    assert len(kept) == 600 and not fps & ev
+    fixed = {p.meta["fingerprint"] for ps in codegen.splits(0).values() for p in ps}
+    assert not fps & fixed

@@ -182,3 +182,27 @@ def test_study_help_and_missing_file_via_cli(tmp_path):
     out = run_cli(tmp_path, "-c", "nope.yaml")
     assert out.returncode == 2 and "study file nope.yaml not found" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_arms_filter_runs_a_study_in_stages(tmp_path):
+    """--arms runs only the matching arms; the committed table waits for the whole grid; a pattern that
+    matches nothing is one clear error. Runs go seed-major, so a stopped study has every arm at seed 0."""
+    import sys as _sys
+
+    path = write_study(tmp_path)
+    _sys.path.insert(0, str(tmp_path))
+    try:
+        study = load_study(path)
+        assert [(r.arm, r.seed) for r in study.runs(tmp_path / "o")][:2] == [("a", 0), ("b", 0)]
+        with pytest.raises(UserError, match="`c\\*` matches no arm of study toy; arms: a, b"):
+            run_study(study, tmp_path / "o", workers=1, arms="c*")
+        results, errors = run_study(study, tmp_path / "o", workers=1, arms="a", log=lambda m: None)
+        assert not errors and set(results.arm) == {"a"} and len(results) == 3
+        assert not (tmp_path / "studies" / "results" / "toy.csv").exists()
+        results, errors = run_study(study, tmp_path / "o", workers=1, arms=["b"], log=lambda m: None)
+        assert not errors and len(results) == 6
+        assert list(results.arm) == ["a"] * 3 + ["b"] * 3  # the table is arm-major whatever the run order
+        assert len(pd.read_csv(tmp_path / "studies" / "results" / "toy.csv")) == 6
+    finally:
+        _sys.path.remove(str(tmp_path))

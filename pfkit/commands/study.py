@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the YAML's smoke-test sizes (not a result)")
     parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
                         help="local process pool; submitit-local / debug (submitit, for testing); slurm")
+    parser.add_argument("--arms", default=None,
+                        help="run only these arms (comma-separated names or globs, e.g. 'sft,exact_*'): a study in "
+                             "stages; the summary covers every finished run")
     parser.add_argument("--summary", action="store_true",
                         help="only summarise: the runs finished in --out, else the study's stored table")
 
@@ -39,7 +42,7 @@ def main(args) -> int:
             raise UserError(f"{out} has no finished runs and there is no stored table; run "
                             f"`pfkit study -c {args.config}` first")
     else:
-        results, errors = run_study(study, out, workers=args.workers, launcher=args.launcher)
+        results, errors = run_study(study, out, workers=args.workers, launcher=args.launcher, arms=args.arms)
     if results.empty:
         raise UserError(f"no finished runs in {out}" + (f" ({len(errors)} failed)" if errors else ""))
     per_arm, paired = summarize(results, study)

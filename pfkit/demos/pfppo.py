@@ -342,9 +342,12 @@ def run_arm(run) -> dict:
 
     a = {"train": True, "eval_problems": 1024, "eval_samples": 4, "eval_temperature": 1.0, "r2_steps": 5,
          "r2_bins": 10, **run.args}
-    cfg = run.run_dir / "study_config.yaml"
     import yaml
 
+    # the study's seed is the run's seed: seed_everything alone leaves the module's own sampling / filter /
+    # oracle-noise seed (model.init_args.seed) at the config's value, and every "seed" would be one run
+    run.config.setdefault("model", {}).setdefault("init_args", {})["seed"] = int(run.seed)
+    cfg = run.run_dir / "study_config.yaml"
     cfg.write_text(yaml.safe_dump(run.config, sort_keys=False))
     out: dict = {}
     if a["train"]:

@@ -35,7 +35,9 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 class RewardModule(LightningModule):
     """Bradley-Terry training of a :class:`ScalarHeadModel` initialised from the policy at ``policy``.
 
-    Logs train/loss, train/acc, val/loss and val/acc (pairwise accuracy on held-out prompts' pairs). At the
+    Logs train/loss, train/acc, val/loss and val/acc (pairwise accuracy on held-out prompts' pairs). With
+    ``keep_best`` the weights of the best val/acc seen are the ones saved (early stopping: pair it with
+    Lightning's ``EarlyStopping(monitor="val/acc", mode="max")`` and a ``val_check_interval``). At the
     end of fit, sets the reward normalisation from the training samples' scores and saves the model to
     ``RUN_DIR/reward_model`` (or ``save_to``).
 
@@ -46,7 +48,8 @@ class RewardModule(LightningModule):
     """
 
     def __init__(self, policy: str = "embedded", lr: float = 1e-4, weight_decay: float = 0.0,
-                 warmup_steps: int = 10, save_to: str | None = None, likelihood_term: bool = False):
+                 warmup_steps: int = 10, save_to: str | None = None, likelihood_term: bool = False,
+                 keep_best: bool = True):
         super().__init__()
         self.save_hyperparameters()
         from pfkit import models
@@ -54,6 +57,7 @@ class RewardModule(LightningModule):
         model, self.tokenizer = models.load_policy(policy)
         self.rm = ScalarHeadModel.from_policy(model, likelihood_term=likelihood_term)
         self._val = []
+        self._best, self._best_acc, self._best_metrics = None, -1.0, {}
 
     @classmethod
     def from_models(cls, policy_model, tokenizer, **kw) -> RewardModule:
@@ -61,10 +65,11 @@ class RewardModule(LightningModule):
         self = cls.__new__(cls)
         LightningModule.__init__(self)
         self.save_hyperparameters({"policy": "<in memory>", "lr": 1e-4, "weight_decay": 0.0, "warmup_steps": 10,
-                                   "save_to": None, "likelihood_term": False, **kw})
+                                   "save_to": None, "likelihood_term": False, "keep_best": True, **kw})
         self.tokenizer = tokenizer
         self.rm = ScalarHeadModel.from_policy(policy_model, likelihood_term=self.hparams.likelihood_term)
         self._val = []
+        self._best, self._best_acc, self._best_metrics = None, -1.0, {}
         return self
 
     def setup(self, stage: str | None = None) -> None:
@@ -130,8 +135,16 @@ class RewardModule(LightningModule):
         counted = self._val_counted(len(per_pair)).float()
         tot = dist.all_reduce(torch.cat([(per_pair * counted[:, None]).sum(0).double(), counted.sum()[None].double()]))
         if tot[2] > 0:  # [loss sum, correct, pairs] over every rank's pairs, each pair once
+            acc = float(tot[1] / tot[2])
             self.log("val/loss", float(tot[0] / tot[2]))
-            self.log("val/acc", float(tot[1] / tot[2]), prog_bar=True)
+            self.log("val/acc", acc, prog_bar=True)
+            if self.hparams.get("keep_best", True) and not self.trainer.sanity_checking and acc > self._best_acc:
+                # early stopping on held-out pair accuracy keeps the best weights, not the last (acc is the
+                # same on every rank, so every rank keeps the same copy)
+                self._best_acc = acc
+                self._best = {k: v.detach().clone() for k, v in self.rm.state_dict().items()}
+                self._best_metrics = {"val/loss": float(tot[0] / tot[2]), "val/acc": acc,
+                                      "val/best_step": float(self.global_step)}
 
     @torch.no_grad()
     def calibrate(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
@@ -145,10 +158,13 @@ class RewardModule(LightningModule):
         self.rm.reward_std.fill_(max(raw.std().item(), 1e-6) if raw.numel() > 1 else 1.0)
 
     def on_fit_end(self):
+        if self._best is not None:
+            self.rm.load_state_dict(self._best)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "train_samples", None) is not None and len(dm.train_samples):
             self.calibrate(list(dm.train_samples["prompt"]), list(dm.train_samples["response"]))
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics.update(self._best_metrics)  # the kept weights' held-out figures
         self.rm.meta.update(metrics)  # val metrics are over all ranks' pairs, the same on every rank
         # run_dir_of is collective under DDP (log_dir is broadcast): every rank calls it, rank 0 writes
         target = self.hparams.save_to or (run_dir_of(self.trainer).path / "reward_model")

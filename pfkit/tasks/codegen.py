@@ -325,16 +325,22 @@ def _splits(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, tuple
     return {k: tuple(out[k]) for k in ("train", "val", "test")}
 
 
-def extra_split(name: str, n: int, seed: int = 0) -> list[CodeProblem]:
+def extra_split(name: str, n: int, seed: int = 0, exclude: dict[str, int] | None = None) -> list[CodeProblem]:
     """``n`` more problems, behaviourally disjoint from every problem of ``splits(seed)`` (and from each other).
 
     For what the fixed splits are too small for: a study's large held-out evaluation set, more reward-model
     prompts. The same ``name`` gives the same problems; ids are ``codegen/<name>/<i>``. The one-step functions
     are mostly taken by the fixed splits, so these problems are deeper on average (``meta['steps']``).
+    Two names are drawn independently and CAN share problems (``rm_synthetic`` 4000 and ``study_eval`` 1024
+    share ~30%): ``exclude`` ({name: n} of other extra splits) keeps this one disjoint from those too.
     """
     if name in ("train", "val", "test"):
         raise ValueError(f"{name!r} is a fixed split; use splits() for it")
     taken = {p.meta["fingerprint"] for ps in _splits(seed, 3000, 64, 256).values() for p in ps}
+    for other, size in sorted((exclude or {}).items()):
+        if other == name:
+            raise ValueError(f"extra split {name!r} cannot exclude itself")
+        taken |= {p.meta["fingerprint"] for p in extra_split(other, size, seed)}
     return [CodeProblem(f"codegen/{name}/{i}", p.prompt, p.tests, p.entry_point, p.reference, p.meta)
             for i, p in enumerate(_extra(name, n, seed, frozenset(taken)))]
 
