@@ -206,3 +206,19 @@ def test_arms_filter_runs_a_study_in_stages(tmp_path):
         assert len(pd.read_csv(tmp_path / "studies" / "results" / "toy.csv")) == 6
     finally:
         _sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "studies").glob("*.yaml")))
+def test_every_shipped_study_loads_and_its_job_resolves(name):
+    """A shipped study file that no longer parses, names a missing job or a quick arm that does not exist
+    would only fail when someone runs it for an hour; load each (full and quick) and resolve its job."""
+    from pfkit.study import resolve_job
+
+    path = Path(__file__).resolve().parents[1] / "studies" / name
+    full, quick = load_study(path), load_study(path, quick=True)
+    assert full.arms and len(full.seeds) >= 3 and full.prediction, name
+    assert quick.quick and {a.name for a in quick.arms} <= {a.name for a in full.arms}
+    assert callable(resolve_job(full.job))
+    if full.baseline is not None:
+        assert all(full.baseline_of(a) is None or full.baseline_of(a) in {b.name for b in full.arms}
+                   for a in full.arms)

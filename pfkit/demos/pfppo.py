@@ -1,4 +1,4 @@
-"""``pfkit demo pfppo``: the kit's main job. SFT policy -> reward model -> PPO vs PF-PPO, end to end on CPU.
+"""``pfkit demo pfppo``: the kit's main job. SFT policy -> reward -> PPO-M vs PF-PPO (BR, BW), with intervals.
 
 1. Load the shipped SFT policy (``pfkit.models.load_policy("embedded")``).
 2. Reward model: the shipped one in data/reward if it was trained from this policy, else train one here
@@ -7,11 +7,14 @@
 3. R² by strategy on the SFT policy (the paper's way of choosing a strategy before PPO): N samples for
    each validation problem, rewards from the RM, scores from the tests; written as ``OUT/sft_samples``
    (a rollouts table, so ``pfkit analyze-filtration OUT/sft_samples`` reproduces the table).
-4. PPO-M (``strategy: none``) and PF-PPO (BR, BW) from the same policy, seed and number of iterations
-   (same prompts, same sampling and RM cost; PF-PPO trains on ~2 of N samples): ``OUT/ppo``, ``OUT/br``,
-   ``OUT/bw``, each with rollouts.parquet + metrics.csv (open them with ``pfkit inspect filtration``).
-5. Held-out pass@1 (greedy, test split) before and after each run; the table is printed and written to
-   ``OUT/summary.json``.
+4. A small paired study (:mod:`pfkit.study`, one fresh process per run): every strategy (PPO-M = ``none``,
+   BR, BW) under every reward source (the controlled-noise oracle ``noisy_middle`` -- the paper's
+   hypothesis, reliable at the extremes -- and the learned reward model ``model``) for several seeds, same
+   prompts and sampling cost per seed; ``OUT/runs/<arm>/seed_<k>`` are normal run folders
+   (``pfkit inspect filtration`` opens them).
+5. Held-out pass@1 (greedy, test split) per run; the summary prints each arm's mean with its 95% CI over
+   seeds and the paired (by seed) difference against PPO-M under the same source, with its CI -- the
+   question the demo answers is whether that interval excludes 0. Written to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from pathlib import Path
 import torch
 
 RM_PROMPT_POOL = 2048  # the first 2048 codegen train problems are for reward models; RL prompts come after
-RUN_NAMES = {"none": "ppo", "br": "br", "bw": "bw", "bon": "bon"}
-LABELS = {"none": "PPO-M (no filter)", "br": "PF-PPO BR", "bw": "PF-PPO BW", "bon": "PF-PPO BoN"}
+STRATEGY_LEVELS = {"none": "ppo_m", "br": "br", "bw": "bw", "bon": "bon"}  # strategy -> the study's level name
+LABELS = {"ppo_m": "PPO-M (no filter)", "br": "PF-PPO BR", "bw": "PF-PPO BW", "bon": "PF-PPO BoN", "sft": "SFT"}
+SOURCES = {"noisy_middle": {"model.init_args.reward_source": "oracle", "model.init_args.oracle_profile": "noisy_middle"},
+           "uniform": {"model.init_args.reward_source": "oracle", "model.init_args.oracle_profile": "uniform"},
+           "model": {"model.init_args.reward_source": "model"}}
+SOURCE_LABELS = {"noisy_middle": "oracle noisy_middle (reliable at the extremes)",
+                 "uniform": "oracle uniform (equally noisy everywhere)", "model": "learned reward model"}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -52,9 +60,14 @@ def config_args(configs, overrides: dict | None = None) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="CI-sized run (~1-2 min on CPU)")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo_pfppo-<time>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed (the runs use seed .. seed + seeds - 1)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="paired seeds per arm (default 3; --quick 2): the CIs are over seeds")
     parser.add_argument("--strategies", default="none,br,bw",
                         help="comma-separated filtration strategies to train (none = PPO-M; bon, br, bw)")
+    parser.add_argument("--sources", default=None,
+                        help="comma-separated reward sources: noisy_middle, uniform (controlled-noise oracles), "
+                             "model (the learned reward model); default noisy_middle,model (--quick: noisy_middle)")
     parser.add_argument("--policy", default="embedded", help="SFT policy folder (default: embedded)")
     parser.add_argument("--reward-model", default="auto",
                         help="'auto' (shipped data/reward if it matches the policy, else train), 'train', or a folder")
@@ -62,8 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PPO iterations per run (default: trainer.limit_train_batches of configs/demo/pfppo*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the PPO runs' config, e.g. --set model.init_args.kl_coef=0.05")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs in parallel (default: the number of cores, at most 2; one torch thread each)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: fastest for the tiny model when the sandbox shares the CPU)")
+                        help="torch CPU threads of the demo process (default 1: fastest for the tiny model when the "
+                             "sandbox shares the CPU)")
 
 
 def _peak_rss_mb() -> float:
@@ -164,16 +180,60 @@ def sft_r2_table(policy, tok, rm, group_size: int, max_new_tokens: int, n_prompt
     return table, s
 
 
+def _merged_config(paths) -> dict:
+    """The LightningCLI YAMLs merged in order (later files override earlier keys), as one config dict."""
+    import yaml
+
+    def merge(base: dict, over: dict) -> dict:
+        for k, v in over.items():
+            base[k] = merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+
+    cfg: dict = {}
+    for p in paths:
+        cfg = merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
+    return cfg
+
+
+def demo_study(strategies, sources, seeds, rm_folder, policy_path: str, quick: bool, steps: int | None = None,
+               overrides: dict | None = None, n_test: int = 128):
+    """The demo's runs as a :class:`pfkit.study.Study`: strategy x reward source x seeds, plus the SFT policy's
+    own evaluation, paired against PPO-M within each source; evaluation on the test split (greedy)."""
+    from pfkit.study import Arm, Study
+
+    cfg = _merged_config(ppo_configs(quick))
+    over = {"model.init_args.policy": policy_path, "model.init_args.reward_model": str(rm_folder),
+            "data.init_args.offset": RM_PROMPT_POOL, "trainer.enable_progress_bar": False,
+            "trainer.enable_model_summary": False, **(overrides or {})}
+    if steps is not None:  # every RL prompt once, as the overlays' n_train does for their length
+        k = int(over.get("model.init_args.prompts_per_step", cfg["model"]["init_args"]["prompts_per_step"]))
+        over.update({"trainer.limit_train_batches": steps, "data.init_args.n_train": steps * k})
+    arms = [Arm("sft", args={"train": False}, factors={"strategy": "sft", "source": "none"})]
+    for src in sources:
+        for strat in strategies:
+            level = STRATEGY_LEVELS.get(strat, strat)
+            arms.append(Arm(f"{level}-{src}", overrides={"model.init_args.strategy": strat, **SOURCES[src]},
+                            factors={"strategy": level, "source": src}))
+    return Study(name="demo_pfppo", job="pfkit.demos.pfppo:run_arm", config=cfg, overrides=over,
+                 args={"eval_split": "test", "eval_problems": n_test, "eval_samples": 0, "r2_steps": 0},
+                 seeds=list(seeds), baseline={"strategy": "ppo_m"},
+                 metrics=["pass1_greedy", "train_pass_rate", "kept_fraction", "kl_final"], arms=arms, quick=quick,
+                 prediction="paper: BR and BW beat PPO-M when the reward is reliable at the extremes "
+                            "(oracle noisy_middle); whether they do here is what the paired intervals say")
+
+
 def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, strategies=("none", "br", "bw"),
              policy_path: str = "embedded", reward_model: str = "auto", steps: int | None = None,
-             verbose: bool = True, overrides: dict | None = None) -> dict:
+             verbose: bool = True, overrides: dict | None = None, seeds: int | None = None,
+             sources=None, workers: int | None = None) -> dict:
     """The demo in Python; ``overrides``: dotted LightningCLI keys applied to every PPO run's config."""
-    from pfkit.cli import make_cli
+    import os
+
     from pfkit.models import load_policy
-    from pfkit.modules.pfppo import evaluate_pass_at_1
     from pfkit.rl.filtration import format_table, recommend
     from pfkit.runs import RunDir
-    from pfkit.tasks import codegen
+    from pfkit.study import format_summary as study_table
+    from pfkit.study import run_study, summarize
 
     def log(msg):
         if verbose:
@@ -181,110 +241,116 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
 
     t_start = time.perf_counter()
     sizes = EVAL_SIZES[bool(quick)]
+    seeds = int(seeds or (2 if quick else 3))
+    sources = tuple(sources or (("noisy_middle",) if quick else ("noisy_middle", "model")))
+    workers = int(workers or max(1, min(2, os.cpu_count() or 1)))
     out = Path(out) if out is not None else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     policy, tok = load_policy(policy_path)
     log(f"policy: {policy_path} ({sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters)")
 
     rm, rm_info, rm_folder = get_reward_model(policy, tok, reward_model, seed, out, log, policy_path, quick)
-
-    def ppo_cli(strategy: str):
-        over = {"seed_everything": seed, "model.init_args.policy": policy_path,
-                "model.init_args.reward_model": rm_folder, "model.init_args.strategy": strategy,
-                "model.init_args.seed": seed, "data.init_args.seed": seed, "data.init_args.offset": RM_PROMPT_POOL,
-                "trainer.enable_progress_bar": verbose, "run_dir": out / RUN_NAMES.get(strategy, strategy),
-                **(overrides or {})}
-        if steps is not None:
-            over["trainer.limit_train_batches"] = steps
-        cli = make_cli(config_args(ppo_configs(quick), over), run=False)
-        if steps is not None:  # every RL prompt once, as the overlays' n_train does for their length
-            cli.datamodule.hparams.n_train = steps * cli.model.hparams.prompts_per_step
-        return cli
-
-    cli = ppo_cli(strategies[0])
-    h = cli.model.hparams
-    n_iter = int(cli.trainer.limit_train_batches)
+    study = demo_study(strategies, sources, range(seed, seed + seeds), rm_folder, policy_path, quick, steps,
+                       overrides, sizes["n_test"])
+    h = study.config["model"]["init_args"] | {k.split(".")[-1]: v for k, v in study.overrides.items()
+                                             if k.startswith("model.init_args.")}
+    n_iter = int({**study.config["trainer"], **{k.split(".")[-1]: v for k, v in study.overrides.items()
+                                                if k.startswith("trainer.")}}["limit_train_batches"])
     t = time.perf_counter()
-    r2, _ = sft_r2_table(policy, tok, rm, h.group_size, h.max_new_tokens, sizes["r2_prompts"], seed, out, strategies)
+    r2, _ = sft_r2_table(policy, tok, rm, int(h["group_size"]), int(h["max_new_tokens"]), sizes["r2_prompts"], seed,
+                         out, strategies)
     log(f"R² between reward and unit-test score on the SFT policy ({sizes['r2_prompts']} val problems x "
-        f"{h.group_size} samples, {time.perf_counter() - t:.0f} s):\n" + format_table(r2))
+        f"{h['group_size']} samples, {time.perf_counter() - t:.0f} s):\n" + format_table(r2))
     best = recommend(r2)
     if best is None:
         log("R² undefined: the unit-test scores do not vary over these samples (all fail or all pass)")
     else:
         log(f"highest binned R²: {best} (R² guides the choice; it is not a guarantee)")
+    del policy, rm
 
-    test = codegen.splits(seed)["test"][: sizes["n_test"]]
-    t = time.perf_counter()
-    before = evaluate_pass_at_1(policy, tok, test, max_new_tokens=h.max_new_tokens)
-    log(f"held-out pass@1 before RL (greedy, {len(test)} test problems): {before:.3f} ({time.perf_counter() - t:.0f} s)")
+    n_runs = len(study.arms) * seeds
+    log(f"{len(strategies)} strategies x {len(sources)} reward sources x {seeds} seeds, {n_iter} iterations x "
+        f"{h['prompts_per_step']} prompts x {h['group_size']} samples each, + the SFT policy's evaluation: "
+        f"{n_runs} runs, {workers} in parallel -> {out / 'runs'}")
+    results, errors = run_study(study, out / "runs", workers=workers, log=log)
+    if errors:
+        from pfkit.errors import UserError
 
-    rows = [{"method": "SFT (before RL)", "strategy": None, "pass@1": before, "delta": 0.0}]
-    for s in strategies:
-        cli = cli if s == strategies[0] else ppo_cli(s)
-        module, run_dir = cli.model, out / RUN_NAMES.get(s, s)
-        t = time.perf_counter()
-        log(f"training {LABELS.get(s, s)} for {n_iter} iterations x {h.prompts_per_step} prompts x "
-            f"{h.group_size} samples -> {run_dir}")
-        cli.trainer.fit(module, datamodule=cli.datamodule)
-        train_seconds = time.perf_counter() - t
-        after = evaluate_pass_at_1(module.policy, tok, test, max_new_tokens=h.max_new_tokens)
-        metrics = RunDir(run_dir).metrics()
-        last = module.last_metrics
-        kept = float(metrics["train/kept_fraction"].mean())
-        # one step's pass rate is over prompts_per_step x group_size programs (40 by default): too noisy to
-        # show alone, so the table shows the mean over the run
-        train_pass = float(metrics["train/pass_rate"].mean())
-        r2_row = r2.set_index("strategy").loc[s] if s in set(r2["strategy"]) else None
-        row = {"method": LABELS.get(s, s), "strategy": s, "pass@1": after, "delta": after - before,
-               "r2_sft": None if r2_row is None else float(r2_row["r2"]),
-               "kept_fraction": kept, "train_reward_last": last["reward"], "train_pass_rate_last": last["pass_rate"],
-               "train_pass_rate_mean": train_pass,
-               "kl_last": last["kl"], "wall_seconds": train_seconds, "run_dir": str(run_dir)}
-        rows.append(row)
-        log(f"{LABELS.get(s, s)}: held-out pass@1 {after:.3f} ({after - before:+.3f}), kept {kept:.2f}, "
-            f"{train_seconds:.0f} s")
-        del module, cli
-
+        raise UserError(f"{len(errors)} demo run(s) failed, e.g. {errors[0]}; their error.txt is in the run folder")
+    per_arm, paired = summarize(results, study)
+    rows = []
+    for arm in study.arms:
+        g = per_arm[(per_arm.arm == arm.name) & (per_arm.metric == "pass1_greedy")]
+        d = paired[(paired.arm == arm.name) & (paired.metric == "pass1_greedy")] if len(paired) else paired
+        r = {"arm": arm.name, "method": LABELS.get(arm.factors["strategy"], arm.factors["strategy"]),
+             **arm.factors, "seeds": seeds}
+        if len(g):
+            r.update({"pass@1": float(g["mean"].iloc[0]), "ci_low": float(g["ci_low"].iloc[0]),
+                      "ci_high": float(g["ci_high"].iloc[0])})
+        if len(d):
+            r.update({"delta_vs_ppo_m": float(d["mean_diff"].iloc[0]), "delta_ci_low": float(d["ci_low"].iloc[0]),
+                      "delta_ci_high": float(d["ci_high"].iloc[0]), "p": float(d["p"].iloc[0])})
+        for m in ("train_pass_rate", "kept_fraction", "kl_final"):
+            v = per_arm[(per_arm.arm == arm.name) & (per_arm.metric == m)]
+            if len(v):
+                r[m] = float(v["mean"].iloc[0])
+        rows.append(r)
     wall = time.perf_counter() - t_start
     summary = {
         "settings": {"configs": [str(c.relative_to(CONFIGS.parent)) for c in ppo_configs(quick)],
                      "overrides": {k: str(v) for k, v in (overrides or {}).items()}, "iterations": n_iter,
-                     "prompts_per_step": h.prompts_per_step, "group_size": h.group_size,
-                     "max_new_tokens": h.max_new_tokens, **sizes, "seed": seed, "quick": quick,
-                     "policy": policy_path, "threads": torch.get_num_threads()},
+                     "prompts_per_step": h["prompts_per_step"], "group_size": h["group_size"],
+                     "max_new_tokens": h["max_new_tokens"], **sizes, "seeds": list(study.seeds),
+                     "sources": list(sources), "workers": workers, "quick": quick, "policy": policy_path,
+                     "threads": torch.get_num_threads()},
         "reward_model": rm_info,
         "r2_sft": r2.drop(columns=["label"]).to_dict("records"),
         "recommended_strategy": best,
         "pass_at_1": rows,
+        "per_arm": per_arm.to_dict("records"),
+        "paired": paired.to_dict("records"),
         "wall_seconds": wall,
         "peak_rss_mb": _peak_rss_mb(),
     }
     RunDir(out).write_summary(summary)
     if verbose:
+        print(study_table(study, results, per_arm, paired))
         print(format_summary(summary))
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    lines = ["", "PF-PPO demo summary (held-out pass@1: greedy, test split)",
-             f"{'method':<20}{'pass@1':>8}{'Δ':>8}{'R² (SFT)':>10}{'kept':>7}{'train pass':>12}{'wall s':>8}",
-             f"{'':<53}{'(run mean)':>12}"]
+    """The demo's table: pass@1 per arm with its CI over seeds, and Δ vs PPO-M (same source, paired by seed)."""
+    st = summary["settings"]
+    quick = "  (QUICK: smoke-test sizes, not a result)" if st.get("quick") else ""
+    lines = ["", f"PF-PPO demo summary{quick}",
+             f"held-out pass@1: greedy, {st['n_test']} test problems per run; {len(st['seeds'])} paired seeds "
+             f"{st['seeds']}; {st['iterations']} PPO iterations x {st['prompts_per_step']} prompts x "
+             f"{st['group_size']} samples; 95% CI: Student t over seeds",
+             f"{'source':<14}{'method':<19}{'pass@1 [95% CI]':>24}{'Δ vs PPO-M [95% CI]':>27}  verdict"]
+
+    def f(x, p=3):
+        return f"{x:.{p}f}" if isinstance(x, (int, float)) and x == x else "n/a"
+
     for r in summary["pass_at_1"]:
-        def f(x, w, p=3):
-            return f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) and x == x else f"{'-':>{w}}"
-        lines.append(f"{r['method']:<20}{f(r['pass@1'], 8)}{f(r.get('delta'), 8)}{f(r.get('r2_sft'), 10)}"
-                     f"{f(r.get('kept_fraction'), 7, 2)}{f(r.get('train_pass_rate_mean'), 12)}"
-                     f"{f(r.get('wall_seconds'), 8, 0)}")
+        ci = f"{f(r.get('pass@1'))} [{f(r.get('ci_low'))}, {f(r.get('ci_high'))}]"
+        if "delta_vs_ppo_m" in r:
+            lo, hi = r["delta_ci_low"], r["delta_ci_high"]
+            d = f"{r['delta_vs_ppo_m']:+.3f} [{f(lo)}, {f(hi)}]"
+            verdict = ("no interval" if lo != lo else "same on all seeds" if lo == hi
+                       else "differs" if lo > 0 or hi < 0 else "CI includes 0")
+        else:
+            d, verdict = "", ""
+        lines.append(f"{r['source']:<14}{r['method']:<19}{ci:>24}{d:>27}  {verdict}")
     rmi = summary["reward_model"]
     acc = rmi.get("val_acc")
     lines.append(f"reward model: {rmi.get('source')}; held-out pairwise accuracy "
                  f"{acc:.3f}" if isinstance(acc, float) else f"reward model: {rmi.get('source')}")
-    lines.append("R² by strategy on the SFT policy: " + ", ".join(
+    lines.append("R² by strategy on the SFT policy (learned RM): " + ", ".join(
         f"{r['strategy']}={r['r2']:.3f}" for r in summary["r2_sft"])
         + f" -> highest binned R²: {summary['recommended_strategy']}")
-    lines.append(f"total wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MB "
-                 f"(torch threads {summary['settings']['threads']})")
+    lines.append(f"total wall time {summary['wall_seconds']:.0f} s, peak RSS per process "
+                 f"{summary['peak_rss_mb']:.0f} MB ({st['workers']} runs in parallel)")
     return "\n".join(lines)
 
 
@@ -296,6 +362,14 @@ def main(args) -> int:
         strategies = parse_strategies(args.strategies)
     except ValueError as e:
         raise UserError(f"--strategies: {e}") from None
+    sources = None
+    if args.sources:
+        sources = [x.strip() for x in args.sources.split(",") if x.strip()]
+        unknown = [x for x in sources if x not in SOURCES]
+        if unknown or not sources:
+            raise UserError(f"--sources: unknown {unknown or args.sources!r}; choose from {', '.join(SOURCES)}")
+    if args.seeds is not None and args.seeds < 2:
+        raise UserError(f"--seeds {args.seeds}: an interval needs at least 2 paired seeds")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"demo_pfppo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -310,15 +384,15 @@ def main(args) -> int:
             raise UserError(f"--set {item!r}: give KEY=VALUE, e.g. --set model.init_args.kl_coef=0.05")
         overrides[key.strip()] = value
     try:
-        run_demo(quick=args.quick, out=out, seed=args.seed, strategies=strategies, policy_path=args.policy,
-                 reward_model=args.reward_model, steps=args.steps, overrides=overrides)
+        summary = run_demo(quick=args.quick, out=out, seed=args.seed, strategies=strategies, policy_path=args.policy,
+                           reward_model=args.reward_model, steps=args.steps, overrides=overrides, seeds=args.seeds,
+                           sources=sources, workers=args.workers)
     except OSError as e:  # e.g. PolicyPathError: a missing/invalid policy folder
         raise UserError(str(e).splitlines()[0]) from None
-    print(f"run folders: {out}/ (summary.json; {', '.join(RUN_NAMES.get(s, s) for s in strategies)}; "
-          f"sft_samples). Next: pfkit analyze-filtration {out}/sft_samples ; pfkit inspect filtration {out}/"
-          f"{RUN_NAMES.get(strategies[-1], strategies[-1])}")
+    last = summary["pass_at_1"][-1]["arm"]
+    print(f"run folders: {out}/ (summary.json; runs/<arm>/seed_<k>; sft_samples). Next: pfkit analyze-filtration "
+          f"{out}/sft_samples ; pfkit inspect filtration {out}/runs/{last}/seed_{summary['settings']['seeds'][0]}")
     return 0
-
 
 
 # ------------------------------------------------------------------------------------------ the study's job
@@ -340,8 +414,8 @@ def run_arm(run) -> dict:
     from pfkit.runs import RunDir
     from pfkit.tasks import codegen
 
-    a = {"train": True, "eval_problems": 1024, "eval_samples": 4, "eval_temperature": 1.0, "r2_steps": 5,
-         "r2_bins": 10, **run.args}
+    a = {"train": True, "eval_split": "study_eval", "eval_problems": 1024, "eval_samples": 4,
+         "eval_temperature": 1.0, "r2_steps": 5, "r2_bins": 10, **run.args}
     import yaml
 
     # the study's seed is the run's seed: seed_everything alone leaves the module's own sampling / filter /
@@ -363,7 +437,7 @@ def run_arm(run) -> dict:
         out["kl_final"] = float(m["train/kl"].dropna().iloc[-1])
         roll = RunDir(run.run_dir).read("rollouts")
         early = roll[roll["step"] < a["r2_steps"]].reset_index(drop=True)
-        if h.group_size > 1 and early.groupby(["step", "prompt_id"]).size().min() == h.group_size:
+        if a["r2_steps"] > 0 and h.group_size > 1 and early.groupby(["step", "prompt_id"]).size().min() == h.group_size:
             table = strategy_table(early, STRATEGIES, bins=a["r2_bins"]).set_index("strategy")
             for s in STRATEGIES:
                 out[f"r2_{s}"] = float(table.loc[s, "r2"])
@@ -372,12 +446,16 @@ def run_arm(run) -> dict:
     else:
         policy, tok = load_policy(run.config["model"]["init_args"].get("policy", "embedded"))
         max_new = run.config["model"]["init_args"].get("max_new_tokens", 96)
-    problems = codegen.extra_split("study_eval", int(a["eval_problems"]))
+    if a["eval_split"] == "study_eval":
+        problems = codegen.extra_split("study_eval", int(a["eval_problems"]))
+    else:  # a fixed split (the demo: the test split, which no run trains on or selects from)
+        problems = codegen.splits(0)[a["eval_split"]][: int(a["eval_problems"])]
     out["pass1_greedy"] = evaluate_pass_at_1(policy, tok, problems, max_new_tokens=max_new)
-    out["pass1_sampled"] = evaluate_pass_at_1(policy, tok, problems, samples=int(a["eval_samples"]),
-                                              temperature=float(a["eval_temperature"]), top_p=1.0,
-                                              max_new_tokens=max_new, seed=1000 + run.seed)
-    n = len(problems)
-    out["pass1_sampled_se"] = math.sqrt(out["pass1_sampled"] * (1 - out["pass1_sampled"]) / (n * a["eval_samples"]))
-    out["n_eval"] = n * (1 + int(a["eval_samples"]))
+    n, k = len(problems), int(a["eval_samples"])
+    if k > 0:
+        out["pass1_sampled"] = evaluate_pass_at_1(policy, tok, problems, samples=k,
+                                                  temperature=float(a["eval_temperature"]), top_p=1.0,
+                                                  max_new_tokens=max_new, seed=1000 + run.seed)
+        out["pass1_sampled_se"] = math.sqrt(out["pass1_sampled"] * (1 - out["pass1_sampled"]) / (n * k))
+    out["n_eval"] = n * (1 + k)
     return out
