@@ -19,7 +19,22 @@ def add_arguments(parser):
     add_choices(parser, DEMOS, "demo", dispatch=main)
 
 
+def _shipped_configs(module) -> None:
+    """A demo that names the checkout's ``configs/`` folder (its ``CONFIGS`` global, read at call time) gets
+    the package's copy when that folder is not there: a wheel install has only ``pfkit/configs``."""
+    from pathlib import Path
+
+    from pfkit.cli import CONFIGS
+
+    folder = getattr(module, "CONFIGS", None)
+    if isinstance(folder, Path) and not folder.is_dir():
+        module.CONFIGS = CONFIGS
+
+
 def main(args):
+    import sys
+
+    _shipped_configs(sys.modules[args._choice_main.__module__])
     rc = args._choice_main(args)
     if getattr(args, "quick", False):
         print(QUICK_CAVEAT, flush=True)
