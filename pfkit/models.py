@@ -2,10 +2,10 @@
 
 The embedded default and a real checkpoint go through the same code: ``load_policy(path)`` is
 ``AutoModelForCausalLM.from_pretrained`` + ``AutoTokenizer.from_pretrained`` on a local folder, with
-``"embedded"`` meaning the folder shipped in ``data/policy``. Nothing is downloaded (``local_files_only``).
+``"embedded"`` meaning the folder shipped in ``pfkit/assets/policy``. Nothing is downloaded (``local_files_only``).
 
 Reward models and PF-PPO's critic are :class:`ScalarHeadModel` (the policy's body + a scalar head), loaded
-with ``ScalarHeadModel.load(path)`` (``"embedded"`` = data/reward); :func:`encode` turns (prompt, response)
+with ``ScalarHeadModel.load(path)`` (``"embedded"`` = pfkit/assets/reward); :func:`encode` turns (prompt, response)
 texts into their left-padded ids. Their training lives in ``pfkit.modules.reward``.
 """
 
@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED = ROOT / "data" / "policy"
+# the shipped checkpoints are package data (pfkit/assets/, built by scripts/ - see data/README.md), so a
+# wheel install has them too
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED = ASSETS / "policy"
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -38,12 +40,12 @@ class PolicyPathError(FileNotFoundError):
 
 
 def resolve_policy_path(path: str | os.PathLike = "embedded") -> Path:
-    """``"embedded"`` -> data/policy; anything else -> that local folder (``~`` expanded)."""
+    """``"embedded"`` -> pfkit/assets/policy; anything else -> that local folder (``~`` expanded)."""
     return EMBEDDED if str(path) == "embedded" else Path(path).expanduser()
 
 
 def load_policy(path: str | os.PathLike = "embedded", *, dtype=None):
-    """(model, tokenizer) from a local Hugging Face checkpoint folder; ``"embedded"`` = data/policy.
+    """(model, tokenizer) from a local Hugging Face checkpoint folder; ``"embedded"`` = pfkit/assets/policy.
 
     Works for any ``AutoModelForCausalLM`` checkpoint with a fast tokenizer (GPT-2, Qwen, Llama, ...).
     The tokenizer gets a pad token (eos if it has none) and left padding, which batched sampling needs.
@@ -154,7 +156,7 @@ def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_leng
             "response_mask": left_pad([torch.ones(n, dtype=torch.long) for n in n_resp], L)}
 
 
-EMBEDDED_RM = ROOT / "data" / "reward"
+EMBEDDED_RM = ASSETS / "reward"
 
 
 def policy_fingerprint(model) -> str:
@@ -290,7 +292,7 @@ class ScalarHeadModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path = "embedded") -> ScalarHeadModel:
-        """From a folder written by :meth:`save`; ``"embedded"`` = data/reward (shipped with the kit)."""
+        """From a folder written by :meth:`save`; ``"embedded"`` = pfkit/assets/reward (shipped with the kit)."""
         from transformers import AutoConfig, AutoModel
 
         folder = EMBEDDED_RM if str(path) == "embedded" else Path(path)

@@ -43,7 +43,7 @@ def evaluate(model, tokenizer, problems, samples: int, seed: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "sft_codegen.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "data" / "policy"))
+    ap.add_argument("--out", default=str(ROOT / "pfkit" / "assets" / "policy"))
     ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of the config")
     ap.add_argument("--stages", default="200:0.003:20,110:0.002:5,150:0.002:5",
                     help="STEPS:LR:WARMUP,... each stage continues from the previous one's weights with a fresh "

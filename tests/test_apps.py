@@ -217,16 +217,21 @@ def test_wrong_columns_and_panel_keys_are_named(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", list(APPS))
 def test_cli_arguments_and_main(name, tmp_path, monkeypatch, capsys):
-    """`pfkit inspect NAME RUN_DIR --port N` reaches the app's main; an empty folder serves the error page."""
+    """`pfkit inspect NAME RUN_DIR --port N` serves a run folder on that port; an empty folder is a one-line
+    error and exit code 2, with no server left running (issue #19: it used to serve an error page forever)."""
     import gradio as gr
 
     from pfkit.cli import main
 
     launched = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw))
-    assert main(["inspect", name, str(tmp_path), "--port", "7999"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", name, str(tmp_path / "empty"), "--port", "7999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert launched == {} and len(err) == 1 and err[0].startswith("pfkit: error: ") and "empty" in err[0]
+    {"filtration": filtration_run, "difficulty": difficulty_run, "noisemask": noisemask_run}[name](tmp_path / "run")
+    assert main(["inspect", name, str(tmp_path / "run"), "--port", "7999"]) == 0
     assert launched == {"server_name": "127.0.0.1", "server_port": 7999}
-    assert "pfkit inspect: error:" in capsys.readouterr().err
     p = argparse.ArgumentParser()
     APPS[name].add_arguments(p)
     args = p.parse_args(["R", "--host", "0.0.0.0"])

@@ -69,14 +69,15 @@ def test_generator_parses_percent_cells():
 def stand_in_models(tmp_path_factory) -> dict[str, str]:
     """Environment for the notebooks' POLICY / REWARD_MODEL parameters.
 
-    The notebooks use the shipped policy (data/policy) and reward model (data/reward). Where a checkout does
+    The notebooks use the shipped policy (pfkit/assets/policy) and reward model (pfkit/assets/reward). Where a checkout does
     not have them (they are generated artifacts), an untrained model of the same architecture stands in:
     every cell still runs and is checked, only the numbers are meaningless. An explicit PFKIT_POLICY /
     PFKIT_REWARD_MODEL in the environment wins.
     """
+    from pfkit.models import EMBEDDED, EMBEDDED_RM
+
     env: dict[str, str] = {}
-    policy_dir = ROOT / "data" / "policy"
-    reward_dir = ROOT / "data" / "reward"
+    policy_dir, reward_dir = EMBEDDED, EMBEDDED_RM
     policy = os.environ.get("PFKIT_POLICY")
     if policy is None and not (policy_dir / "config.json").is_file():
         from pfkit.models import build_policy, train_tokenizer

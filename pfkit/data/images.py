@@ -21,8 +21,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SYNTHETIC_FILE = REPO_ROOT / "data" / "synthetic_medical.npz"
+SYNTHETIC_FILE = Path(__file__).resolve().parents[1] / "assets" / "synthetic_medical.npz"  # package data
 
 ORGANS = ("liver", "kidney", "heart", "lungs", "spine", "bladder",  # seen
           "vessel", "stomach", "brain", "femur")                     # unseen concepts
@@ -108,6 +107,10 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found. {_FORMAT_HINT}")
+    with open(path, "rb") as fh:
+        is_npy = fh.read(6) == b"\x93NUMPY"
+    if not is_npy and not zipfile.is_zipfile(path):  # numpy would blame "allow_pickle": not the cause
+        raise NpzFormatError(f"{path} is not an .npz archive (numpy.savez output). {_FORMAT_HINT}")
     try:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
@@ -275,7 +278,7 @@ def write_synthetic(path: str | os.PathLike, **kw) -> Path:
 
 
 def synthetic_path(size: int = 28) -> Path:
-    """The synthetic npz: the shipped ``data/synthetic_medical.npz`` at 28 px, else generated once into a cache."""
+    """The synthetic npz: the shipped ``pfkit/assets/synthetic_medical.npz`` at 28 px, else generated once into a cache."""
     if size == 28 and SYNTHETIC_FILE.is_file():
         return SYNTHETIC_FILE
     cache = Path(os.environ.get("PFKIT_CACHE", Path.home() / ".cache" / "pfkit"))

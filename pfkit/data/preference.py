@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from pfkit.data._loader import ResumableLoader
 from pfkit.models import encode
 from pfkit.rollout import sample_and_check
 from pfkit.tasks import CodeProblem
@@ -250,7 +251,7 @@ class CodePromptDataModule(LightningDataModule):
         if k % world:
             raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
                              "multiple of the device count")
-        return DataLoader(_Problems(self.problems["train"]), batch_size=k // world,
+        return ResumableLoader(_Problems(self.problems["train"]), batch_size=k // world,  # exact resume
                           shuffle=True,
                           drop_last=True, collate_fn=list,
                           generator=torch.Generator().manual_seed(self.hparams.seed))

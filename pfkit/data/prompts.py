@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from pfkit.data._loader import ResumableLoader
 from pfkit.rollout import CODE_STOPS
 
 
@@ -203,7 +204,7 @@ class PromptDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # under DDP Lightning splits this over ranks: scale it so an epoch is steps_per_epoch steps on each
         world = self.trainer.world_size if self.trainer is not None else 1
-        return DataLoader(_Steps(self.hparams.steps_per_epoch * world), batch_size=1)
+        return ResumableLoader(_Steps(self.hparams.steps_per_epoch * world), batch_size=1)  # exact resume
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(1), batch_size=1)

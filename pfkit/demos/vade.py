@@ -43,7 +43,7 @@ import torch
 from pfkit.study import RunSpec as Run  # the demo builds the same runs the study does
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "grpo_codegen.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "grpo_codegen.yaml"  # package data
 SAMPLERS = ("uniform", "dapo_filter", "vade")
 
 # job arguments that are not config keys (a study's `args:`); the demo's quick mode shrinks them
