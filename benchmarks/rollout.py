@@ -2,7 +2,7 @@
 
     python benchmarks/rollout.py [--batch 64] [--new-tokens 48] [--reps 5] [--threads 1] [--policy embedded]
 
-Both sample ``batch`` prompts x ``new-tokens`` tokens from the embedded policy (``data/policy``; an
+Both sample ``batch`` prompts x ``new-tokens`` tokens from the embedded policy (``pfkit/assets/policy``; an
 equal-sized random GPT-2 when it is absent) with temperature 1.0 and top-p 0.9 (PF-PPO's settings), each
 with its KV cache. Lengths are made equal on both sides with ``min_new_tokens = max_new_tokens`` (EOS
 banned), so both produce exactly ``batch x new_tokens`` tokens. Fairness of outputs: pfkit also returns
@@ -34,7 +34,7 @@ def load_model(path: str = "embedded"):
 
     try:
         model, tok = models.load_policy(path)
-        return model, tok, "embedded policy (data/policy)" if path == "embedded" else f"policy {path}"
+        return model, tok, "embedded policy (pfkit/assets/policy)" if path == "embedded" else f"policy {path}"
     except Exception as e:  # noqa: BLE001 -- absent/unreadable checkpoint: benchmark an equal-sized stand-in
         if path != "embedded":
             raise

@@ -1,13 +1,13 @@
-"""Regenerate the embedded default policy in data/policy (seeded) and print its held-out figures.
+"""Regenerate the embedded default policy in pfkit/assets/policy (seeded) and print its held-out figures.
 
     python scripts/make_default_policy.py            # train with configs/sft_codegen.yaml, evaluate, save
-    python scripts/make_default_policy.py --eval-only  # just re-measure data/policy
+    python scripts/make_default_policy.py --eval-only  # just re-measure pfkit/assets/policy
 
 Trains the same SFTModule + CodeSFTDataModule that `pfkit fit -c configs/sft_codegen.yaml` runs (the
 hyperparameters are read from that file), then samples 8 completions per held-out test problem at
 temperature 1.0 / top-p 0.9, verifies them in the sandbox and prints pass@1, the histogram of per-problem
 success rates (rate 0, strictly between, 1), pass@1 by step count, parameter count and size on disk.
-The figures are also written to data/policy/eval.json.
+The figures are also written to pfkit/assets/policy/eval.json.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of the config")
     ap.add_argument("--stages", default="200:0.003:20,110:0.002:5,150:0.002:5",
                     help="STEPS:LR:WARMUP,... each stage continues from the previous one's weights with a fresh "
-                         "optimizer; the default is how the shipped data/policy was trained (460 steps in all). "
+                         "optimizer; the default is how the shipped pfkit/assets/policy was trained (460 steps in all). "
                          "--max-steps N means one stage of N steps with the config's lr and warm-up")
     ap.add_argument("--samples", type=int, default=8, help="samples per held-out problem")
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])

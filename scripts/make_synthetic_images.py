@@ -1,6 +1,6 @@
 """Write the embedded synthetic multi-modal, multi-organ image set (MedMNIST npz layout).
 
-    python scripts/make_synthetic_images.py                    # data/synthetic_medical.npz, 28 px
+    python scripts/make_synthetic_images.py                    # pfkit/assets/synthetic_medical.npz, 28 px
     python scripts/make_synthetic_images.py --size 64 --out /tmp/synth64.npz
 """
 

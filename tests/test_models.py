@@ -85,7 +85,7 @@ def test_load_policy_missing_tokenizer(tmp_path, tokenizer):
 
 
 def test_shipped_default_policy():
-    """data/policy: a real checkpoint (safetensors + tokenizer + config) within the documented budget."""
+    """pfkit/assets/policy: a real checkpoint (safetensors + tokenizer + config) within the documented budget."""
     import json
 
     folder = models.EMBEDDED

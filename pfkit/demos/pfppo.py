@@ -1,7 +1,7 @@
 """``pfkit demo pfppo``: the kit's main job. SFT policy -> reward -> PPO-M vs PF-PPO (BR, BW), with intervals.
 
 1. Load the shipped SFT policy (``pfkit.models.load_policy("embedded")``).
-2. Reward model: the shipped one in data/reward if it was trained from this policy, else train one here
+2. Reward model: the shipped one in pfkit/assets/reward if it was trained from this policy, else train one here
    (Bradley-Terry on the policy's own samples labelled by the unit tests, passing > failing per prompt)
    and report its pairwise accuracy on held-out prompts' pairs.
 3. R² by strategy on the SFT policy (the paper's way of choosing a strategy before PPO): N samples for
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model (the learned reward model); default noisy_middle,model (--quick: noisy_middle)")
     parser.add_argument("--policy", default="embedded", help="SFT policy folder (default: embedded)")
     parser.add_argument("--reward-model", default="auto",
-                        help="'auto' (shipped data/reward if it matches the policy, else train), 'train', or a folder")
+                        help="'auto' (shipped pfkit/assets/reward if it matches the policy, else train), 'train', or a folder")
     parser.add_argument("--steps", type=int, default=None,
                         help="PPO iterations per run (default: trainer.limit_train_batches of configs/demo/pfppo*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -77,7 +77,7 @@ class PFPPOModule(LightningModule):
     ``prompts_per_step`` prompts (the global batch, split over DDP ranks) x ``group_size`` responses each
     make one iteration; the datamodule batches its problems by this module's ``prompts_per_step``.
 
-    ``policy`` / ``reward_model``: local checkpoint folders or ``"embedded"`` (data/policy, data/reward).
+    ``policy`` / ``reward_model``: local checkpoint folders or ``"embedded"`` (pfkit/assets/policy, pfkit/assets/reward).
     ``strategy``: none (PPO-M) | bon | br | bw; PPO-S is ``group_size: 1`` with ``strategy: none``.
     ``reward_source``: ``model`` (the reward model) or ``oracle`` (:mod:`pfkit.rl.oracle`, the mechanism
     experiment: unit-test score + noise whose scale depends on the reward region, ``oracle_profile`` and

@@ -46,7 +46,7 @@ class SFTModule(LightningModule):
 
     ``policy="scratch"`` trains a tokenizer on the datamodule's ``corpus()`` and builds a GPT-2 with the
     given size (``pfkit.models.build_policy``); any other value is a local checkpoint for
-    ``pfkit.models.load_policy`` ("embedded" = data/policy). The final policy is saved in Hugging Face
+    ``pfkit.models.load_policy`` ("embedded" = pfkit/assets/policy). The final policy is saved in Hugging Face
     format to ``RUN_DIR/policy`` so RL runs can start from it with ``load_policy``.
     """
 

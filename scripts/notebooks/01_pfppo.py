@@ -20,7 +20,7 @@
 # those samples and R² per strategy, (3) a short PF-PPO vs PPO run, (4) the filtration inspector,
 # (5) the same with a real checkpoint on GPUs.
 #
-# **Data**: nothing beyond the kit — the embedded policy (`data/policy`), its reward model (`data/reward`,
+# **Data**: nothing beyond the kit — the embedded policy (`pfkit/assets/policy`), its reward model (`pfkit/assets/reward`,
 # Bradley–Terry on unit-test-labelled pairs) and the generated code task. `QUICK = True` (default; CI) uses a
 # few prompts and PPO steps: a smoke test; `PFKIT_NOTEBOOK_QUICK=0` for real numbers.
 
@@ -61,7 +61,7 @@ print("quick:", QUICK, "| runs:", OUT, "| N =", N)
 # ## 1 · How reliable is the reward model, and where?
 #
 # The reward model is the policy's backbone plus a scalar head, trained Bradley–Terry on the policy's own
-# samples labelled by unit tests (passing > failing, same prompt). The shipped one (`data/reward`) is used
+# samples labelled by unit tests (passing > failing, same prompt). The shipped one (`pfkit/assets/reward`) is used
 # when it was trained from this policy; otherwise one is trained here first (a minute or two on CPU; from
 # a terminal: `pfkit fit -c configs/reward_codegen.yaml`). Then: sample N programs for each of a set of
 # held-out problems (temperature 1), run each against its unit tests in the sandbox (score 1 = all tests

@@ -21,7 +21,7 @@
 # 6. unseen concepts: few-shot macro-F1 by linear probe and by short fine-tuning;
 # 7. the real-data arm (PneumoniaMNIST, 3 seeds) and the noise-mask inspector.
 #
-# **Data.** `data/synthetic_medical.npz` ships with the kit (`python scripts/make_synthetic_images.py`
+# **Data.** `pfkit/assets/synthetic_medical.npz` ships with the kit (`python scripts/make_synthetic_images.py`
 # rebuilds it). The stored study tables are `studies/results/noisemask*.csv`, written by
 # `pfkit study -c studies/noisemask.yaml` (and `..._pneumonia.yaml`). `QUICK = True` (default; what CI
 # runs) re-runs the study's `--quick` grid (one seed, one epoch, small subsets: a smoke test, not a

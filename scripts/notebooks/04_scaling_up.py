@@ -174,7 +174,7 @@ else:
 # A policy is any local folder written by `model.save_pretrained(...)` + `tokenizer.save_pretrained(...)`
 # (GPT-2, Qwen, Llama, DeepSeek-Coder, ...): `pfkit.models.load_policy(path)` is
 # `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained` with `local_files_only=True`,
-# a pad token and left padding for batched sampling. `"embedded"` is the folder shipped in `data/policy`.
+# a pad token and left padding for batched sampling. `"embedded"` is the folder shipped in `pfkit/assets/policy`.
 # On the command line the same path goes to `--model.init_args.policy PATH`.
 #
 # To show that nothing is special about the embedded policy, we save it to a new folder, load it back *by
