@@ -131,7 +131,8 @@ def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
     ro = RunDir(tmp_path).read("rollouts")
     assert len(ro) == 6 and {"tokens", "token_logprobs"} <= set(ro.columns)
     d = Rollout.cat(list(res.batch.payload))
-    full = sequence_logprobs(before, d.sequences, d.attention_mask, d.response_len)
+    with torch.no_grad():
+        full = sequence_logprobs(before, d.sequences, d.attention_mask, d.response_len)
     for i, row in enumerate(ro.itertuples()):
         on = d.response_mask[i].bool()
         assert len(row.tokens) == len(row.token_logprobs) == int(on.sum())
