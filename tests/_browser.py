@@ -7,6 +7,7 @@ Playwright's own browser download needs the network, so the tests use the distri
 from __future__ import annotations
 
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,8 +28,24 @@ def free_port() -> int:
 @contextmanager
 def serve(demo):
     """Launch ``demo`` without blocking; yield its URL; close the server afterwards."""
+    from unittest import mock
+
+    import gradio.networking as net
+
+    check = net.url_ok
+
+    def patient(url: str) -> bool:
+        """Gradio gives its own server ~5 s to answer before refusing to launch; on a shared machine at
+        nice 19 that is too short (launch raised "localhost is not accessible"). Wait up to 2 minutes."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if check(url):
+                return True
+        return False
+
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    with mock.patch.object(net, "url_ok", patient):
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -65,13 +65,18 @@ def big_filtration_run(path, rows: int = 10_000, n: int = 5, **kw) -> RunDir:
 
 
 def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group: int = 4, seed: int = 0,
-                   samplers=("vade", "uniform"), rollouts: bool = False) -> RunDir:
+                   samplers=("vade", "uniform"), rollouts: bool = False, texts: bool = False, tokens: bool = False,
+                   hack: bool = False) -> RunDir:
     """difficulty.parquet for each sampler (one row per prompt per step, as samplers.difficulty_rows).
 
     Binary rewards from fixed true success rates; "vade" picks the k prompts whose posterior mean is
     nearest 0.5, "uniform" a seeded random k. With ``rollouts`` (one sampler only) the groups are
-    also logged to rollouts.parquet.
+    also logged to rollouts.parquet; ``texts`` gives each a distinct prompt and response
+    (``return <j>  # s<step> t<prompt> j<sample>``), ``tokens`` adds ``tokens`` / ``token_logprobs`` as GRPO
+    logs them, ``hack`` the sandbox's hack label.
     """
+    import re
+
     rng = np.random.default_rng(seed)
     true_p = np.linspace(0.0, 1.0, prompts)
     run = RunDir(path)
@@ -89,8 +94,19 @@ def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group:
             for i in chosen:
                 r = (rng.uniform(size=group) < true_p[i]).astype(float)
                 succ[i], trials[i] = r.sum(), group
-                ro += [{"step": step, "prompt_id": f"task/{i}", "sample_idx": j, "prompt": "p", "response": "r",
-                        "reward": r[j], "score": r[j], "kept": True, "advantage": 0.0} for j in range(group)]
+                for j in range(group):
+                    row = {"step": step, "prompt_id": f"task/{i}", "sample_idx": j, "prompt": "p", "response": "r",
+                           "reward": r[j], "score": r[j], "kept": True, "advantage": 0.0}
+                    if texts:
+                        row["prompt"] = f"def task{i}():\n    \"\"\"Return {i}.\"\"\"\n"
+                        row["response"] = f"    return {j}  # s{step} t{i} j{j}\n"
+                    if tokens:
+                        toks = re.findall(r"\s+|\w+|[^\w\s]", row["response"])
+                        row["tokens"] = toks
+                        row["token_logprobs"] = (-rng.exponential(1.0, len(toks))).tolist()
+                    if hack:
+                        row["hack"] = HACKS[int(rng.integers(len(HACKS)))]
+                    ro.append(row)
             alpha, beta = alpha + succ, beta + trials - succ
             run.append("difficulty", [
                 {"step": step, "prompt_id": f"task/{i}", "alpha": alpha[i], "beta": beta[i],

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from _browser import TIMEOUT_MS, choose, open_app, screenshot, serve, wait_text
-from _inspect_runs import big_filtration_run, difficulty_run, filtration_run, noisemask_run
+from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
 from pfkit.inspect import filtration as F
@@ -356,53 +356,4 @@ def test_filtration_reliability_in_browser(page, tmp_path):
         assert "does not exist" in page.locator("#rel-summary").inner_text()
 
 
-@pytest.mark.slow
-def test_filtration_10k_rows_page_load_and_server_start(page, tmp_path):
-    """The issue's figure: a usable page (summary and the sample cards) within seconds on a 10k-row run."""
-    import os
-    import subprocess
-    import sys
-    import urllib.request
-
-    from _browser import free_port
-
-    big_filtration_run(tmp_path / "run", rows=10_000, tokens=True, hack=True)
-    port = free_port()
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "inspect", "filtration", str(tmp_path / "run"),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.1)
-            assert time.perf_counter() - t0 < 120
-        start = time.perf_counter() - t0
-
-        def view(pg) -> tuple[float, float]:
-            """(seconds to a usable page: summary and sample cards; to every panel drawn)."""
-            t1 = time.perf_counter()
-            open_app(pg, url)
-            wait_text(pg, "#summary", "Step 99, prompt 0")
-            wait_text(pg, "#responses", "# s99 p0 i4")
-            usable = time.perf_counter() - t1
-            pg.locator("#curves img, #curves canvas, #curves svg").first.wait_for()
-            wait_text(pg, "#found", "10000 of 10000 samples match")
-            wait_text(pg, "#rel-summary", "step 0: 100 samples")
-            return usable, time.perf_counter() - t1
-
-        first = view(page)  # opened the moment the server answers: its background imports may still run
-        later = view(page.context.new_page())  # what a user opening the link afterwards sees
-        print(f"filtration, 10k rows: server start {start:.2f} s (fresh process, imports included); page usable "
-              f"(summary + sample cards) {first[0]:.2f} s right after start, {later[0]:.2f} s later; every panel "
-              f"(curves, search, reliability) {first[1]:.2f} s / {later[1]:.2f} s; load average at start "
-              f"{load:.1f}, at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
-        assert later[0] < 15.0  # the issue's target is 3 s on an idle machine; CI machines are shared
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+# The 10k-row page-load test (all three apps) is test_inspect_browser.py::test_10k_rows_page_load_and_server_start.

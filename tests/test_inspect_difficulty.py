@@ -4,6 +4,7 @@ prompts ringed, and the effective-gradient ratio per sampler, from a run's diffi
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,86 @@ def test_infogain_figure_rings_the_selected_draws(tmp_path):
     fig_u = D.infogain_figure(data, "uniform", 4)
     assert "posterior mean" in fig_u.axes[0].get_xlabel()
     assert D.build_app(tmp_path) is not None
+
+
+# ------------------------------------------------------------------ issue #20: rollouts across the run
+def test_search_focus_and_csv_match_pandas_and_scipy(tmp_path):
+    from _inspect_runs import difficulty_run
+    from scipy import stats
+
+    from pfkit.inspect import _common as C
+
+    difficulty_run(tmp_path, steps=6, prompts=8, samplers=("vade",), rollouts=True, texts=True, hack=True)
+    ro = pd.read_parquet(tmp_path / "rollouts.parquet")
+    raw = pd.read_parquet(tmp_path / "difficulty.parquet")
+    data = D.Difficulty(tmp_path)
+    found = data.search(D.Query(text=r"t[35] j", regex=True, reward=(0.5, None), passed="passed", hack="clean"))
+    want = ro[ro.response.str.contains(r"t[35] j") & (ro.reward >= 0.5) & (ro.score >= 1) & (ro.hack == "")]
+    assert len(found) == len(want) > 0
+    assert sorted(zip(found.step, found.prompt_id, found.sample_idx)) == sorted(zip(want.step, want.prompt_id,
+                                                                                    want.sample_idx))
+    csv = D.csv_frame(found)
+    assert list(csv.columns[:5]) == ["step", "prompt_id", "sample_idx", "prompt", "response"] and len(csv) == len(want)
+    with pytest.raises(C.BadQuery, match="invalid regular expression"):
+        data.search(D.Query(text="(", regex=True))
+    with pytest.raises(C.BadQuery, match="min 2 is above max 1"):
+        data.search(D.Query(reward=(2, 1)))
+
+    h = data.history("vade", "task/3")
+    mine = raw[raw.prompt_id == "task/3"].sort_values("step")
+    assert h.step.tolist() == mine.step.tolist() and h.selected.tolist() == mine.selected.tolist()
+    np.testing.assert_allclose(h.ci_low, stats.beta(mine.alpha, mine.beta).ppf(0.025))
+    np.testing.assert_allclose(h.ci_high, stats.beta(mine.alpha, mine.beta).ppf(0.975))
+    md = D.focus_markdown(data, "vade", 4, "task/3")
+    row = mine[mine.step == 4].iloc[0]
+    assert f"posterior mean p = **{C.fmt(row.alpha / (row.alpha + row.beta))}**" in md
+    assert f"observed success rate **{C.fmt(mine.successes.sum() / mine.trials.sum())}**" in md
+    r3 = ro[ro.prompt_id == "task/3"]
+    assert f"Logged rollouts: **{len(r3)}** over {r3.step.nunique()} steps" in md
+    prompt, texts, ids = D.focus_texts(data, "vade", 4, "task/3")
+    at4 = r3[r3.step == 4]
+    assert ids == at4.sample_idx.tolist() and all(r in texts for r in at4.response.str.rstrip())
+    assert D.focus_tokens(data, "vade", 4, "task/3", 0, "log-prob (policy)")[1].startswith("Per-token log-probs: not logged")
+    fig = D.focus_figure(data, "vade", "task/3", 4)
+    dots = fig.axes[0].lines[1]  # the selected steps
+    assert list(dots.get_xdata()) == mine.loc[mine.selected, "step"].tolist()
+
+
+def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
+    """GRPO's rollouts.parquet: each response's tokens and log-probs under the sampling policy (recomputed
+    here with sequence_logprobs on a copy of the policy taken before the update), shown by the app."""
+    import copy
+    from types import SimpleNamespace
+
+    from pfkit.data.prompts import verifier_prompt_set
+    from pfkit.models import build_policy, train_tokenizer
+    from pfkit.modules.grpo import GRPOModule
+    from pfkit.rl import grpo
+    from pfkit.rollout import Rollout, sequence_logprobs
+
+    torch.set_num_threads(1)
+    prompts = [f"count {i}:" for i in range(8)]
+    torch.manual_seed(0)
+    tok = train_tokenizer(prompts * 5 + ["0123456789 abcdef " * 5], vocab_size=300)
+    m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=2, group_size=3, max_new_tokens=6, lr=1e-2)
+    m.set_policy(build_policy(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64), tok)
+    m.attach(verifier_prompt_set(prompts, lambda p, c: float(any(ch.isdigit() for ch in c[:3]))))
+    before = copy.deepcopy(m.model)
+    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, generator=m.gen)
+    m._last_batch, m._last_adv = res.batch, res.advantages
+    m._trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    m._write_tables(0)
+    ro = RunDir(tmp_path).read("rollouts")
+    assert len(ro) == 6 and {"tokens", "token_logprobs"} <= set(ro.columns)
+    d = Rollout.cat(list(res.batch.payload))
+    with torch.no_grad():
+        full = sequence_logprobs(before, d.sequences, d.attention_mask, d.response_len)
+    for i, row in enumerate(ro.itertuples()):
+        on = d.response_mask[i].bool()
+        assert len(row.tokens) == len(row.token_logprobs) == int(on.sum())
+        assert list(row.tokens) == [tok.decode([t]) for t in d.response_ids[i][on].tolist()]
+        np.testing.assert_allclose(row.token_logprobs, full[i][on].numpy(), atol=1e-4)
+    data = D.Difficulty(tmp_path)  # the app renders them (the module logs difficulty.parquet beside them)
+    pid = str(ro.prompt_id.iloc[0])
+    html, info = D.focus_tokens(data, "uniform", 0, pid, 0, "log-prob (policy)")
+    assert html.count('class="pfkit-tok"') == len(ro.tokens.iloc[0]) and "tokens · sum log p" in info

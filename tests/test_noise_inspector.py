@@ -92,3 +92,27 @@ def test_policy_views_in_browser(page, tmp_path):
         page.locator("#compare img, #compare canvas, #compare svg").first.wait_for()
         page.locator("#policy_curves img, #policy_curves canvas, #policy_curves svg").first.wait_for()
         screenshot(page, tmp_path / "noisemask_policy.png")
+
+
+def test_find_images_matches_numpy_and_rejects_bad_filters(tmp_path):
+    noisemask_run(tmp_path / "run", epochs=(0,), images=12, classes=3, grid=4, size=16)
+    z = np.load(tmp_path / "run" / "masks" / "epoch_000.npz")
+    m = (z["alpha"] / (z["alpha"] + z["beta"])).reshape(12, -1).astype(np.float64)
+    data = N.NoiseMasks(tmp_path / "run")
+    t = data.image_table(0)
+    np.testing.assert_allclose(t.mask_mean, m.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(t.mask_sd, m.std(1), rtol=1e-6)
+    np.testing.assert_allclose(t.saved_mask_mean, z["pixel_mask"].reshape(12, -1).mean(1), rtol=1e-6)
+    lo = float(np.median(m.mean(1)))
+    got = data.find(0, N.ImageQuery(label="1", correct=N.CORRECT, mask_mean=(None, None)))
+    assert got.image.tolist() == [i for i in range(12) if z["label"][i] == 1 and z["pred"][i] == 1]
+    got = data.find(0, N.ImageQuery(mask_mean=(lo, None), mask_sd=("", m.std(1).max())))
+    assert got.image.tolist() == np.flatnonzero(m.mean(1) >= lo).tolist()
+    with pytest.raises(C.BadQuery, match="min 0.9 is above max 0.1"):
+        data.find(0, N.ImageQuery(mask_mean=(0.9, 0.1)))
+    z2 = {k: v for k, v in z.items() if k != "pred"}
+    nopred = noisemask_run(tmp_path / "nopred", epochs=(0,), images=12)
+    nopred.save_masks(0, **z2)
+    with pytest.raises(C.BadQuery, match="no predictions"):
+        N.NoiseMasks(tmp_path / "nopred").find(0, N.ImageQuery(correct=N.WRONG))
+    assert "listing the first" not in N.found_markdown(got, 12, 0)

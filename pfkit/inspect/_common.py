@@ -277,3 +277,52 @@ def token_html(tokens, values, titles, *, diverging: bool, scale: float | None =
                      f"{_html.escape(str(tok))}</span>")
     return ('<div class="pfkit-tokens" style="font-family: monospace; white-space: pre-wrap; '
             'word-break: break-all; line-height: 1.6">' + "".join(spans) + "</div>")
+
+
+class Runs:
+    """The run an app was started on plus, by ``?run=DIR`` in a link, its sibling run folders.
+
+    Each session keeps its folder's key in a State and the handlers look its data up here (each folder is
+    read once and shared). A link may open folders beside the served run only (e.g. a demo's ppo/br/bw
+    runs), never an arbitrary path on the server (the page may be reachable by others with --host 0.0.0.0).
+    """
+
+    def __init__(self, data, load: Callable[[str], object]):
+        self.home, self.data, self._load = str(data.run.path), data, load
+        self._runs = {self.home: data}
+
+    def get(self, key):
+        return self._runs.get(str(key or self.home), self.data)
+
+    def open(self, path: str) -> tuple[str, str]:
+        """(the key of the run this session shows, a status line): ``path`` if it reads, else the home run."""
+        from pathlib import Path
+
+        key = str(Path(path).expanduser().resolve()) if path else self.home
+        home = Path(self.home).resolve()
+        if key == str(home):
+            return self.home, ""
+        if Path(key).parent != home.parent:
+            return self.home, warning(f"the link's run {path!r} is not beside the served run (only folders in "
+                                      f"{home.parent} can be opened from a link). Showing {self.home}.")
+        if key not in self._runs:
+            try:
+                self._runs[key] = self._load(key)
+            except (RunFolderError, OSError, ValueError, KeyError) as e:
+                return self.home, warning(f"could not open run {path!r} from the link: {str(e).rstrip('.')}. "
+                                          f"Showing {self.home}.")
+        return key, ""
+
+    def link(self, key, **params) -> str:
+        """``[Link to this view](?...)`` naming ``params`` (and the run, unless it is the served one)."""
+        q = share_query(run=None if str(key or self.home) == self.home else key, **params)
+        return f"[Link to this view]({q}) `{q}`"
+
+
+def int_param(params: dict, name: str, allowed, default):
+    """``params[name]`` as an int if it is one of ``allowed``, else ``default`` (a link with a stale value)."""
+    try:
+        v = int(params[name])
+    except (KeyError, ValueError):
+        return default
+    return v if v in set(allowed) else default

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from pfkit.inspect import _common as C
+from pfkit.inspect.filtration import CLEAN, FAILED, FIELDS, FLAGGED, PASSED, TOKEN_MODES, row_token_view
 
 TITLE = "VADE difficulty inspector"
 COLUMNS = ["step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes", "trials", "sampler"]
@@ -44,6 +46,67 @@ MAX_PROMPTS_PLOTTED = 12
 def posterior_sd(alpha, beta):
     a, b = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
     return np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+
+
+PASS_AT = 1.0 - 1e-9  # a rollout "passes" when its unit-test score is 1 (NaN: no tests)
+SHOWN = 200  # search results listed on the page; the CSV has them all
+CSV_COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "passed", "hack", "sampler"]
+
+
+def _index_rollouts(ro: pd.DataFrame) -> pd.DataFrame:
+    """rollouts.parquet with the columns the search and the prompt view use (missing text columns empty)."""
+    ro = ro.copy()
+    ro["pid"] = ro["prompt_id"].astype(str)
+    if "sample_idx" not in ro.columns:
+        ro["sample_idx"] = ro.groupby(["step", "pid"]).cumcount()
+    for c in ("prompt", "response"):
+        ro[c] = ro[c].fillna("").astype(str) if c in ro.columns else ""
+    ro["reward"] = ro["reward"].astype(np.float64)
+    ro["score"] = ro["score"].astype(np.float64) if "score" in ro.columns else np.nan
+    ro["passed"] = ro["score"].to_numpy() >= PASS_AT
+    if "hack" in ro.columns:
+        ro["hack"] = ro["hack"].fillna("").astype(str)
+    return ro.sort_values(["step", "pid", "sample_idx"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search over every logged rollout. ``reward`` is (min, max), None = open; flags are ANY or a value."""
+
+    text: str = ""
+    regex: bool = False
+    fields: str = "prompt and response"
+    reward: tuple = (None, None)
+    passed: str = C.ANY
+    hack: str = C.ANY
+
+
+def results_table(found: pd.DataFrame, limit: int = SHOWN) -> pd.DataFrame:
+    """The search results as listed (first ``limit``): one row per rollout with a response excerpt."""
+    t = found.head(limit)
+    out = pd.DataFrame({"step": t["step"].astype(int).to_numpy(), "prompt": t["pid"].to_numpy(),
+                        "sample": t["sample_idx"].astype(int).to_numpy(), "reward": t["reward"].round(4).to_numpy(),
+                        "score": t["score"].round(4).to_numpy(), "passed": t["passed"].to_numpy()})
+    if "hack" in t.columns:
+        out["hack"] = t["hack"].to_numpy()
+    out["response"] = [" ".join(str(r).split())[:80] for r in t["response"]]
+    return out
+
+
+def csv_frame(found: pd.DataFrame) -> pd.DataFrame:
+    """What "download as CSV" writes: every matching rollout with its text and numbers (no token lists)."""
+    return found[[c for c in CSV_COLUMNS if c in found.columns]].reset_index(drop=True)
+
+
+def search_markdown(found: pd.DataFrame, total: int) -> str:
+    if found.empty:
+        return f"**0** of {total} rollouts match."
+    shown = min(len(found), SHOWN)
+    return (f"**{len(found)}** of {total} rollouts match · {found['step'].nunique()} steps, "
+            f"{found['pid'].nunique()} prompts · mean reward **{C.fmt(found['reward'].mean())}** · passed "
+            f"**{int(found['passed'].sum())}**" + (f" · listing the first {shown} (the CSV has all)"
+                                                   if shown < len(found) else "")
+            + ". Select a row to open that prompt at that step.")
 
 
 class Difficulty:
@@ -67,10 +130,15 @@ class Difficulty:
         self.samplers = sorted(self.df["sampler"].unique())
         self.rollouts = None
         self._zero = None
+        self.ro = None  # the rollouts indexed for search and the prompt view (None: none logged)
         if self.run.has_table("rollouts"):
             ro = self.run.read("rollouts")
             if {"step", "prompt_id", "reward"} <= set(ro.columns) and not ro.empty:
                 self.rollouts = ro
+                self.ro = _index_rollouts(ro)
+        self.has_hack = self.ro is not None and "hack" in self.ro.columns
+        self.has_tokens = self.ro is not None and {"tokens", "token_logprobs"} <= set(self.ro.columns)
+        self.has_ref = self.has_tokens and "ref_token_logprobs" in self.ro.columns
 
     def of(self, sampler: str) -> pd.DataFrame:
         return self.df[self.df["sampler"] == sampler]
@@ -145,6 +213,44 @@ class Difficulty:
         mixed = (d["successes"] > 0) & (d["successes"] < d["trials"])
         return (d.assign(mixed=mixed).groupby(["sampler", "step"], as_index=False)
                 .agg(ratio=("mixed", "mean"), groups=("mixed", "size")))
+
+    # ----------------------------------------------------------------- rollouts: search, one prompt
+    def search(self, q: Query) -> pd.DataFrame:
+        """The logged rollouts (all steps) matching ``q``; raises C.BadQuery for a query that cannot run."""
+        if self.ro is None:
+            raise C.BadQuery("this run logged no rollouts (no rollouts.parquet): nothing to search")
+        df = self.ro
+        if q.fields not in FIELDS:
+            raise C.BadQuery(f"search field must be one of {', '.join(FIELDS)}, got {q.fields!r}")
+        m = C.text_mask(df, FIELDS[q.fields], q.text, regex=q.regex)
+        m &= C.range_mask(df["reward"], *q.reward, name="reward")
+        m &= C.flag_mask(df["passed"], q.passed, PASSED, FAILED)
+        if q.hack not in (None, "", C.ANY):
+            if not self.has_hack:
+                raise C.BadQuery("this run logs no reward-hack flag (rollouts.parquet has no 'hack' column)")
+            m &= C.flag_mask(df["hack"] != "", q.hack, FLAGGED, CLEAN)
+        return df[m]
+
+    def rollouts_of(self, pid: str, sampler: str | None = None) -> pd.DataFrame:
+        """Every logged rollout of prompt ``pid`` (of ``sampler`` when the rollouts name theirs)."""
+        if self.ro is None:
+            return pd.DataFrame(columns=["step", "pid", "sample_idx", "reward", "score", "passed"])
+        r = self.ro[self.ro["pid"] == str(pid)]
+        if sampler is not None and "sampler" in r.columns:
+            r = r[r["sampler"].astype(str) == sampler]
+        return r
+
+    def history(self, sampler: str, pid: str) -> pd.DataFrame:
+        """Prompt ``pid``'s posterior per step: alpha, beta, mean, sd, the 95% central credible interval
+        (``scipy.stats.beta.ppf``), selected, and the group's successes / trials at that step."""
+        from scipy.stats import beta as beta_dist
+
+        d = self.of(sampler)
+        h = d[d["pid"] == str(pid)][["step", "alpha", "beta", "p_mean", "selected", "successes", "trials"]].copy()
+        h["sd"] = posterior_sd(h["alpha"], h["beta"])
+        h["ci_low"] = beta_dist.ppf(0.025, h["alpha"], h["beta"])
+        h["ci_high"] = beta_dist.ppf(0.975, h["alpha"], h["beta"])
+        return h.reset_index(drop=True)
 
     def selection(self, sampler: str) -> pd.DataFrame:
         """Per prompt: times selected and mean p_mean over the steps (the estimate it was chosen on)."""
@@ -267,12 +373,29 @@ def zero_variance_figure(data: Difficulty):
 
 
 def stats_markdown(data: Difficulty, sampler: str, step: int) -> str:
+    """The sampler's numbers, each followed by what it means (one line each)."""
     d = data.of(sampler)
     sel = d[d["selected"]]
-    lines = [f"**{sampler}**: {d['pid'].nunique()} prompts, {d['step'].nunique()} steps, {len(sel)} selections."]
+    lines = [f"**{sampler}**: {d['pid'].nunique()} prompts, {d['step'].nunique()} steps, {len(sel)} selections "
+             "(prompts · steps logged in difficulty.parquet · (prompt, step) pairs the sampler trained on)."]
     if len(sel):
         lines.append(f"Mean |p − 0.5| of selected prompts = **{C.fmt((sel['p_mean'] - 0.5).abs().mean())}** vs "
-                     f"all candidates = **{C.fmt((d['p_mean'] - 0.5).abs().mean())}** (lower: closer to p ≈ 0.5).")
+                     f"all candidates = **{C.fmt((d['p_mean'] - 0.5).abs().mean())}** — how far the posterior mean "
+                     "of what was chosen sits from p = 0.5; not a lower-is-better score: VADE's I(p) = p(1−p)² "
+                     "peaks at p = 1/3 and p(1−p) at 0.5.")
+        lines.append(f"Mean posterior p of selected = **{C.fmt(sel['p_mean'].mean())}** vs all = "
+                     f"**{C.fmt(d['p_mean'].mean())}** — the estimated success rate the sampler chose at.")
+        gain = sel["p_mean"] * (1 - sel["p_mean"]) ** 2
+        allg = d["p_mean"] * (1 - d["p_mean"]) ** 2
+        lines.append(f"Mean I(p) = p(1−p)² of selected = **{C.fmt(gain.mean())}** vs all = **{C.fmt(allg.mean())}** "
+                     "(at the posterior mean; at most 4/27 = 0.148) — the information-gain score VADE ranks by.")
+    er = data.effective_ratio()
+    er = er[er["sampler"] == sampler]
+    if len(er):
+        at = er[er["step"] == int(step)]
+        lines.append(f"Effective-gradient ratio = **{C.fmt((er['ratio'] * er['groups']).sum() / er['groups'].sum())}** "
+                     f"overall, {C.fmt(at['ratio'].iloc[0]) if len(at) else 'n/a'} at step {step} — the share of "
+                     "trained groups whose rewards were mixed (only they give a gradient).")
     zv = data.zero_variance()
     parts = []
     for (src, smp), g in zv.groupby(["source", "sampler"], sort=True):
@@ -280,8 +403,103 @@ def stats_markdown(data: Difficulty, sampler: str, step: int) -> str:
         at = g[g["step"] == int(step)]
         now = C.fmt(at["fraction"].iloc[0]) if len(at) else "n/a"
         parts.append(f"{smp} · {src}: **{C.fmt(tot.sum() / g['groups'].sum())}** overall, {now} at step {step}")
-    lines.append("Zero-variance groups: " + "; ".join(parts) if parts else "No groups generated yet.")
+    lines.append(("Zero-variance groups: " + "; ".join(parts) + " — the share of groups whose G rewards were all "
+                  "equal (advantage 0: the rollouts were spent for no gradient).") if parts else "No groups generated yet.")
     return "\n\n".join(lines)
+
+
+def focus_markdown(data: Difficulty, sampler: str, step: int, pid: str) -> str:
+    """One prompt: its posterior at ``step``, when it was selected, what its rollouts got."""
+    h = data.history(sampler, pid)
+    if h.empty:
+        return f"Prompt **{pid}** has no rows for sampler {sampler}."
+    at = h[h["step"] == int(step)]
+    row = at.iloc[0] if len(at) else h.iloc[-1]
+    chosen = h.loc[h["selected"], "step"].astype(int).tolist()
+    lines = [f"**Prompt {pid}** ({sampler}) at step {int(row['step'])}: Beta(α = {row['alpha']:.2f}, β = "
+             f"{row['beta']:.2f}) · posterior mean p = **{C.fmt(row['p_mean'])}** (α/(α+β), its estimated success "
+             f"rate) · sd **{C.fmt(row['sd'])}** (uncertainty) · 95% credible interval "
+             f"**[{C.fmt(row['ci_low'])}, {C.fmt(row['ci_high'])}]** (central, scipy.stats.beta).",
+             f"Selected at **{len(chosen)}** of {len(h)} steps: {', '.join(map(str, chosen)) or 'never'} "
+             "(the steps whose batch trained on this prompt)."]
+    tr = h["trials"].sum()
+    if tr > 0:
+        lines.append(f"Generated groups: {int((h['trials'] > 0).sum())} with {int(tr)} rollouts, observed success "
+                     f"rate **{C.fmt(h['successes'].sum() / tr)}** (successes / trials over all steps).")
+    ro = data.rollouts_of(pid, sampler)
+    if len(ro):
+        here = ro[ro["step"] == int(step)]
+        lines.append(f"Logged rollouts: **{len(ro)}** over {ro['step'].nunique()} steps, mean reward "
+                     f"**{C.fmt(ro['reward'].mean())}**" + (f"; at step {int(step)}: {len(here)}, mean reward "
+                     f"**{C.fmt(here['reward'].mean())}**" if len(here) else
+                     f"; none at step {int(step)} (pick a step it was selected at to read them)") + ".")
+    elif data.ro is not None:
+        lines.append("No logged rollouts for this prompt.")
+    return "\n\n".join(lines)
+
+
+def focus_texts(data: Difficulty, sampler: str, step: int, pid: str) -> tuple[str, str, list[int]]:
+    """(prompt text, the step's responses of ``pid`` one after another with their rewards, sample ids)."""
+    ro = data.rollouts_of(pid, sampler)
+    if ro.empty:
+        return "", "", []
+    here = ro[ro["step"] == int(step)]
+    prompt = str(ro["prompt"].iloc[0])
+    if here.empty:
+        return prompt, f"# no rollouts of prompt {pid} at step {int(step)}; logged at steps " \
+                       f"{', '.join(map(str, sorted(ro['step'].unique())))}", []
+    parts = []
+    for r in here.itertuples(index=False):
+        score = "" if np.isnan(r.score) else f" · score {r.score:.3f}"
+        hack = f" · hack: {r.hack}" if getattr(r, "hack", "") else ""
+        parts.append(f"# ── sample {int(r.sample_idx)} · reward {r.reward:.3f}{score}{hack} ──\n{r.response.rstrip()}")
+    return prompt, "\n\n".join(parts), [int(i) for i in here["sample_idx"]]
+
+
+def focus_table(data: Difficulty, sampler: str, pid: str) -> pd.DataFrame:
+    """The prompt's logged rollouts, all steps: step, sample, reward, score, passed (and hack)."""
+    ro = data.rollouts_of(pid, sampler)
+    cols = ["step", "sample_idx", "reward", "score", "passed"] + (["hack"] if "hack" in ro.columns else [])
+    t = ro[cols].rename(columns={"sample_idx": "sample"}).copy()
+    t["reward"], t["score"] = t["reward"].round(4), t["score"].round(4)
+    return t.reset_index(drop=True)
+
+
+def focus_tokens(data: Difficulty, sampler: str, step: int, pid: str, sample, mode: str) -> tuple[str, str]:
+    """The per-token view of one rollout (the filtration app's renderer)."""
+    if not data.has_tokens:
+        return "", ("Per-token log-probs: not logged in this run (rollouts.parquet has no `tokens` / "
+                    "`token_logprobs` columns).")
+    ro = data.rollouts_of(pid, sampler)
+    hit = ro[(ro["step"] == int(step)) & (ro["sample_idx"] == int(sample if sample is not None else -1))]
+    if hit.empty:
+        return "", f"No rollout {sample} of prompt {pid} at step {step}."
+    return row_token_view(hit.iloc[0], f"Sample {int(sample)} (step {int(step)}, prompt {pid})", mode, data.has_ref)
+
+
+def focus_figure(data: Difficulty, sampler: str, pid: str, current: int | None):
+    """The prompt's posterior over steps: mean with its 95% credible band, selected steps, the observed
+    mean reward of each logged group."""
+    from matplotlib.ticker import MaxNLocator
+
+    h = data.history(sampler, pid)
+    if h.empty:
+        return C.empty_figure(f"no rows for prompt {pid}")
+    fig, ax = C.figure(7.0, 3.4)
+    ax.fill_between(h["step"], h["ci_low"], h["ci_high"], alpha=0.25, color="tab:blue", label="95% credible interval")
+    ax.plot(h["step"], h["p_mean"], color="tab:blue", lw=1.4, label="posterior mean α/(α+β)")
+    sel = h[h["selected"]]
+    ax.plot(sel["step"], sel["p_mean"], "o", color="tab:red", ms=5, label="selected")
+    ro = data.rollouts_of(pid, sampler)
+    if len(ro):
+        g = ro.groupby("step")["reward"].mean()
+        ax.plot(g.index, g.to_numpy(), "x", color="k", ms=6, label="mean reward of its rollouts")
+    if current is not None:
+        ax.axvline(current, color="k", lw=0.7, alpha=0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="step", ylabel="success probability p", ylim=(-0.02, 1.02), title=f"prompt {pid}: posterior over steps")
+    ax.legend(fontsize=7)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------- app
@@ -289,16 +507,35 @@ def build_app(run_dir):
     return C.guarded(TITLE, lambda: _build(Difficulty(run_dir)))
 
 
+def _first_sampler(data: Difficulty) -> str:
+    return next((s for s in data.samplers if s.startswith("vade")), data.samplers[0])  # the method of interest
+
+
+def _header(data: Difficulty) -> str:
+    ro = "" if data.ro is not None else " · (no rollouts.parquet: zero-variance from difficulty only, no rollout texts)"
+    n = 0 if data.ro is None else len(data.ro)
+    return (f"# {TITLE}\n`{html.escape(str(data.run.path))}` · samplers: {', '.join(data.samplers)} · "
+            f"{len(data.df)} difficulty rows · {n} rollouts{ro}")
+
+
 def _build(data: Difficulty):
     import gradio as gr
     import scipy.stats  # noqa: F401  (imported now, not on the first page view: the server starts ready)
     import seaborn  # noqa: F401
 
-    s0 = next((s for s in data.samplers if s.startswith("vade")), data.samplers[0])  # the method of interest
+    runs = C.Runs(data, Difficulty)
+    home, get = runs.home, runs.get
+    s0 = _first_sampler(data)
     steps0 = data.steps(s0)
+    st0 = steps0[-1]
+    focus0 = (data.default_prompts(s0, st0) or [None])[0]
+    # The default view's text is in the page itself (no event round trip before the page is usable); the
+    # load event fills it only when the URL names another view or the run has grown since the server started.
+    prompt0, texts0, ids0 = focus_texts(data, s0, st0, focus0)
+    found0 = data.ro if data.ro is not None else None
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · samplers: {', '.join(data.samplers)}"
-                    + ("" if data.rollouts is not None else " · (no rollouts.parquet: zero-variance from difficulty only)"))
+        run_state = gr.State(home)
+        header = gr.Markdown(_header(data), elem_id="header")
         if data.repeated:
             gr.Markdown(C.warning(
                 f"{data.repeated} rows repeat a (sampler, step, prompt_id) already logged: the run wrote the same "
@@ -306,14 +543,66 @@ def _build(data: Difficulty):
                 "show one of the repeated rows; zero-variance counts use every generated group."), elem_id="pfkit-warning")
         with gr.Row():
             sampler = gr.Dropdown(choices=data.samplers, value=s0, label="sampler", elem_id="sampler")
-            step = gr.Dropdown(choices=steps0, value=steps0[-1], label="step", elem_id="step")
+            step = gr.Dropdown(choices=steps0, value=st0, label="step", elem_id="step")
             prompts = gr.Dropdown(choices=sorted(data.of(s0)["pid"].unique()),
-                                  value=data.default_prompts(s0, steps0[-1]), multiselect=True,
+                                  value=data.default_prompts(s0, st0), multiselect=True,
                                   label=f"prompts to plot (≤ {MAX_PROMPTS_PLOTTED})", elem_id="prompts")
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
             status = gr.Markdown(elem_id="status")
-        stats = gr.Markdown(elem_id="stats")
+            share = gr.Markdown(runs.link(home, sampler=s0, step=st0, prompt=focus0), elem_id="share")
+        stats = gr.Markdown(stats_markdown(data, s0, st0), elem_id="stats")
+
+        with gr.Accordion("One prompt: its posterior over steps, its rollouts, when it was selected", open=True):
+            with gr.Row():
+                focus = gr.Dropdown(choices=sorted(data.of(s0)["pid"].unique()), value=focus0, label="prompt",
+                                    elem_id="focus")
+                sample = gr.Dropdown(choices=ids0, value=ids0[0] if ids0 else None, label="sample (per-token view)",
+                                     elem_id="sample")
+                token_mode = gr.Radio(choices=list(TOKEN_MODES), value=TOKEN_MODES[0], label="shade tokens by",
+                                      elem_id="token-mode")
+            focus_md = gr.Markdown(focus_markdown(data, s0, st0, focus0) if focus0 else "", elem_id="focus-info")
+            focus_plot = gr.Plot(label="posterior over steps (band: 95% credible interval)", elem_id="focus-plot")
+            with gr.Row():
+                # wrapped and scrolled: no line is cut in a narrow column
+                prompt_code = gr.Code(prompt0, language="python", label="prompt", interactive=False, wrap_lines=True,
+                                      lines=4, max_lines=16, elem_id="focus-prompt")
+                responses = gr.Code(texts0, language="python", label="its rollouts at the step", interactive=False,
+                                    wrap_lines=True, lines=8, max_lines=30, elem_id="focus-responses",
+                                    elem_classes=["pfkit-response"])
+            tok0 = focus_tokens(data, s0, st0, focus0, ids0[0] if ids0 else None, TOKEN_MODES[0]) if focus0 else ("", "")
+            token_info = gr.Markdown(tok0[1], elem_id="token-info")
+            tokens_html = gr.HTML(tok0[0], elem_id="tokens")
+            focus_rows = gr.Dataframe(focus_table(data, s0, focus0) if focus0 else None, interactive=False,
+                                      label="all logged rollouts of this prompt", elem_id="focus-rollouts",
+                                      max_height=300)
+
+        with gr.Accordion("Search the run's rollouts", open=True, visible=data.ro is not None):
+            with gr.Row():
+                q_text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
+                                    placeholder="e.g. return x + 4   (regex: tick the box)")
+                q_regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
+                q_fields = gr.Radio(choices=list(FIELDS), value="prompt and response", label="search in",
+                                    elem_id="q-fields", scale=2)
+            with gr.Row():
+                q_rmin = gr.Textbox(label="reward min", placeholder="no bound", elem_id="q-rmin")
+                q_rmax = gr.Textbox(label="reward max", placeholder="no bound", elem_id="q-rmax")
+                q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests (score = 1)",
+                                    elem_id="q-passed")
+                q_hack = gr.Radio(choices=[C.ANY, FLAGGED, CLEAN], value=C.ANY, label="reward hack (sandbox)",
+                                  elem_id="q-hack", visible=data.has_hack,
+                                  info="flagged = the sandbox's hack column is non-empty")
+            with gr.Row():
+                search_btn = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="search")
+                download = gr.DownloadButton(
+                    "Download this view as CSV", size="sm", scale=0, min_width=220, elem_id="download",
+                    value=C.csv_file(csv_frame(found0), "pfkit-difficulty-rollouts") if found0 is not None else None)
+            found_md = gr.Markdown(search_markdown(found0, len(found0)) if found0 is not None else "", elem_id="found")
+            results = gr.Dataframe(results_table(found0) if found0 is not None else None, interactive=False,
+                                   label="matching rollouts (select a row to open it)", elem_id="results",
+                                   max_height=360)
+            result_keys = gr.State(_keys(found0) if found0 is not None else [])
+
         with gr.Row():
             post = gr.Plot(label="Beta posteriors at the step", elem_id="posteriors")
             zero = gr.Plot(label="zero-variance groups", elem_id="zero-variance")
@@ -323,42 +612,146 @@ def _build(data: Difficulty):
         traj = gr.Plot(label="α / β / mean over steps", elem_id="trajectories")
         sel = gr.Plot(label="selection vs estimated p", elem_id="selection")
         sort = gr.Radio(choices=list(SORTS), value=next(iter(SORTS)), label="sort prompts", elem_id="sort")
-        table = gr.Dataframe(label="prompts at the step (sd = posterior standard deviation = uncertainty)",
+        table = gr.Dataframe(data.prompt_table(s0, st0, next(iter(SORTS))),
+                             label="prompts at the step (sd = posterior standard deviation = uncertainty)",
                              interactive=False, elem_id="prompt-table")
+        stamp0 = _stamp(data)
 
-        def on_sampler(s):
-            st = data.steps(s)
-            return (gr.Dropdown(choices=st, value=st[-1]),
-                    gr.Dropdown(choices=sorted(data.of(s)["pid"].unique()), value=data.default_prompts(s, st[-1])))
+        def on_sampler(run_v, s):
+            d = get(run_v)
+            st = d.steps(s)
+            pids = sorted(d.of(s)["pid"].unique())
+            dflt = d.default_prompts(s, st[-1])
+            return (gr.Dropdown(choices=st, value=st[-1]), gr.Dropdown(choices=pids, value=dflt),
+                    gr.Dropdown(choices=pids, value=(dflt or pids)[0]))
 
-        def views(s, st, ps):
-            if s is None or st is None:
+        def views(run_v, s, st, ps):
+            d = get(run_v)
+            if s is None or st is None or s not in d.samplers:
                 return (gr.skip(),) * 7
             ps = list(ps or [])
-            return (stats_markdown(data, s, int(st)), posterior_figure(data, s, int(st), ps),
-                    trajectory_figure(data, s, ps, int(st)), selection_figure(data, s), zero_variance_figure(data),
-                    infogain_figure(data, s, int(st)), effective_ratio_figure(data))
+            return (stats_markdown(d, s, int(st)), posterior_figure(d, s, int(st), ps),
+                    trajectory_figure(d, s, ps, int(st)), selection_figure(d, s), zero_variance_figure(d),
+                    infogain_figure(d, s, int(st)), effective_ratio_figure(d))
 
-        def tab(s, st, srt):
-            if s is None or st is None:
+        def tab(run_v, s, st, srt):
+            d = get(run_v)
+            if s is None or st is None or s not in d.samplers:
                 return gr.skip()
-            return data.prompt_table(s, int(st), srt)
+            return d.prompt_table(s, int(st), srt)
 
-        def on_reload(s):
-            msg = C.reload(data)
-            s = s if s in data.samplers else data.samplers[0]
-            st = data.steps(s)
-            msg = msg or f"Reloaded at {time.strftime('%H:%M:%S')}: {len(data.df)} rows, newest step {st[-1]}."
-            return gr.Dropdown(choices=data.samplers, value=s), gr.Dropdown(choices=st, value=st[-1]), msg
+        def on_focus(run_v, s, st, pid, smp, mode):
+            d = get(run_v)
+            if s is None or st is None or pid is None or s not in d.samplers:
+                return (gr.skip(),) * 8
+            prompt, texts, ids = focus_texts(d, s, int(st), str(pid))
+            smp = int(smp) if smp is not None and int(smp) in ids else (ids[0] if ids else None)
+            html_v, info = focus_tokens(d, s, int(st), str(pid), smp, mode)
+            return (focus_markdown(d, s, int(st), str(pid)), prompt, texts, gr.Dropdown(choices=ids, value=smp),
+                    html_v, info, focus_table(d, s, str(pid)), runs.link(run_v, sampler=s, step=int(st), prompt=pid,
+                                                                         sample=smp))
 
-        sampler.change(on_sampler, sampler, [step, prompts])
-        (reload_btn.click(on_reload, sampler, [sampler, step, status])
-         .then(views, [sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff])
-         .then(tab, [sampler, step, sort], table))
-        gr.on([sampler.change, step.change, prompts.change, demo.load], views, [sampler, step, prompts],
-              [stats, post, traj, sel, zero, gain, eff], trigger_mode=C.LATEST)
-        gr.on([sampler.change, step.change, sort.change, demo.load], tab, [sampler, step, sort], table, trigger_mode=C.LATEST)
+        def on_focus_plot(run_v, s, st, pid):
+            d = get(run_v)
+            if s is None or pid is None or s not in d.samplers:
+                return gr.skip()
+            return focus_figure(d, s, str(pid), None if st is None else int(st))
+
+        def on_tokens(run_v, s, st, pid, smp, mode):
+            if s is None or st is None or pid is None or smp is None:
+                return gr.skip(), gr.skip(), gr.skip()
+            return (*focus_tokens(get(run_v), s, int(st), str(pid), smp, mode),
+                    runs.link(run_v, sampler=s, step=int(st), prompt=pid, sample=smp))
+
+        def on_search(run_v, text, regex, fields, rmin, rmax, passed, hack):
+            d = get(run_v)
+            try:
+                found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack))
+            except C.BadQuery as e:
+                return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
+            return (search_markdown(found, len(d.ro)), results_table(found),
+                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-difficulty-rollouts")), _keys(found))
+
+        def on_pick(run_v, s, keys, evt: gr.SelectData):
+            """A results row -> that rollout's step, prompt and sample."""
+            d = get(run_v)
+            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if r is None or not keys or not 0 <= int(r) < len(keys):
+                return gr.skip(), gr.skip(), gr.skip()
+            st, pid, smp = keys[int(r)]
+            steps = d.steps(s)
+            return (gr.Dropdown(choices=steps, value=int(st) if int(st) in steps else steps[-1]),
+                    gr.Dropdown(value=str(pid)), gr.Dropdown(value=int(smp)))
+
+        def first_view(mode_v, request: gr.Request):
+            """The view the URL names (?run=&sampler=&step=&prompt=&sample=); nothing to send when it is the
+            default view of an unchanged run (the page already holds it)."""
+            p = C.query_params(request)
+            run_v, msg = runs.open(p.get("run", ""))
+            d = get(run_v)
+            if run_v == home and not msg and not ({"sampler", "step", "prompt", "sample"} & set(p)) \
+                    and _stamp(d) == stamp0:
+                return (gr.skip(),) * 15
+            s = p.get("sampler") if p.get("sampler") in d.samplers else _first_sampler(d)
+            steps = d.steps(s)
+            st = C.int_param(p, "step", steps, steps[-1])
+            pids = sorted(d.of(s)["pid"].unique())
+            dflt = d.default_prompts(s, st)
+            pid = p["prompt"] if p.get("prompt") in pids else (dflt or pids)[0]
+            _, _, ids = focus_texts(d, s, st, pid)
+            smp = C.int_param(p, "sample", ids, ids[0] if ids else None)
+            return (run_v, _header(d), msg, gr.Dropdown(choices=d.samplers, value=s), gr.Dropdown(choices=steps, value=st),
+                    gr.Dropdown(choices=pids, value=dflt), gr.Dropdown(choices=pids, value=pid),
+                    *on_focus(run_v, s, st, pid, smp, mode_v))
+
+        first_view.__annotations__["request"] = gr.Request  # see filtration: string annotations
+        on_pick.__annotations__["evt"] = gr.SelectData
+
+        def on_reload(run_v, s):
+            d = get(run_v)
+            msg = C.reload(d)
+            s = s if s in d.samplers else d.samplers[0]
+            st = d.steps(s)
+            msg = msg or f"Reloaded at {time.strftime('%H:%M:%S')}: {len(d.df)} rows, newest step {st[-1]}."
+            return gr.Dropdown(choices=d.samplers, value=s), gr.Dropdown(choices=st, value=st[-1]), msg, _header(d)
+
+        view_in, view_out = [run_state, sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff]
+        focus_in = [run_state, sampler, step, focus, sample, token_mode]
+        focus_out = [focus_md, prompt_code, responses, sample, tokens_html, token_info, focus_rows, share]
+        plot_in = [run_state, sampler, step, focus]
+        tab_in = [run_state, sampler, step, sort]
+        q_in = [run_state, q_text, q_regex, q_fields, q_rmin, q_rmax, q_passed, q_hack]
+        search_out = [found_md, results, download, result_keys]
+
+        sampler.change(on_sampler, [run_state, sampler], [step, prompts, focus])
+        gr.on([sampler.change, step.change, prompts.change], views, view_in, view_out, trigger_mode=C.LATEST)
+        gr.on([sampler.change, step.change, sort.change], tab, tab_in, table, trigger_mode=C.LATEST)
+        (gr.on([step.change, focus.change], on_focus, focus_in, focus_out, trigger_mode=C.LATEST)
+         .then(on_focus_plot, plot_in, focus_plot))
+        gr.on([sample.input, token_mode.change], on_tokens, focus_in, [tokens_html, token_info, share],
+              trigger_mode=C.LATEST)
+        gr.on([search_btn.click, q_text.submit], on_search, q_in, search_out, trigger_mode=C.LATEST)
+        (results.select(on_pick, [run_state, sampler, result_keys], [step, focus, sample])
+         .then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot))
+        url_out = [run_state, header, status, sampler, step, prompts, focus]
+        (demo.load(first_view, [token_mode], url_out + focus_out)
+         .then(on_focus_plot, plot_in, focus_plot).then(views, view_in, view_out))
+        (reload_btn.click(on_reload, [run_state, sampler], [sampler, step, status, header])
+         .then(views, view_in, view_out).then(tab, tab_in, table)
+         .then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot)
+         .then(on_search, q_in, search_out))
     return demo
+
+
+def _keys(found: pd.DataFrame) -> list[tuple[int, str, int]]:
+    """(step, prompt, sample) of the listed results, for a row pick."""
+    shown = found.head(SHOWN)
+    return list(zip(shown["step"].astype(int).tolist(), shown["pid"].tolist(), shown["sample_idx"].astype(int).tolist()))
+
+
+def _stamp(data: Difficulty) -> tuple:
+    """What the page's built-in default view depends on (a reload that adds rows changes it)."""
+    return len(data.df), 0 if data.ro is None else len(data.ro)
 
 
 def add_arguments(parser):

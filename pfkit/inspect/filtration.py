@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +36,7 @@ FIELDS = {"prompt and response": ("prompt", "response"), "prompt only": ("prompt
 KEPT, DROPPED, PASSED, FAILED, FLAGGED, CLEAN = "kept", "dropped", "passed", "failed", "flagged", "clean"
 TOKEN_MODES = ("log-prob (policy)", "policy − reference")
 SHOWN = 200  # search results listed on the page; the CSV has them all
+MAX_CARDS = 32  # response cards side by side (a larger group's other samples are in the table below them)
 CSV_COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "passed", "kept",
                "advantage", "hack"]
 
@@ -198,13 +198,19 @@ def token_view(data: Rollouts, step: int, prompt_id: str, sample: int, mode: str
     row = data.row(step, prompt_id, sample)
     if row is None:
         return "", f"No sample {sample} in step {step}, prompt {prompt_id}."
+    return row_token_view(row, f"Sample {sample} (step {step}, prompt {prompt_id})", mode, data.has_ref)
+
+
+def row_token_view(row, label: str, mode: str, has_ref: bool) -> tuple[str, str]:
+    """The per-token view of one logged sample (a row with ``tokens``, ``token_logprobs`` and, with
+    ``has_ref``, ``ref_token_logprobs``); ``label`` names it in the summary line. Shared by the apps."""
     tokens, lp = row["tokens"], row["token_logprobs"]
     if tokens is None or lp is None or len(tokens) == 0:
-        return "", f"Per-token log-probs: not logged for sample {sample} of step {step}, prompt {prompt_id}."
+        return "", f"Per-token log-probs: not logged for {label[0].lower() + label[1:]}."
     tokens = [str(t) for t in tokens]
     lp = np.asarray(lp, dtype=np.float64)
     ref = None
-    if data.has_ref and row["ref_token_logprobs"] is not None and len(row["ref_token_logprobs"]):
+    if has_ref and row["ref_token_logprobs"] is not None and len(row["ref_token_logprobs"]):
         ref = np.asarray(row["ref_token_logprobs"], dtype=np.float64)
     n = min(len(tokens), len(lp), len(ref) if ref is not None else len(lp))
     note = "" if n == len(tokens) == len(lp) else f" (lengths differ: {len(tokens)} tokens, {len(lp)} log-probs; first {n} shown)"
@@ -217,7 +223,7 @@ def token_view(data: Rollouts, step: int, prompt_id: str, sample: int, mode: str
             tip += f" · log p_ref = {ref[i]:.4f} · policy − ref = {x - ref[i]:+.4f}"
         titles.append(tip)
     lowest = int(np.nanargmin(lp))
-    md = (f"Sample {sample} (step {step}, prompt {prompt_id}): {n} tokens{note} · sum log p = **{C.fmt(lp.sum())}** · "
+    md = (f"{label}: {n} tokens{note} · sum log p = **{C.fmt(lp.sum())}** · "
           f"mean log p = **{C.fmt(lp.mean())}** · least likely token #{lowest} {tokens[lowest]!r} "
           f"(log p = {C.fmt(lp[lowest])})")
     if mode == TOKEN_MODES[1]:
@@ -449,6 +455,16 @@ def curves_figure(data: Rollouts, strategy: str, seed: int, bins: int | None, cu
     return fig
 
 
+def card_values(data: Rollouts, step: int, prompt_id: str, strategy: str, seed, slots: int) -> list[tuple]:
+    """(shown, badge, response, label) for each of ``slots`` response cards: the prompt's samples, then empty."""
+    g = data.step(step)
+    sel = (g["pid"] == str(prompt_id)).to_numpy()
+    ks = data.kept(step, strategy, int(seed or 0))[sel] if strategy != "logged" else [None] * sel.sum()
+    rows = list(zip(g.loc[sel].itertuples(index=False), ks))[:slots]
+    out = [(True, _badge(row, k, strategy), str(row.response), f"response {int(row.sample_idx)}") for row, k in rows]
+    return out + [(False, "", "", "")] * (slots - len(out))
+
+
 def _badge(row, kept_strategy: bool | None, strategy: str) -> str:
     # plain words, no emoji: lab machines and headless browsers often lack an emoji font
     tests = "**passed**" if row.passed else f"failed (score {row.score:.2f})"
@@ -476,45 +492,27 @@ def _warm_imports() -> None:
 
 
 def _build(data: Rollouts):
-    import threading
-
     import gradio as gr
 
-    # Import them while the server starts and the browser loads the page, not on the first page view
-    # and not before serving (a handler that needs one meanwhile waits on Python's import lock).
-    threading.Thread(target=_warm_imports, name="pfkit-warm-imports", daemon=True).start()
+    # Imported before serving, not in a background thread: a thread importing while the first page loads
+    # holds the GIL and the page waited on it (13 s to a usable page right after start, issue #20). The
+    # default view is computed here and sent inside the page, so a first visit needs no event round trip.
+    _warm_imports()
 
-    # One app serves the run it was started on and, by ``?run=DIR``, any other run folder; each session
-    # keeps its folder in a State and the handlers look its data up here (read once, shared).
-    home = str(data.run.path)
-    runs: dict[str, Rollouts] = {home: data}
-
-    def get(run_v) -> Rollouts:
-        return runs.get(str(run_v or home), data)
-
-    def open_other(path: str) -> tuple[str, str]:
-        """(the run this session shows, a status line): ``path`` if it reads, else the home run."""
-        key = str(Path(path).expanduser().resolve()) if path else home
-        if key == str(Path(home).resolve()):
-            return home, ""
-        # a shared link may open the served run's sibling folders only (e.g. a demo's ppo/br/bw runs), never an
-        # arbitrary path on the server (the page may be reachable by others with --host 0.0.0.0)
-        if Path(key).parent != Path(home).resolve().parent:
-            return home, C.warning(f"the link's run {path!r} is not beside the served run (only folders in "
-                                   f"{Path(home).resolve().parent} can be opened from a link). Showing {home}.")
-        if key not in runs:
-            try:
-                runs[key] = Rollouts(key)
-            except (C.RunFolderError, OSError, ValueError, KeyError) as e:
-                return home, C.warning(f"could not open run {path!r} from the link: {str(e).rstrip('.')}. "
-                                          f"Showing {home}.")
-        return key, ""
+    # ``?run=DIR`` opens a sibling run folder in this session (C.Runs)
+    runs = C.Runs(data, Rollouts)
+    home, get, open_other = runs.home, runs.get, runs.open
 
     first = data.steps[-1]
     prompts0 = data.prompts(first)
+    pid0 = prompts0[0][1]
+    ids0 = data.samples(first, pid0)
+    n_slots = min(MAX_CARDS, int(data.df.groupby(["step", "pid"]).size().max()))
+    stamp0 = (len(data.df), first)
     with gr.Blocks(title=TITLE) as demo:
         run_state = gr.State(home)
-        header = gr.Markdown(elem_id="header")
+        header = gr.Markdown(f"# {TITLE}\n`{html.escape(home)}` · {len(data.df)} samples, {len(data.steps)} steps "
+                             f"(steps {data.steps[0]}–{data.steps[-1]})", elem_id="header")
         if data.repeated:
             gr.Markdown(C.warning(
                 f"{data.repeated} rows repeat a (step, prompt_id, sample_idx) already logged: the run wrote the "
@@ -523,7 +521,7 @@ def _build(data: Rollouts):
         with gr.Row():
             step = gr.Dropdown(choices=data.steps, value=first, label="step", elem_id="step")
             prompt = gr.Dropdown(choices=prompts0, value=prompts0[0][1], label="prompt", elem_id="prompt")
-            sample = gr.Dropdown(choices=data.samples(first, prompts0[0][1]), value=None, label="sample",
+            sample = gr.Dropdown(choices=ids0, value=ids0[0], label="sample",
                                  elem_id="sample", info="for the per-token view and the link")
             strategy = gr.Radio(choices=list(STRATEGIES), value="logged", label="filtration strategy",
                                 info="logged = what the run kept; others re-apply select() to the logged rewards",
@@ -533,34 +531,38 @@ def _build(data: Rollouts):
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
             status = gr.Markdown(elem_id="status")
-            share = gr.Markdown(elem_id="share")
-        summary = gr.Markdown(elem_id="summary")
-        prompt_code = gr.Code(language="python", label="prompt", interactive=False, elem_id="prompt-code",
-                              wrap_lines=True, max_lines=20)
+            share = gr.Markdown(f"[Link to this view]({C.share_query(step=first, prompt=pid0, sample=ids0[0])}) "
+                                f"`{C.share_query(step=first, prompt=pid0, sample=ids0[0])}`", elem_id="share")
+        summary = gr.Markdown(summary_markdown(data, first, pid0, "logged", 0, None), elem_id="summary")
+        prompt_code = gr.Code(str(data.row(first, pid0, ids0[0])["prompt"]), language="python", label="prompt",
+                              interactive=False, elem_id="prompt-code", wrap_lines=True, max_lines=20)
 
-        @gr.render(inputs=[run_state, step, prompt, strategy, seed])
-        def responses(run_v, step_v, prompt_v, strategy_v, seed_v):
-            d = get(run_v)
-            if step_v is None or prompt_v is None or int(step_v) not in d._by_step:
-                return
-            g = d.step(step_v)
-            sel = (g["pid"] == str(prompt_v)).to_numpy()
-            ks = d.kept(step_v, strategy_v, int(seed_v or 0))[sel] if strategy_v != "logged" else [None] * sel.sum()
-            with gr.Row(elem_id="responses"):
-                for row, kst in zip(g.loc[sel].itertuples(index=False), ks):
-                    with gr.Column(min_width=260, variant="panel"):
-                        gr.Markdown(_badge(row, kst, strategy_v))
-                        # wrapped, at most 24 lines then scrolled: no line is cut in a narrow column
-                        gr.Code(value=str(row.response), language="python", interactive=False, wrap_lines=True,
-                                label=f"response {int(row.sample_idx)}", lines=6, max_lines=24,
-                                elem_classes=["pfkit-response"])
+        # a fixed set of response cards (the run's largest group), shown or hidden per prompt: part of the
+        # page from the start (a gr.render block costs one more event round trip before anything shows)
+        cards = []
+        with gr.Row(elem_id="responses"):
+            for shown, badge_v, text, label in card_values(data, first, pid0, "logged", 0, n_slots):
+                with gr.Column(min_width=260, variant="panel", visible=shown) as col:
+                    badge = gr.Markdown(badge_v)
+                    # wrapped, at most 24 lines then scrolled: no line is cut in a narrow column
+                    code = gr.Code(text, label=label, language="python", interactive=False, wrap_lines=True, lines=6,
+                                   max_lines=24, elem_classes=["pfkit-response"])
+                cards += [col, badge, code]
+
+        def card_updates(d: Rollouts, step_v, prompt_v, strategy_v, seed_v) -> list:
+            out = []
+            for shown, badge_v, text, label in card_values(d, step_v, prompt_v, strategy_v, seed_v, n_slots):
+                out += [gr.Column(visible=shown), badge_v, gr.Code(value=text, label=label)]
+            return out
 
         with gr.Accordion("Per-token view of the chosen sample", open=True):
             token_mode = gr.Radio(choices=list(TOKEN_MODES), value=TOKEN_MODES[0], label="shade tokens by",
                                   elem_id="token-mode")
-            token_info = gr.Markdown(elem_id="token-info")
-            tokens_html = gr.HTML(elem_id="tokens")
-        table = gr.Dataframe(label="samples of this prompt", interactive=False, elem_id="samples")
+            tok0 = token_view(data, first, pid0, ids0[0], TOKEN_MODES[0])
+            token_info = gr.Markdown(tok0[1], elem_id="token-info")
+            tokens_html = gr.HTML(tok0[0], elem_id="tokens")
+        table = gr.Dataframe(sample_table(data, first, pid0, "logged", 0), label="samples of this prompt",
+                             interactive=False, elem_id="samples")
         with gr.Row():
             scatter = gr.Plot(label="reward vs test score (this step)", elem_id="scatter")
         curves = gr.Plot(label="R² and pass rate over steps", elem_id="curves")
@@ -587,11 +589,12 @@ def _build(data: Rollouts):
                                   info="flagged = the sandbox's hack column is non-empty")
             with gr.Row():
                 search_btn = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="search")
-                download = gr.DownloadButton("Download this view as CSV", value=None, size="sm", scale=0,
-                                             min_width=220, elem_id="download")
-            found_md = gr.Markdown(elem_id="found")
-            results = gr.Dataframe(label="matching samples (select a row to open it)", interactive=False,
-                                   elem_id="results", max_height=360)
+                download = gr.DownloadButton("Download this view as CSV", size="sm", scale=0, min_width=220,
+                                             elem_id="download",
+                                             value=C.csv_file(csv_frame(data.df), "pfkit-filtration-samples"))
+            found_md = gr.Markdown(search_markdown(data.df, len(data.df)), elem_id="found")
+            results = gr.Dataframe(results_table(data.df), label="matching samples (select a row to open it)",
+                                   interactive=False, elem_id="results", max_height=360)
 
         with gr.Accordion("Reliability of the reward (paper Figure 1) and the strategy to train with", open=True):
             with gr.Row():
@@ -625,7 +628,7 @@ def _build(data: Rollouts):
 
         def refresh(run_v, step_v, prompt_v, sample_v, strategy_v, seed_v, bins_v, mode_v):
             d = get(run_v)
-            skip = (gr.skip(),) * 7
+            skip = (gr.skip(),) * (7 + len(cards))
             if step_v is None or prompt_v is None or int(step_v) not in d._by_step:
                 return skip
             seed_i, b = int(seed_v or 0), nbins(bins_v)
@@ -639,7 +642,7 @@ def _build(data: Rollouts):
             return (summary_markdown(d, int(step_v), str(prompt_v), strategy_v, seed_i, b), str(text),
                     sample_table(d, int(step_v), str(prompt_v), strategy_v, seed_i),
                     gr.Dropdown(choices=ids, value=sample_i), html_v, info,
-                    link_md(run_v, step_v, prompt_v, sample_i))
+                    link_md(run_v, step_v, prompt_v, sample_i), *card_updates(d, step_v, prompt_v, strategy_v, seed_i))
 
         def link_md(run_v, step_v, prompt_v, sample_v) -> str:
             link = C.share_query(run=None if run_v == home else run_v, step=int(step_v), prompt=prompt_v,
@@ -671,10 +674,14 @@ def _build(data: Rollouts):
                 found = d.search(query(*q))
             except C.BadQuery as e:
                 return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
-            shown = found.head(SHOWN)
-            keys = list(zip(shown["step"].astype(int), shown["pid"], shown["sample_idx"].astype(int)))
             return (search_markdown(found, len(d.df)), results_table(found),
-                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-filtration-samples")), keys)
+                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-filtration-samples")), _keys(found))
+
+        def search_on_load(run_v, *q):  # the page holds the served run's unfiltered list already
+            d = get(run_v)
+            if run_v == home and (len(d.df), d.steps[-1]) == stamp0:
+                return (gr.skip(),) * 4
+            return on_search(run_v, *q)
 
         def on_pick(run_v, keys, evt: gr.SelectData):
             """A results row -> that sample's step, prompt and sample (the rows listed by the last search)."""
@@ -726,6 +733,9 @@ def _build(data: Rollouts):
         def first_view(strategy_v, seed_v, bins_v, mode_v, request: gr.Request):
             run_v, msg, st, pid, smp = from_url(request)
             d = get(run_v)
+            if (run_v == home and not msg and (len(d.df), d.steps[-1]) == stamp0 and (st, pid, smp) == (first, pid0, ids0[0])
+                    and (strategy_v, int(seed_v or 0), int(bins_v or 0), mode_v) == ("logged", 0, 0, TOKEN_MODES[0])):
+                return (gr.skip(),) * (len(url_outs) + len(outs))  # the page holds this view already
             return (run_v, head_md(run_v), msg, gr.Dropdown(choices=d.steps, value=st),
                     gr.Dropdown(choices=d.prompts(st), value=pid), gr.Dropdown(choices=d.samples(st, pid), value=smp),
                     gr.Number(value=d.steps[0]), gr.Number(value=d.steps[0]), gr.Radio(visible=d.has_hack),
@@ -743,10 +753,10 @@ def _build(data: Rollouts):
             return gr.Dropdown(choices=d.steps, value=d.steps[-1]), msg, head_md(run_v)
 
         inputs = [run_state, step, prompt, sample, strategy, seed, bins, token_mode]
-        outs = [summary, prompt_code, table, sample, tokens_html, token_info, share]
+        outs = [summary, prompt_code, table, sample, tokens_html, token_info, share, *cards]
         scatter_inputs = [run_state, step, strategy, seed, bins]
         q_inputs = [q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_kept, q_passed, q_hack]
-        result_keys = gr.State([])
+        result_keys = gr.State(_keys(data.df))
         search_outs = [found_md, results, download, result_keys]
         rel_inputs = [run_state, rel_first, rel_last, rel_bins, rel_file]
         rel_outs = [rel_md, rel_plot, rel_strat, rel_curve]
@@ -769,11 +779,17 @@ def _build(data: Rollouts):
         url_outs = [run_state, header, status, step, prompt, sample, rel_first, rel_last, q_hack]
         (demo.load(first_view, [strategy, seed, bins, token_mode], url_outs + outs)
          .then(refresh_scatter, scatter_inputs, scatter)
-         .then(refresh_curves, curve_inputs, curves).then(on_search, [run_state, *q_inputs], search_outs).then(on_reliability, rel_inputs, rel_outs))
+         .then(refresh_curves, curve_inputs, curves).then(search_on_load, [run_state, *q_inputs], search_outs).then(on_reliability, rel_inputs, rel_outs))
         (reload_btn.click(on_reload, run_state, [step, status, header])
          .then(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
          .then(refresh_scatter, scatter_inputs, scatter).then(refresh_curves, curve_inputs, curves))
     return demo
+
+
+def _keys(found: pd.DataFrame) -> list[tuple[int, str, int]]:
+    """(step, prompt, sample) of the listed results, for a row pick."""
+    shown = found.head(SHOWN)
+    return list(zip(shown["step"].astype(int).tolist(), shown["pid"].tolist(), shown["sample_idx"].astype(int).tolist()))
 
 
 def add_arguments(parser):

@@ -27,6 +27,7 @@ import importlib
 import re
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,38 @@ TITLE = "Noise-mask inspector"
 REQUIRED = ("image", "alpha", "beta", "label")
 DEFAULT_SIGMA, DEFAULT_KERNEL = 1.0, 5  # pfkit.noise.mask defaults; a run may override (npz or config.yaml)
 SAVED, SAMPLED = "saved by the run", "sampled with seed"
+CORRECT, WRONG = "correct", "wrong"
+SHOWN = 200  # images listed by the finder; the CSV has them all
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """A filter over one epoch's panel images; ranges are (min, max) with None open, choices ANY or a value."""
+
+    label: str = C.ANY
+    pred: str = C.ANY
+    correct: str = C.ANY
+    mask_mean: tuple = (None, None)
+    mask_sd: tuple = (None, None)
+
+
+def found_markdown(found: pd.DataFrame, total: int, epoch: int) -> str:
+    if found.empty:
+        return f"**0** of {total} images match (epoch {epoch})."
+    acc = "" if found["correct"].isna().all() else f" · accuracy **{C.fmt(found['correct'].astype(float).mean())}**"
+    return (f"**{len(found)}** of {total} images match (epoch {epoch}){acc} · mean mask α/(α+β) "
+            f"**{C.fmt(found['mask_mean'].mean())}** · mask sd **{C.fmt(found['mask_sd'].mean())}** (spatial sd of "
+            f"α/(α+β) over the patches, averaged)" + (f" · listing the first {SHOWN} (the CSV has all)"
+                                                      if len(found) > SHOWN else "") + ". Select a row to open that image.")
+
+
+def found_table(found: pd.DataFrame) -> pd.DataFrame:
+    """The images as listed on the page (the first SHOWN; the CSV has them all)."""
+    t = found.head(SHOWN).copy()
+    for c in ("mask_mean", "mask_sd", "alpha_mean", "beta_mean", "saved_mask_mean"):
+        if c in t:
+            t[c] = t[c].astype(float).round(4)
+    return t
 
 
 def _square(a: np.ndarray) -> np.ndarray:
@@ -195,13 +228,50 @@ class NoiseMasks:
         a, b = self.draws(epoch, seed)
         lab = self.panel(epoch).label
         k = len(a)
-        d = np.sqrt(((a[:, None] - b[None]) ** 2).reshape(k, k, -1).mean(-1))  # d[i, j]: draw 1 of i vs draw 2 of j
+        a, b = a.reshape(k, -1), b.reshape(k, -1)
+        # d[i, j]: RMS distance of draw 1 of image i to draw 2 of image j, from |a|² + |b|² − 2 a·b (a [K, K, g²]
+        # difference array would be gigabytes for a large panel)
+        sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
+        d = np.sqrt(np.clip(sq, 0, None) / a.shape[1])
         off = ~np.eye(k, dtype=bool)
         same = (lab[:, None] == lab[None]) & off
         other = lab[:, None] != lab[None]
         return {"same image": float(np.diag(d).mean()), "different images": float(d[off].mean()) if k > 1 else np.nan,
                 "same class": float(d[same].mean()) if same.any() else np.nan,
                 "different class": float(d[other].mean()) if other.any() else np.nan}
+
+    # ----------------------------------------------------------------- finding images
+    def image_table(self, epoch: int) -> pd.DataFrame:
+        """One row per panel image: label, prediction, whether it is right, and its mask statistics
+        (mean and spatial sd of the expected mask α/(α+β), mean α, mean β, the saved mask's mean)."""
+        p = self.panel(epoch)
+        k = len(p)
+        flat = p.mean.reshape(k, -1)
+        t = pd.DataFrame({"image": np.arange(k), "label": p.label,
+                          "pred": p.pred if p.pred is not None else np.full(k, None),
+                          "correct": (p.pred == p.label) if p.pred is not None else np.full(k, None),
+                          "mask_mean": flat.mean(1), "mask_sd": flat.std(1),
+                          "alpha_mean": p.alpha.reshape(k, -1).mean(1), "beta_mean": p.beta.reshape(k, -1).mean(1)})
+        if p.mask is not None:
+            t["saved_mask_mean"] = p.mask.reshape(k, -1).mean(1)
+        return t
+
+    def find(self, epoch: int, q: ImageQuery) -> pd.DataFrame:
+        """The panel images of ``epoch`` matching ``q`` (C.BadQuery for a filter that cannot run)."""
+        t = self.image_table(epoch)
+        m = np.ones(len(t), dtype=bool)
+        if q.label not in (None, "", C.ANY):
+            m &= t["label"].astype(str).to_numpy() == str(q.label)
+        if q.pred not in (None, "", C.ANY) or q.correct not in (None, "", C.ANY):
+            if t["pred"].isna().all():
+                raise C.BadQuery("this panel has no predictions (no 'pred' in the npz): clear the predicted / "
+                                 "correct filters")
+            if q.pred not in (None, "", C.ANY):
+                m &= t["pred"].astype(str).to_numpy() == str(q.pred)
+            m &= C.flag_mask(t["correct"].astype(bool), q.correct, CORRECT, WRONG)
+        m &= C.range_mask(t["mask_mean"], *q.mask_mean, name="mean mask")
+        m &= C.range_mask(t["mask_sd"], *q.mask_sd, name="mask sd")
+        return t[m].reset_index(drop=True)
 
     def class_means(self, epoch: int) -> dict:
         p = self.panel(epoch)
@@ -359,6 +429,20 @@ def build_app(run_dir):
     return C.guarded(TITLE, lambda: _build(NoiseMasks(run_dir)))
 
 
+def _header(data: NoiseMasks) -> str:
+    return (f"# {TITLE}\n`{html.escape(str(data.run.path))}` · epochs with panels: "
+            f"{', '.join(map(str, data.epochs))} · {len(data.panel(data.epochs[-1]))} images"
+            + ("" if data.metrics is not None else " · (no metrics.csv: no accuracy curve)"))
+
+
+def _choices(data: NoiseMasks, epoch: int) -> tuple[list[str], list[str]]:
+    """The class and predicted-class filter choices of an epoch's panel."""
+    t = data.image_table(epoch)
+    labels = [C.ANY, *sorted({str(v) for v in t["label"]})]
+    preds = [C.ANY] + ([] if t["pred"].isna().all() else sorted({str(v) for v in t["pred"]}))
+    return labels, preds
+
+
 def _build(data: NoiseMasks):
     import gradio as gr
 
@@ -366,17 +450,22 @@ def _build(data: NoiseMasks):
     # "Resample" is ready when first pressed (the import lock makes the later import wait, not race)
     threading.Thread(target=importlib.import_module, args=("pfkit.noise.mask",), daemon=True).start()
 
+    runs = C.Runs(data, NoiseMasks)
+    home, get = runs.home, runs.get
     e0 = data.epochs[-1]
     p0 = data.panel(e0)
+    mode0 = SAVED if p0.mask is not None else SAMPLED
+    labels0, preds0 = _choices(data, e0)
+    found0 = data.find(e0, ImageQuery())
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n`{html.escape(str(data.run.path))}` · epochs with panels: "
-                    f"{', '.join(map(str, data.epochs))} · {len(p0)} images"
-                    + ("" if data.metrics is not None else " · (no metrics.csv: no accuracy curve)"))
+        run_state = gr.State(home)
+        # the default view's text is in the page itself (usable without an event round trip); the load
+        # event fills the view only when the URL names another one (?run=&epoch=&image=)
+        header = gr.Markdown(_header(data), elem_id="header")
         with gr.Row():
             epoch = gr.Dropdown(choices=data.epochs, value=e0, label="epoch", elem_id="epoch")
             index = gr.Slider(0, len(p0) - 1, value=0, step=1, label="image", elem_id="image")
-            mode = gr.Radio([SAVED, SAMPLED], value=SAVED if p0.mask is not None else SAMPLED, label="mask",
-                            elem_id="mode")
+            mode = gr.Radio([SAVED, SAMPLED], value=mode0, label="mask", elem_id="mode")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="seed (the run's panel seed, default 0, redraws its mask)",
                              minimum=0, elem_id="seed")
@@ -386,58 +475,147 @@ def _build(data: NoiseMasks):
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
             status = gr.Markdown(elem_id="status")
-        stats = gr.Markdown(elem_id="stats")
-        fig = gr.Plot(label="image, α, β, mean mask, mask, masked image", elem_id="panel")
+            share = gr.Markdown(runs.link(home, epoch=e0, image=0), elem_id="share")
+        stats = gr.Markdown(stats_markdown(data, e0, 0, mode0, 0, data.sigma, data.kernel)
+                            if mode0 == SAVED else "", elem_id="stats")
+        view0 = (home, e0, 0, mode0, 0, data.sigma, data.kernel) if mode0 == SAVED else None
+        fig = gr.Plot(panel_figure(data, *view0[1:]) if mode0 == SAVED else None,
+                      label="image, α, β, mean mask, mask, masked image", elem_id="panel")
+
+        with gr.Accordion("Find images (this epoch's panel)", open=True):
+            with gr.Row():
+                f_label = gr.Dropdown(choices=labels0, value=C.ANY, label="class (label)", elem_id="f-label")
+                f_pred = gr.Dropdown(choices=preds0, value=C.ANY, label="predicted", elem_id="f-pred")
+                f_correct = gr.Radio([C.ANY, CORRECT, WRONG], value=C.ANY, label="prediction", elem_id="f-correct")
+            with gr.Row():
+                f_mmin = gr.Textbox(label="mean mask α/(α+β) min", placeholder="no bound", elem_id="f-mmin")
+                f_mmax = gr.Textbox(label="mean mask max", placeholder="no bound", elem_id="f-mmax")
+                f_smin = gr.Textbox(label="mask sd min", placeholder="no bound", elem_id="f-smin")
+                f_smax = gr.Textbox(label="mask sd max", placeholder="no bound", elem_id="f-smax")
+            with gr.Row():
+                find_btn = gr.Button("Find", variant="primary", scale=0, min_width=120, elem_id="find")
+                download = gr.DownloadButton("Download this view as CSV", size="sm", scale=0, min_width=220,
+                                             elem_id="download",
+                                             value=C.csv_file(found0, f"pfkit-noisemask-epoch{e0}"))
+            found_md = gr.Markdown(found_markdown(found0, len(p0), e0), elem_id="found")
+            found_df = gr.Dataframe(found_table(found0), interactive=False, max_height=320, elem_id="found-table",
+                                    label="matching images (select a row to open it)")
+            found_ids = gr.State(found0["image"].astype(int).tolist()[:SHOWN])
+
         classes = gr.Plot(label="per-class average masks", elem_id="classes")
-        acc = gr.Plot(value=accuracy_figure(data), label="accuracy over epochs", elem_id="accuracy")
+        acc = gr.Plot(label="accuracy over epochs", elem_id="accuracy")
         gr.Markdown("## What the policy learned")
         policy_md = gr.Markdown(value=policy_markdown(data), elem_id="policy")
-        policy_fig = gr.Plot(value=policy_figure(data), label="mask statistics over epochs", elem_id="policy_curves")
+        policy_fig = gr.Plot(label="mask statistics over epochs", elem_id="policy_curves")
         with gr.Row():
             img_a = gr.Number(value=0, precision=0, minimum=0, label="compare image A", elem_id="img_a")
             img_b = gr.Number(value=min(1, len(p0) - 1), precision=0, minimum=0, label="with image B", elem_id="img_b")
         dependence = gr.Markdown(elem_id="dependence")
         compare = gr.Plot(label="α/β maps of two images", elem_id="compare")
 
-        def show_compare(e, a, b, s):
-            if e is None:
+        def show_compare(run_v, e, a, b, s):
+            d = get(run_v)
+            if e is None or int(e) not in d.epochs:
                 return gr.skip(), gr.skip()
-            n = len(data.panel(e))
+            n = len(d.panel(e))
             a, b = (min(max(int(v or 0), 0), n - 1) for v in (a, b))
-            return dependence_markdown(data, int(e), int(s or 0)), compare_figure(data, int(e), a, b)
+            return dependence_markdown(d, int(e), int(s or 0)), compare_figure(d, int(e), a, b)
 
-        def show(e, i, m, s, sg, k):
-            if e is None:
-                return gr.skip(), gr.skip()
-            i = min(int(i or 0), len(data.panel(e)) - 1)
+        def show(run_v, e, i, m, s, sg, k):
+            d = get(run_v)
+            if e is None or int(e) not in d.epochs:
+                return gr.skip(), gr.skip(), gr.skip()
+            i = min(int(i or 0), len(d.panel(e)) - 1)
             s, k = int(s or 0), int(k or 1)
             if k % 2 == 0:
                 k += 1  # the blur needs an odd kernel; say nothing, the stats line shows what was used
             sg = float(sg) if sg and sg > 0 else DEFAULT_SIGMA
-            return (stats_markdown(data, int(e), i, m, s, sg, k), panel_figure(data, int(e), i, m, s, sg, k))
+            return (stats_markdown(d, int(e), i, m, s, sg, k), panel_figure(d, int(e), i, m, s, sg, k),
+                    runs.link(run_v, epoch=int(e), image=i))
 
-        def on_epoch(e):
-            n = len(data.panel(e))
-            return gr.Slider(0, n - 1, step=1), class_figure(data, int(e))
+        def show_after_url(*v):  # the page holds the default view already
+            return (gr.skip(),) * 3 if tuple(v) == view0 else show(*v)
 
-        def show_if_sampled(e, i, m, s, sg, k):  # seed and blur only matter for a drawn mask
-            return show(e, i, m, s, sg, k) if m == SAMPLED else (gr.skip(), gr.skip())
+        def on_epoch(run_v, e):
+            d = get(run_v)
+            if e is None or int(e) not in d.epochs:
+                return gr.skip(), gr.skip()
+            n = len(d.panel(e))
+            return gr.Slider(0, n - 1, step=1), class_figure(d, int(e))
 
-        def on_reload():
-            msg = C.reload(data) or (f"Reloaded at {time.strftime('%H:%M:%S')}: epochs "
-                                     f"{', '.join(map(str, data.epochs))}.")
-            return (gr.Dropdown(choices=data.epochs, value=data.epochs[-1]), accuracy_figure(data), msg,
-                    policy_markdown(data), policy_figure(data))
+        def show_if_sampled(run_v, e, i, m, s, sg, k):  # seed and blur only matter for a drawn mask
+            return show(run_v, e, i, m, s, sg, k) if m == SAMPLED else (gr.skip(),) * 3
 
-        inputs = [epoch, index, mode, seed, sigma, kernel]
-        gr.on([epoch.change, index.change, mode.input, demo.load], show, inputs, [stats, fig], trigger_mode=C.LATEST)
-        gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, [stats, fig], trigger_mode=C.LATEST)
-        gr.on([epoch.change, demo.load], on_epoch, epoch, [index, classes], trigger_mode=C.LATEST)
-        gr.on([epoch.change, img_a.change, img_b.change, seed.change, demo.load], show_compare,
-              [epoch, img_a, img_b, seed], [dependence, compare], trigger_mode=C.LATEST)
-        (reload_btn.click(on_reload, None, [epoch, acc, status, policy_md, policy_fig]).then(on_epoch, epoch, [index, classes])
-         .then(show, inputs, [stats, fig]))
-        resample.click(lambda *v: (SAMPLED, *show(*v[:2], SAMPLED, *v[3:])), inputs, [mode, stats, fig])
+        def on_find(run_v, e, label, pred, correct, mmin, mmax, smin, smax):
+            d = get(run_v)
+            if e is None or int(e) not in d.epochs:
+                return (gr.skip(),) * 6
+            labels, preds = _choices(d, int(e))
+            label = label if label in labels else C.ANY
+            pred = pred if pred in preds else C.ANY
+            try:
+                found = d.find(int(e), ImageQuery(label, pred, correct, (mmin, mmax), (smin, smax)))
+            except C.BadQuery as err:
+                return f"**Not found:** {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (found_markdown(found, len(d.panel(e)), int(e)), found_table(found),
+                    gr.DownloadButton(value=C.csv_file(found, f"pfkit-noisemask-epoch{int(e)}")),
+                    found["image"].astype(int).tolist()[:SHOWN], gr.Dropdown(choices=labels, value=label),
+                    gr.Dropdown(choices=preds, value=pred))
+
+        def on_pick(ids, evt: gr.SelectData):
+            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if r is None or not ids or not 0 <= int(r) < len(ids):
+                return gr.skip()
+            return int(ids[int(r)])
+
+        def first_view(request: gr.Request):
+            """The view the URL names; nothing to send for the default view (the page already holds it)."""
+            p = C.query_params(request)
+            run_v, msg = runs.open(p.get("run", ""))
+            d = get(run_v)
+            if run_v == home and not msg and not ({"epoch", "image"} & set(p)) and d.epochs[-1] == e0:
+                return (gr.skip(),) * 5
+            e = C.int_param(p, "epoch", d.epochs, d.epochs[-1])
+            n = len(d.panel(e))
+            i = C.int_param(p, "image", range(n), 0)
+            return (run_v, _header(d), msg, gr.Dropdown(choices=d.epochs, value=e),
+                    gr.Slider(0, n - 1, value=i, step=1))
+
+        first_view.__annotations__["request"] = gr.Request  # string annotations: give Gradio the class
+        on_pick.__annotations__["evt"] = gr.SelectData
+
+        def on_reload(run_v):
+            d = get(run_v)
+            msg = C.reload(d) or (f"Reloaded at {time.strftime('%H:%M:%S')}: epochs "
+                                  f"{', '.join(map(str, d.epochs))}.")
+            return (gr.Dropdown(choices=d.epochs, value=d.epochs[-1]), accuracy_figure(d), msg,
+                    policy_markdown(d), policy_figure(d))
+
+        def run_wide(run_v):
+            d = get(run_v)
+            return accuracy_figure(d), policy_markdown(d), policy_figure(d)
+
+        inputs = [run_state, epoch, index, mode, seed, sigma, kernel]
+        shown = [stats, fig, share]
+        f_in = [run_state, epoch, f_label, f_pred, f_correct, f_mmin, f_mmax, f_smin, f_smax]
+        f_out = [found_md, found_df, download, found_ids, f_label, f_pred]
+        cmp_in = [run_state, epoch, img_a, img_b, seed]
+        gr.on([epoch.change, index.change, mode.input], show, inputs, shown, trigger_mode=C.LATEST)
+        gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, shown, trigger_mode=C.LATEST)
+        gr.on([epoch.change], on_epoch, [run_state, epoch], [index, classes], trigger_mode=C.LATEST)
+        gr.on([epoch.change, find_btn.click, f_label.input, f_pred.input, f_correct.input], on_find, f_in, f_out,
+              trigger_mode=C.LATEST)
+        found_df.select(on_pick, found_ids, index)
+        gr.on([epoch.change, img_a.change, img_b.change, seed.change], show_compare, cmp_in, [dependence, compare],
+              trigger_mode=C.LATEST)
+        # first view: what the URL names, then the image panel, then the rest (figures take longest)
+        (demo.load(first_view, None, [run_state, header, status, epoch, index])
+         .then(show_after_url, inputs, shown).then(on_epoch, [run_state, epoch], [index, classes])
+         .then(run_wide, run_state, [acc, policy_md, policy_fig]).then(on_find, f_in, f_out)
+         .then(show_compare, cmp_in, [dependence, compare]))
+        (reload_btn.click(on_reload, run_state, [epoch, acc, status, policy_md, policy_fig])
+         .then(on_epoch, [run_state, epoch], [index, classes]).then(show, inputs, shown))
+        resample.click(lambda *v: (SAMPLED, *show(*v[:3], SAMPLED, *v[4:])), inputs, [mode, *shown])
     return demo
 
 

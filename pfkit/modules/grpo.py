@@ -192,12 +192,17 @@ class GRPOModule(LightningModule):
             adv = self._last_adv.tolist()
             tested = self.prompt_set.problems is not None  # the code task: the reward is the unit-test score
             for j, (pid, group) in enumerate(zip(batch.prompt_ids, batch.payload)):
+                on = group.response_mask.bool() if group is not None else None
                 for g, text in enumerate(group.texts if group is not None else []):  # None: another rank's
                     r = float(batch.rewards[j, g])
+                    ids = group.response_ids[g][on[g]].tolist()
                     rows.append({"step": step, "prompt_id": self.prompt_set.ids[pid], "sample_idx": g,
                                  "prompt": self.prompt_set.prompts[pid], "response": text, "reward": r,
                                  "score": r if tested else float("nan"), "kept": True,
-                                 "advantage": adv[j * h.group_size + g]})
+                                 "advantage": adv[j * h.group_size + g],
+                                 # per-token view (the inspectors): each response token and its policy log-prob
+                                 "tokens": [self.tokenizer.decode([t]) for t in ids],
+                                 "token_logprobs": group.logprobs[g][on[g]].float().tolist()})
             run.append("rollouts", rows, step=step, rank=dist.rank())
         if h.log_difficulty != "none" and dist.rank() == 0:  # the tracker is identical on every rank
             ids = None if h.log_difficulty == "all" else sorted(set(batch.generated_ids))

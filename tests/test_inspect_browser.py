@@ -1,0 +1,258 @@
+"""Issue #20 in a real browser: the difficulty app's rollout search, prompt view, per-token view, link and CSV;
+the noise-mask app's image finder, link and CSV; the page-load time of all three apps on a 10k-row run.
+
+Expected values come from the run folder's files with pandas / numpy / scipy, not from the apps' code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from _browser import choose, open_app, screenshot, serve, settle, wait_text
+from _inspect_runs import big_filtration_run, difficulty_run, noisemask_run
+
+from pfkit.inspect import difficulty as D
+from pfkit.inspect import noisemask as N
+
+pytestmark = pytest.mark.browser
+
+
+def f3(x) -> str:
+    return f"{x:.3f}"
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def download(page) -> pd.DataFrame:
+    with page.expect_download() as dl:
+        page.locator("#download").click()
+    return pd.read_csv(dl.value.path())
+
+
+def by_view(ro: pd.DataFrame) -> pd.DataFrame:
+    """Rollouts in the apps' listing order: step, prompt id (as text), sample."""
+    return ro.assign(pid=ro.prompt_id.astype(str)).sort_values(["step", "pid", "sample_idx"], kind="stable")
+
+
+def test_difficulty_search_prompt_view_tokens_link_csv(page, tmp_path):
+    from scipy import stats
+
+    difficulty_run(tmp_path / "run", steps=6, prompts=8, samplers=("vade",), rollouts=True, texts=True, tokens=True,
+                   hack=True)
+    raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
+    ro = by_view(pd.read_parquet(tmp_path / "run" / "rollouts.parquet"))
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        # the numbers of the default prompt (the first selected at the newest step), each explained
+        last = raw[raw.step == 5]
+        focus = sorted(last.loc[last.selected, "prompt_id"])[0]
+        h = raw[raw.prompt_id == focus].sort_values("step")
+        a, b = h.alpha.iloc[-1], h.beta.iloc[-1]
+        text = wait_text(page, "#focus-info", f"Prompt {focus} (vade) at step 5")
+        assert f"Beta(α = {a:.2f}, β = {b:.2f}) · posterior mean p = {f3(a / (a + b))}" in text
+        assert f"sd {f3(np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))))}" in text
+        assert f"[{f3(stats.beta.ppf(0.025, a, b))}, {f3(stats.beta.ppf(0.975, a, b))}]" in text
+        chosen = h.loc[h.selected, "step"].tolist()
+        assert f"Selected at {len(chosen)} of 6 steps: {', '.join(map(str, chosen))}" in text
+        mine = ro[ro.prompt_id == focus]
+        assert f"Logged rollouts: {len(mine)} over {mine.step.nunique()} steps, mean reward {f3(mine.reward.mean())}" in text
+        cards = wait_text(page, "#focus-responses", f"# s5 t{focus.split('/')[1]} j0")
+        for r in mine[mine.step == 5].itertuples():
+            assert f"sample {r.sample_idx} · reward {r.reward:.3f}" in cards
+        stats_text = wait_text(page, "#stats", "not a lower-is-better score")
+        sel = raw[raw.selected]
+        assert f"Mean posterior p of selected = {f3(sel.p_mean.mean())} vs all = {f3(raw.p_mean.mean())}" in stats_text
+        gain = sel.p_mean * (1 - sel.p_mean) ** 2
+        assert f"Mean I(p) = p(1−p)² of selected = {f3(gain.mean())}" in stats_text
+        page.locator("#focus-plot img, #focus-plot canvas, #focus-plot svg").first.wait_for()
+
+        # search: text + reward range, counted with pandas; the CSV is that view
+        wait_text(page, "#found", f"{len(ro)} of {len(ro)} rollouts match")
+        fill(page, "q-text", "# s2 ")
+        fill(page, "q-rmin", "1")
+        page.locator("#search").click()
+        want = ro[ro.response.str.contains("# s2 ", regex=False) & (ro.reward >= 1)]
+        assert len(want) > 1
+        text = wait_text(page, "#found", f"{len(want)} of {len(ro)} rollouts match")
+        assert f"{want.pid.nunique()} prompts · mean reward {f3(want.reward.mean())} · passed {len(want)}" in text
+        got = download(page)
+        assert list(zip(got.step, got.prompt_id, got.sample_idx)) == list(zip(want.step, want.prompt_id,
+                                                                                 want.sample_idx))
+        assert got.response.tolist() == want.response.tolist() and got.hack.fillna("").tolist() == want.hack.tolist()
+
+        # a result row opens that prompt at that step, with its rollouts and the per-token view of that sample
+        target = want.iloc[1]
+        page.locator('#results [data-testid="cell-1-0"]').click()
+        wait_text(page, "#focus-info", f"Prompt {target.prompt_id} (vade) at step {target.step}")
+        wait_text(page, "#focus-responses", f"# s{target.step} t{target.prompt_id.split('/')[1]} j")
+        lp = np.asarray(target.token_logprobs)
+        info = wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
+        assert f"{len(lp)} tokens · sum log p = {f3(lp.sum())} · mean log p = {f3(lp.mean())}" in info
+        spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, +e.dataset.value])")
+        assert "".join(t for t, _ in spans) == target.response
+        assert np.allclose([v for _, v in spans], lp, rtol=1e-5, atol=1e-6)
+        wait_text(page, "#share", f"step={target.step}&prompt={target.prompt_id.replace('/', '%2F')}"
+                                  f"&sample={target.sample_idx}")
+        # every rollout of the prompt, all steps, in its table
+        first = ro[ro.prompt_id == target.prompt_id].iloc[0]
+        wait_text(page, "#focus-rollouts", "sample")
+        cell = [page.locator(f'#focus-rollouts [data-testid="cell-0-{c}"]').inner_text().strip() for c in range(3)]
+        assert cell[:2] == [str(first.step), str(first.sample_idx)] and float(cell[2]) == pytest.approx(first.reward)
+
+        # regex + failed + reward-hack flag, then a bad pattern
+        fill(page, "q-text", r"j[02]\s")
+        page.locator("#q-regex input").check()
+        fill(page, "q-rmin", "")
+        page.locator("#q-passed").get_by_label("failed", exact=True).check()
+        page.locator("#q-hack").get_by_label("flagged", exact=True).check()
+        page.locator("#search").click()
+        want = ro[ro.response.str.contains(r"j[02]\s", regex=True) & (ro.score < 1) & (ro.hack != "")]
+        assert len(want) > 0
+        wait_text(page, "#found", f"{len(want)} of {len(ro)} rollouts match")
+        fill(page, "q-text", "x + (")
+        page.locator("#search").click()
+        wait_text(page, "#found", "Search not run: invalid regular expression 'x + ('")
+        screenshot(page, tmp_path / "difficulty-search.png")
+
+        # a shared link opens that prompt, step and sample
+        r = ro[(ro.step == 2)].iloc[-1]
+        other = page.context.new_page()
+        open_app(other, url + f"?step=2&prompt={r.prompt_id}&sample={r.sample_idx}")
+        wait_text(other, "#focus-info", f"Prompt {r.prompt_id} (vade) at step 2")
+        wait_text(other, "#token-info", f"Sample {r.sample_idx} (step 2, prompt {r.prompt_id})")
+        wait_text(other, "#stats", "vade: 8 prompts")
+        settle(other)
+        assert other.locator("#step input").input_value() == "2"
+
+
+def test_noisemask_find_images_link_csv(page, tmp_path):
+    noisemask_run(tmp_path / "run", epochs=(0, 1), images=12, classes=3, grid=4, size=16)
+    z = np.load(tmp_path / "run" / "masks" / "epoch_001.npz")
+    a, b = z["alpha"].astype(np.float64), z["beta"].astype(np.float64)
+    m = (a / (a + b)).reshape(12, -1)
+    t = pd.DataFrame({"image": range(12), "label": z["label"], "pred": z["pred"], "mean": m.mean(1), "sd": m.std(1)})
+    with serve(N.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#found", "12 of 12 images match (epoch 1)")
+        choose(page, "class (label)", "1")
+        want = t[t.label == 1]
+        text = wait_text(page, "#found", f"{len(want)} of 12 images match (epoch 1)")
+        assert f"mean mask α/(α+β) {f3(want['mean'].mean())} · mask sd {f3(want['sd'].mean())}" in text
+        lo = f"{np.floor(np.sort(want['mean'])[1] * 1e6) / 1e6:.6f}"  # keeps all but the lowest of class 1
+        fill(page, "f-mmin", lo)
+        page.locator("#find").click()
+        want = t[(t.label == 1) & (t["mean"] >= float(lo))]
+        assert len(want) == 3
+        text = wait_text(page, "#found", f"{len(want)} of 12 images match (epoch 1)")
+        assert f"accuracy {f3((want.pred == want.label).mean())}" in text
+        got = download(page)
+        assert got.image.tolist() == want.image.tolist() and np.allclose(got.mask_mean, want["mean"])
+
+        # a row opens that image (the stats line and the link follow)
+        k = int(want.image.iloc[0])
+        page.locator('#found-table [data-testid="cell-0-0"]').click()
+        wait_text(page, "#stats", f"epoch 1, image {k}")
+        wait_text(page, "#share", f"epoch=1&image={k}")
+
+        # wrong predictions only, no mean bound
+        fill(page, "f-mmin", "")
+        page.locator("#f-correct").get_by_label("wrong", exact=True).check()
+        want = t[(t.label == 1) & (t.pred != t.label)]
+        wait_text(page, "#found", f"{len(want)} of 12 images match (epoch 1)")
+        fill(page, "f-smax", "abc")
+        page.locator("#find").click()
+        wait_text(page, "#found", "Not found: mask sd bound 'abc' is not a number")
+        screenshot(page, tmp_path / "noisemask-find.png")
+
+        other = page.context.new_page()
+        open_app(other, url + "?epoch=0&image=3")
+        z0 = np.load(tmp_path / "run" / "masks" / "epoch_000.npz")
+        text = wait_text(other, "#stats", "epoch 0, image 3")
+        assert f"label {z0['label'][3]} · predicted {z0['pred'][3]}" in text
+        wait_text(other, "#share", "epoch=0&image=3")
+
+
+# ------------------------------------------------------------------------------------------ load time
+def _make(app: str, path):
+    if app == "filtration":  # 10,000 samples: 100 steps x 20 prompts x 5, with token and hack columns
+        big_filtration_run(path, rows=10_000, tokens=True, hack=True)
+    elif app == "difficulty":  # 10,000 difficulty rows (100 steps x 100 prompts) and 6,400 rollouts
+        difficulty_run(path, steps=100, prompts=100, k=16, samplers=("vade",), rollouts=True, texts=True,
+                       tokens=True)
+    else:  # 10,000 panel images: 10 epochs x 1,000 images (28 x 28, a 7 x 7 mask grid)
+        noisemask_run(path, epochs=tuple(range(10)), images=1000, classes=10, grid=7, size=28)
+
+
+# (text the page must show to be usable, then what every panel drawn shows)
+USABLE = {
+    "filtration": ([("#summary", "Step 99, prompt 0"), ("#responses", "# s99 p0 i4"),
+                    ("#found", "10000 of 10000 samples match")],
+                   ["#curves", "#scatter"], ("#rel-summary", "step 0: 100 samples")),
+    "difficulty": ([("#stats", "vade: 100 prompts"), ("#focus-info", "at step 99"), ("#focus-responses", "# s99 t"),
+                    ("#found", "6400 of 6400 rollouts match")],
+                   ["#posteriors", "#focus-plot", "#effective-ratio"], None),
+    "noisemask": ([("#stats", "epoch 9, image 0"), ("#found", "1000 of 1000 images match")],
+                  ["#panel", "#classes", "#compare"], None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", ["filtration", "difficulty", "noisemask"])
+def test_10k_rows_page_load_and_server_start(app, page, tmp_path):
+    """The issue's figure: server start (a fresh `pfkit inspect` process) and seconds to a usable page."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from _browser import free_port
+
+    _make(app, tmp_path / "run")
+    port = free_port()
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "inspect", app, str(tmp_path / "run"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    texts, panels, last = USABLE[app]
+    try:
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+            assert time.perf_counter() - t0 < 180
+        start = time.perf_counter() - t0
+
+        def view(pg) -> tuple[float, float]:
+            """(seconds to a usable page; to every panel drawn)."""
+            t1 = time.perf_counter()
+            open_app(pg, url)
+            for sel, text in texts:
+                wait_text(pg, sel, text)
+            usable = time.perf_counter() - t1
+            for sel in panels:
+                pg.locator(f"{sel} img, {sel} canvas, {sel} svg").first.wait_for()
+            if last:
+                wait_text(pg, *last)
+            return usable, time.perf_counter() - t1
+
+        first = view(page)  # opened the moment the server answers
+        later = view(page.context.new_page())  # what a user opening the link afterwards sees
+        print(f"\n{app}, 10k rows: server start {start:.2f} s (fresh process, imports included); page usable "
+              f"{first[0]:.2f} s right after start, {later[0]:.2f} s later; every panel drawn {first[1]:.2f} s / "
+              f"{later[1]:.2f} s; load average (1, 5, 15 min) at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, "
+              f"at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
+        assert later[0] < 15.0  # the issue's target is 3 s on an idle machine; CI machines are shared
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
