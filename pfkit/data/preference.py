@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from pfkit.data.prompts import CodePromptDataModule  # noqa: F401 -- configs name it here
 from pfkit.models import encode
 from pfkit.rollout import sample_and_check
 from pfkit.tasks import CodeProblem
@@ -169,56 +170,3 @@ class PreferenceDataModule(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_pairs.to_dict("records"), batch_size=64, collate_fn=self.collate)
-
-
-class _Problems(torch.utils.data.Dataset):
-    def __init__(self, problems):
-        self.problems = list(problems)
-
-    def __len__(self):
-        return len(self.problems)
-
-    def __getitem__(self, i):
-        return self.problems[i]
-
-
-class CodePromptDataModule(LightningDataModule):
-    """Batches of ``CodeProblem`` (lists, not tensors) for RL on the embedded code task.
-
-    Train: ``n_train`` problems of ``codegen.splits(seed)["train"]`` starting at ``offset`` (so RL prompts
-    can be kept apart from the reward model's), shuffled with ``seed``; val: the val split.
-    """
-
-    def __init__(self, seed: int = 0, n_train: int = 512, offset: int = 0,
-                 n_val: int = 64):
-        super().__init__()
-        self.save_hyperparameters()
-        self.problems = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.problems is None:
-            from pfkit.tasks import codegen
-
-            h = self.hparams
-            sp = codegen.splits(h.seed)
-            self.problems = {"train": sp["train"][h.offset:h.offset + h.n_train], "val": sp["val"][: h.n_val],
-                             "test": sp["test"]}
-
-    def train_dataloader(self):
-        # the module's prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler)
-        # each rank takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
-        world = self.trainer.world_size if self.trainer is not None else 1
-        k = getattr(getattr(self.trainer, "lightning_module", None), "hparams", {}).get("prompts_per_step")
-        if k is None:
-            raise ValueError("CodePromptDataModule batches by the training module's prompts_per_step; train a "
-                             "module that has one (PFPPOModule)")
-        if k % world:
-            raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
-                             "multiple of the device count")
-        return DataLoader(_Problems(self.problems["train"]), batch_size=k // world,
-                          shuffle=True,
-                          drop_last=True, collate_fn=list,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
-
-    def val_dataloader(self):
-        return DataLoader(_Problems(self.problems["val"]), batch_size=len(self.problems["val"]), collate_fn=list)

@@ -22,12 +22,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from pfkit.errors import UserError
+
 VERIFIERS = ("exact", "numeric", "math", "code")
 FIELDS = ("prompt", "answer", "image", "id", "tests", "entry_point")  # pfkit's names for record fields
 
 
-class VerifierError(ValueError):
-    """A prompt file or reference answer the verifier cannot use (message says which row and why)."""
+class VerifierError(UserError, ValueError):
+    """A prompt file or reference answer the verifier cannot use (message says which row and why).
+
+    A ``UserError``, so ``pfkit fit`` prints it as one line (exit code 2); a ``ValueError`` for callers
+    that caught the loader's errors as such before."""
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -131,9 +136,11 @@ def build_verifier(name: str, **options) -> Callable[[str, str, Mapping], float]
 
 
 def check_answers(records: Sequence[Mapping], verifier: str, source: str = "prompts") -> None:
-    """Fail early, naming the row, on a reference the verifier cannot read."""
+    """Fail early, naming the row, on a reference the verifier cannot read (``_row``: the record's row in
+    its file, set by the prompt datamodule, which shuffles; else its position in ``records``)."""
     need = {"exact": ("answer",), "numeric": ("answer",), "math": ("answer",), "code": ("tests",)}[verifier]
-    for i, rec in enumerate(records):
+    for pos, rec in enumerate(records):
+        i = rec.get("_row", pos)
         for key in need:
             if rec.get(key) is None or (isinstance(rec.get(key), float) and math.isnan(rec[key])):
                 raise VerifierError(f"{source} row {i}: no `{key}` (the {verifier} verifier needs one)")
