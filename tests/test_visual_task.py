@@ -102,7 +102,8 @@ def test_levels_get_harder_and_answers_spread():
     gaps = {lv: np.mean([abs(int(a) - int(b)) for p in by("compare", lv)
                          for a, b in [Counter(c for c, _, _, _ in components(p.image)).values()]]) for lv in (1, 2, 3)}
     assert gaps[1] > gaps[2] > gaps[3] == 1
-    assert {p.answer for p in by("count")} == {str(i) for i in range(1, 8)}
+    counts = {int(p.answer) for p in by("count")}
+    assert counts <= set(range(1, 8)) and len(counts) >= 5 and max(int(p.answer) for p in by("count", 1)) <= 3
     assert len({p.answer for p in by("colour")}) == len(COLOURS)
     assert Counter(p.answer for p in by("position", 1) + by("position", 2)).keys() == {"left", "right"}
 
