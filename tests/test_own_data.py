@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from pfkit.data.preference import CodePromptDataModule as PreferenceName
 from pfkit.data.prompts import CodePromptDataModule, PromptDataModule
@@ -21,6 +20,9 @@ from pfkit.tasks import codegen
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "data" / "examples" / "arithmetic.jsonl"
+POLICY = ROOT / "data" / "examples" / "arith_policy"
+needs_policy = pytest.mark.skipif(not (POLICY / "config.json").is_file(),
+                                  reason="build it: python scripts/make_example_data.py (~20 s on one free core)")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -69,7 +71,7 @@ def test_file_columns_template_ids_and_held_out_rows(tmp_path):
     tr, va = dm.train_set, dm.val_set
     # no id column: ids are row numbers of the file, whatever the shuffle; the last n_val rows are held out
     assert va.ids == ["7", "8", "9"] and len(tr) == 5 and set(tr.ids) <= {str(i) for i in range(7)}
-    picked = sorted(range(7), key=lambda i: i)  # noqa: C414 -- shuffled with Random(seed) like the code task
+    picked = list(range(7))  # the first 7 rows, shuffled with Random(seed) like the code task
     random.Random(2).shuffle(picked)
     assert tr.ids == [str(i) for i in picked[:5]]
     i = tr.ids.index(str(picked[0]))
@@ -110,30 +112,23 @@ def test_parquet_and_datasets_folder_give_the_same_prompt_set(tmp_path):
 
 
 def test_verifiers_chosen_in_config_on_hand_made_cases(tmp_path):
-    f = _write_jsonl(tmp_path / "v.jsonl", [
-        {"prompt": "half?", "answer": "0.5"},
-        {"prompt": "colour?", "answer": "Blue"},
-        {"prompt": "pi?", "answer": "3.14159"},
-    ])
-
-    def ps(verifier, **opts):
-        dm = PromptDataModule(task="file", prompts_file=str(f), verifier=verifier, n_val=0, n_train=3, seed=0,
-                              verifier_options=opts or None)
+    def ps(verifier, answer, **opts):
+        f = _write_jsonl(tmp_path / f"{verifier}.jsonl", [{"prompt": "q?", "answer": answer}])
+        dm = PromptDataModule(task="file", prompts_file=str(f), verifier=verifier, n_val=0, verifier_options=opts or None)
         dm.setup()
-        s = dm.train_set
-        return lambda rid, texts: s.score([s.ids.index(rid)] * len(texts), texts)
+        return lambda texts: dm.train_set.score([0] * len(texts), texts)
 
-    assert ps("math")("0", ["\\boxed{\\frac{1}{2}}", "$\\frac{1}{3}$", "answer: 1/2"]) == [1.0, 0.0, 1.0]
-    assert ps("exact")("1", ["Answer: blue.", "  BLUE ", "light blue"]) == [1.0, 1.0, 0.0]
-    assert ps("numeric", rel_tol=1e-3)("2", ["3.1416", "3.15", "about 3"]) == [1.0, 0.0, 0.0]
-    assert ps("numeric")("2", ["3.1416"]) == [0.0]  # default tolerance 1e-6
+    assert ps("math", "0.5")(["\\boxed{\\frac{1}{2}}", "$\\frac{1}{3}$", "answer: 1/2"]) == [1.0, 0.0, 1.0]
+    assert ps("exact", "Blue")(["Answer: blue.", "  BLUE ", "light blue"]) == [1.0, 1.0, 0.0]
+    assert ps("numeric", "3.14159", rel_tol=1e-3)(["3.1416", "3.15", "about 3"]) == [1.0, 0.0, 0.0]
+    assert ps("numeric", "3.14159")(["3.1416"]) == [0.0]  # default tolerance 1e-6
     # a user function with options from config
     mod = tmp_path / "myverif.py"
     mod.write_text("def close(prompt, completion, record, slack=0):\n"
                    "    return float(abs(len(completion) - len(record['answer'])) <= slack)\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        assert ps("myverif:close", slack=1)("1", ["Blu", "Bl", "Blues"]) == [1.0, 0.0, 1.0]
+        assert ps("myverif:close", "Blue", slack=1)(["Blu", "Bl", "Blues"]) == [1.0, 0.0, 1.0]
     finally:
         sys.path.remove(str(tmp_path))
 
@@ -160,10 +155,11 @@ def test_errors_in_python_are_user_errors(tmp_path):
         PromptDataModule(task="file", prompts_file=str(f))
     with pytest.raises(UserError, match="task must be one of codegen, file"):
         PromptDataModule(task="csv")
-    with pytest.raises(UserError, match=r"template .* cannot be filled from .* row 0 \(KeyError"):
-        PromptDataModule(task="file", prompts_file=str(f), verifier="exact", n_val=0, template="{question}").setup()
-    with pytest.raises(UserError, match="row 0: no `answer`"):
-        PromptDataModule(task="file", prompts_file=str(f), verifier="exact", n_val=0).setup()
+    g = _write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "answer": "1"}, {"prompt": "b"}])
+    with pytest.raises(UserError, match=r"template .* cannot be filled from .* row \d \(KeyError"):
+        PromptDataModule(task="file", prompts_file=str(g), verifier="exact", n_val=0, template="{question}").setup()
+    with pytest.raises(UserError, match="g.jsonl row 1: no `answer`"):  # the file's row, though rows are shuffled
+        PromptDataModule(task="file", prompts_file=str(g), verifier="exact", n_val=0, seed=3).setup()
 
 
 # ------------------------------------------------------------------------------- the shipped example
@@ -187,8 +183,14 @@ def test_example_file_is_the_scripts_output_with_correct_answers():
         a, op, b = re.fullmatch(r"What is (\d+) ([+*]) (\d+)\?", r["question"]).groups()
         assert int(r["solution"]) == ops[op](int(a), int(b))
     assert len({r["question"] for r in rows}) == 200 and {r["level"] for r in rows} == {1, 2, 3}
-    ev = json.loads((ROOT / "data" / "examples" / "arith_policy" / "eval.json").read_text())
-    assert 0.2 <= ev["pass@1_T1"] <= 0.6 and ev["frac_zero"] < 0.6 and ev["frac_one"] < 0.4
+
+
+@needs_policy
+def test_example_policy_success_spreads_over_the_prompts():
+    """GRPO learns only from groups with mixed rewards: the shipped policy must be neither always right nor
+    always wrong on the example prompts (eval.json is written by the script that trained it)."""
+    ev = json.loads((POLICY / "eval.json").read_text())
+    assert ev["samples"] == 8 and 0.1 <= ev["pass@1_T1"] <= 0.7 and ev["frac_zero"] < 0.7 and ev["frac_one"] < 0.5
 
 
 def _env():
@@ -202,6 +204,7 @@ def _fit(*args, timeout=300):
 
 
 @pytest.mark.slow
+@needs_policy
 def test_own_data_config_trains_as_a_subprocess(tmp_path):
     from pfkit.runs import RunDir
 
@@ -222,7 +225,7 @@ def test_own_data_config_trains_as_a_subprocess(tmp_path):
     for _, x in ro.iterrows():
         assert x["prompt"] == f"Q: {rows[x['prompt_id']]['question']}\nA:"
         assert x["reward"] == numeric_match(x["response"], rows[x["prompt_id"]]["solution"], rel_tol=0.0, abs_tol=0.5)
-    assert len(RunDir(run).read("difficulty")) == 2 * 192
+    assert len(RunDir(run).read("difficulty")) == 2 * 160  # every training prompt, each step
 
 
 @pytest.mark.slow
@@ -235,7 +238,8 @@ def test_bad_own_data_is_one_line_from_pfkit_fit(tmp_path):
                                          {"question": "q", "solution": "2", "uid": "b", "img": "broken.png"}])
     _write_jsonl(tmp_path / "ans.jsonl", [{"question": "q", "solution": "1", "uid": "a"},
                                          {"question": "q", "solution": "many", "uid": "b"}])
-    base = ["--run_dir", str(tmp_path / "run"), "--data.init_args.n_val", "0"]
+    # the shipped code policy: these runs stop at the data, before any rollout
+    base = ["--run_dir", str(tmp_path / "run"), "--data.init_args.n_val", "0", "--model.init_args.policy", "embedded"]
     cases = [  # (extra arguments, what the one line must say)
         (["--data.init_args.columns", json.dumps({"prompt": "question", "answer": "answer_text"})],
          ["no column `answer_text` for `answer`; the file has uid, question, solution, level (set columns.answer)"]),
@@ -251,4 +255,3 @@ def test_bad_own_data_is_one_line_from_pfkit_fit(tmp_path):
         assert r.returncode == 2, (expect, r.stderr[-2000:])
         assert "Traceback" not in r.stderr and err[-1].startswith("pfkit: error: "), err[-3:]
         assert all(e in err[-1] for e in expect), err[-1]
-    assert not (tmp_path / "run" / "metrics.csv").exists()
