@@ -2,7 +2,7 @@
 
     python scripts/make_example_data.py            # writes data/examples/arithmetic.jsonl + arith_policy/
 
-``configs/grpo_own_data.yaml`` trains on these in about a minute. The file uses its own column names
+``configs/grpo_own_data.yaml`` trains GRPO on these. The file uses its own column names
 (``uid, question, solution, level``) so the config shows the column mapping; the answers are integers,
 checked by the ``numeric`` verifier. Three difficulty levels: one-digit sums, two-digit sums, small
 products.

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "data" / "examples" / "arithmetic.jsonl"
 POLICY = ROOT / "data" / "examples" / "arith_policy"
 needs_policy = pytest.mark.skipif(not (POLICY / "config.json").is_file(),
-                                  reason="build it: python scripts/make_example_data.py (~20 s on one free core)")
+                                  reason="build it: python scripts/make_example_data.py")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
