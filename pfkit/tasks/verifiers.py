@@ -92,12 +92,18 @@ def numeric_match(completion: str, answer, rel_tol: float = 1e-6, abs_tol: float
     return float(got is not None and math.isclose(got, ref, rel_tol=rel_tol, abs_tol=abs_tol))
 
 
+# math-verify's own limit is 5 s of *wall-clock* time (signal.alarm) per parse/comparison: on a loaded machine
+# a reference as plain as \frac{3}{2} timed out (its first call also imports sympy's LaTeX parser) and came
+# back "unparsable", so a reward depended on the machine's load. A generous limit still stops pathological input.
+MATH_TIMEOUT_S = 120
+
+
 def _math_parse(text: str):
     from math_verify import parse
 
     text = str(text)
     # math-verify reads LaTeX inside $...$ / \boxed{}; wrap bare LaTeX so "\frac{1}{2}" parses too
-    parsed = parse(text if ("$" in text or "\\boxed" in text) else f"${text}$")
+    parsed = parse(text if ("$" in text or "\\boxed" in text) else f"${text}$", parsing_timeout=MATH_TIMEOUT_S)
     # math-verify falls back to the raw string when it cannot build an expression: that is "unparsed"
     return [x for x in parsed if not isinstance(x, str)]
 
@@ -109,7 +115,7 @@ def math_match(completion: str, answer) -> float:
     if not gold:
         raise VerifierError(f"reference answer {answer!r} cannot be parsed by math-verify")
     pred = _math_parse(extract_answer(completion))
-    return float(bool(pred) and verify(gold, pred))
+    return float(bool(pred) and verify(gold, pred, timeout_seconds=MATH_TIMEOUT_S))
 
 
 def code_match(completion: str, record: Mapping, timeout: float = 3.0) -> float:
