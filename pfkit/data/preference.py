@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from pfkit.data._loader import ResumableLoader
+from pfkit.data.prompts import CodePromptDataModule  # noqa: F401 -- configs name it here
 from pfkit.models import encode
 from pfkit.rollout import sample_and_check
 from pfkit.tasks import CodeProblem
@@ -36,31 +36,10 @@ def _passed(samples: pd.DataFrame) -> pd.Series:
     return samples["score"] if "score" in samples.columns else samples["passed"]
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance over characters (insert, delete, substitute; all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-PAIR_SELECTIONS = ("max_edit", "random")
-
-
-def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0,
-               selection: str = "max_edit") -> pd.DataFrame:
+def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0) -> pd.DataFrame:
     """(prompt, chosen=passing, rejected=failing) pairs per prompt, distinct texts, at most
-    ``max_pairs_per_prompt`` per prompt out of all pass x fail combinations: with ``selection="max_edit"``
-    the ones furthest apart in edit distance (the paper pairs the two of the SFT policy's responses with the
-    largest edit distance, after Smaug; ties in seeded random order), with ``"random"`` a seeded random subset.
+    ``max_pairs_per_prompt`` per prompt (a seeded random subset of all pass x fail combinations).
     ``samples``: ``pfkit.rollout.sample_and_check``'s table (or any with prompt_id, prompt, response, score)."""
-    if selection not in PAIR_SELECTIONS:
-        raise ValueError(f"pair selection must be one of {PAIR_SELECTIONS}, got {selection!r}")
     rng = random.Random(seed)
     rows = []
     for pid, g in samples.groupby("prompt_id", sort=False):
@@ -69,8 +48,6 @@ def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int =
         bad = [r for r in dict.fromkeys(g.loc[ok <= 0, "response"]) if r not in good]
         combos = [(c, r) for c in good for r in bad]
         rng.shuffle(combos)
-        if selection == "max_edit":  # stable sort: the shuffle breaks ties
-            combos.sort(key=lambda cr: -edit_distance(*cr))
         prompt = g["prompt"].iloc[0]
         rows += [{"prompt_id": pid, "prompt": prompt, "chosen": c, "rejected": r}
                  for c, r in combos[:max_pairs_per_prompt]]
@@ -119,18 +96,13 @@ class PreferenceDataModule(LightningDataModule):
     the policy at ``policy`` samples ``group_size`` responses for each of ``n_prompts`` training problems of
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
     ``synthetic_per_prompt`` adds that many reference > near-miss pairs (:func:`synthetic_pairs`) for
-    every *training* prompt of the embedded task, and for ``synthetic_prompts`` more generated problems
-    (``codegen.extra_split("rm_synthetic", n)``: disjoint from every fixed split, so from the RL prompts, and
-    from the extra splits named in ``synthetic_exclude``, e.g. the study's evaluation set
-    ``{study_eval: 1024}``). Validation pairs are always the policy's own, on held-out prompts.
-    ``pair_selection``: which pass x fail pairs of a prompt are kept (:func:`make_pairs`).
+    every *training* prompt of the embedded task; validation pairs are always the policy's own.
     """
 
     def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
                  group_size: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
-                 max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0, synthetic_prompts: int = 0,
-                 pair_selection: str = "max_edit", synthetic_exclude: dict | None = None):
+                 max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["samples"] if isinstance(samples, pd.DataFrame) else [])
         self._samples_arg = samples
@@ -164,17 +136,12 @@ class PreferenceDataModule(LightningDataModule):
             raise ValueError(f"samples lack column(s) {sorted(missing)}; need prompt_id, prompt, response, score")
         train_s, val_s = split_by_prompt(self.samples, h.val_fraction, h.seed)
         self.train_samples, self.val_samples = train_s, val_s
-        self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed, h.pair_selection)
+        self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed)
         if h.synthetic_per_prompt > 0:
-            from pfkit.tasks import codegen
-
-            problems = self._codegen_problems(train_s["prompt_id"].unique())
-            if h.synthetic_prompts > 0:
-                problems += codegen.extra_split("rm_synthetic", h.synthetic_prompts, h.seed,
-                                                exclude=dict(h.synthetic_exclude or {}))
-            extra = synthetic_pairs(problems, h.synthetic_per_prompt, h.seed)
+            extra = synthetic_pairs(self._codegen_problems(train_s["prompt_id"].unique()), h.synthetic_per_prompt,
+                                    h.seed)
             self.train_pairs = pd.concat([self.train_pairs, extra], ignore_index=True)
-        self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1, h.pair_selection)
+        self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
         if self.train_pairs.empty:
             raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
                              "sample more responses per prompt (group_size) or use a policy with pass@1 in 0.2..0.8")
@@ -203,58 +170,3 @@ class PreferenceDataModule(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_pairs.to_dict("records"), batch_size=64, collate_fn=self.collate)
-
-
-class _Problems(torch.utils.data.Dataset):
-    def __init__(self, problems):
-        self.problems = list(problems)
-
-    def __len__(self):
-        return len(self.problems)
-
-    def __getitem__(self, i):
-        return self.problems[i]
-
-
-class CodePromptDataModule(LightningDataModule):
-    """Batches of ``CodeProblem`` (lists, not tensors) for RL on the embedded code task.
-
-    Train: ``n_train`` problems of ``codegen.splits(seed)["train"]`` starting at ``offset`` (so RL prompts
-    can be kept apart from the reward model's), shuffled with ``seed``; val: the val split.
-    """
-
-    def __init__(self, seed: int = 0, n_train: int = 512, offset: int = 0,
-                 n_val: int = 64):
-        super().__init__()
-        # logger=False: the data seed picks the task's splits and the module's seed its sampling; Lightning
-        # refuses to log a module and a datamodule whose same-named hparams differ (a study's seed k run)
-        self.save_hyperparameters(logger=False)
-        self.problems = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.problems is None:
-            from pfkit.tasks import codegen
-
-            h = self.hparams
-            sp = codegen.splits(h.seed)
-            self.problems = {"train": sp["train"][h.offset:h.offset + h.n_train], "val": sp["val"][: h.n_val],
-                             "test": sp["test"]}
-
-    def train_dataloader(self):
-        # the module's prompts_per_step is the global batch: under DDP (Lightning adds a DistributedSampler)
-        # each rank takes its 1/world share, so a config means the same PPO iteration on 1 or N processes
-        world = self.trainer.world_size if self.trainer is not None else 1
-        k = getattr(getattr(self.trainer, "lightning_module", None), "hparams", {}).get("prompts_per_step")
-        if k is None:
-            raise ValueError("CodePromptDataModule batches by the training module's prompts_per_step; train a "
-                             "module that has one (PFPPOModule)")
-        if k % world:
-            raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
-                             "multiple of the device count")
-        return ResumableLoader(_Problems(self.problems["train"]), batch_size=k // world,  # exact resume
-                          shuffle=True,
-                          drop_last=True, collate_fn=list,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
-
-    def val_dataloader(self):
-        return DataLoader(_Problems(self.problems["val"]), batch_size=len(self.problems["val"]), collate_fn=list)

@@ -22,12 +22,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from pfkit.errors import UserError
+
 VERIFIERS = ("exact", "numeric", "math", "code")
 FIELDS = ("prompt", "answer", "image", "id", "tests", "entry_point")  # pfkit's names for record fields
 
 
-class VerifierError(ValueError):
-    """A prompt file or reference answer the verifier cannot use (message says which row and why)."""
+class VerifierError(UserError, ValueError):
+    """A prompt file or reference answer the verifier cannot use (message says which row and why).
+
+    A ``UserError``, so ``pfkit fit`` prints it as one line (exit code 2); a ``ValueError`` for callers
+    that caught the loader's errors as such before."""
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -87,12 +92,18 @@ def numeric_match(completion: str, answer, rel_tol: float = 1e-6, abs_tol: float
     return float(got is not None and math.isclose(got, ref, rel_tol=rel_tol, abs_tol=abs_tol))
 
 
+# math-verify's own limit is 5 s of *wall-clock* time (signal.alarm) per parse/comparison: on a loaded machine
+# a reference as plain as \frac{3}{2} timed out (its first call also imports sympy's LaTeX parser) and came
+# back "unparsable", so a reward depended on the machine's load. A generous limit still stops pathological input.
+MATH_TIMEOUT_S = 120
+
+
 def _math_parse(text: str):
     from math_verify import parse
 
     text = str(text)
     # math-verify reads LaTeX inside $...$ / \boxed{}; wrap bare LaTeX so "\frac{1}{2}" parses too
-    parsed = parse(text if ("$" in text or "\\boxed" in text) else f"${text}$")
+    parsed = parse(text if ("$" in text or "\\boxed" in text) else f"${text}$", parsing_timeout=MATH_TIMEOUT_S)
     # math-verify falls back to the raw string when it cannot build an expression: that is "unparsed"
     return [x for x in parsed if not isinstance(x, str)]
 
@@ -104,7 +115,7 @@ def math_match(completion: str, answer) -> float:
     if not gold:
         raise VerifierError(f"reference answer {answer!r} cannot be parsed by math-verify")
     pred = _math_parse(extract_answer(completion))
-    return float(bool(pred) and verify(gold, pred))
+    return float(bool(pred) and verify(gold, pred, timeout_seconds=MATH_TIMEOUT_S))
 
 
 def code_match(completion: str, record: Mapping, timeout: float = 3.0) -> float:
@@ -131,9 +142,11 @@ def build_verifier(name: str, **options) -> Callable[[str, str, Mapping], float]
 
 
 def check_answers(records: Sequence[Mapping], verifier: str, source: str = "prompts") -> None:
-    """Fail early, naming the row, on a reference the verifier cannot read."""
+    """Fail early, naming the row, on a reference the verifier cannot read (``_row``: the record's row in
+    its file, set by the prompt datamodule, which shuffles; else its position in ``records``)."""
     need = {"exact": ("answer",), "numeric": ("answer",), "math": ("answer",), "code": ("tests",)}[verifier]
-    for i, rec in enumerate(records):
+    for pos, rec in enumerate(records):
+        i = rec.get("_row", pos)
         for key in need:
             if rec.get(key) is None or (isinstance(rec.get(key), float) and math.isnan(rec[key])):
                 raise VerifierError(f"{source} row {i}: no `{key}` (the {verifier} verifier needs one)")
