@@ -36,10 +36,31 @@ def _passed(samples: pd.DataFrame) -> pd.Series:
     return samples["score"] if "score" in samples.columns else samples["passed"]
 
 
-def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0) -> pd.DataFrame:
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance over characters (insert, delete, substitute; all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+PAIR_SELECTIONS = ("max_edit", "random")
+
+
+def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int = 0,
+               selection: str = "max_edit") -> pd.DataFrame:
     """(prompt, chosen=passing, rejected=failing) pairs per prompt, distinct texts, at most
-    ``max_pairs_per_prompt`` per prompt (a seeded random subset of all pass x fail combinations).
+    ``max_pairs_per_prompt`` per prompt out of all pass x fail combinations: with ``selection="max_edit"``
+    the ones furthest apart in edit distance (the paper pairs the two of the SFT policy's responses with the
+    largest edit distance, after Smaug; ties in seeded random order), with ``"random"`` a seeded random subset.
     ``samples``: ``pfkit.rollout.sample_and_check``'s table (or any with prompt_id, prompt, response, score)."""
+    if selection not in PAIR_SELECTIONS:
+        raise ValueError(f"pair selection must be one of {PAIR_SELECTIONS}, got {selection!r}")
     rng = random.Random(seed)
     rows = []
     for pid, g in samples.groupby("prompt_id", sort=False):
@@ -48,6 +69,8 @@ def make_pairs(samples: pd.DataFrame, max_pairs_per_prompt: int = 4, seed: int =
         bad = [r for r in dict.fromkeys(g.loc[ok <= 0, "response"]) if r not in good]
         combos = [(c, r) for c in good for r in bad]
         rng.shuffle(combos)
+        if selection == "max_edit":  # stable sort: the shuffle breaks ties
+            combos.sort(key=lambda cr: -edit_distance(*cr))
         prompt = g["prompt"].iloc[0]
         rows += [{"prompt_id": pid, "prompt": prompt, "chosen": c, "rejected": r}
                  for c, r in combos[:max_pairs_per_prompt]]
@@ -96,13 +119,18 @@ class PreferenceDataModule(LightningDataModule):
     the policy at ``policy`` samples ``group_size`` responses for each of ``n_prompts`` training problems of
     the embedded code task (``codegen.splits(seed)["train"]``). Batches hold chosen and rejected ids.
     ``synthetic_per_prompt`` adds that many reference > near-miss pairs (:func:`synthetic_pairs`) for
-    every *training* prompt of the embedded task; validation pairs are always the policy's own.
+    every *training* prompt of the embedded task, and for ``synthetic_prompts`` more generated problems
+    (``codegen.extra_split("rm_synthetic", n)``: disjoint from every fixed split, so from the RL prompts, and
+    from the extra splits named in ``synthetic_exclude``, e.g. the study's evaluation set
+    ``{study_eval: 1024}``). Validation pairs are always the policy's own, on held-out prompts.
+    ``pair_selection``: which pass x fail pairs of a prompt are kept (:func:`make_pairs`).
     """
 
     def __init__(self, policy: str = "embedded", samples: str | None = None, n_prompts: int = 512,
                  group_size: int = 8, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 0.9,
                  max_pairs_per_prompt: int = 4, val_fraction: float = 0.25, batch_size: int = 16,
-                 max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0):
+                 max_length: int = 384, seed: int = 0, synthetic_per_prompt: int = 0, synthetic_prompts: int = 0,
+                 pair_selection: str = "max_edit", synthetic_exclude: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["samples"] if isinstance(samples, pd.DataFrame) else [])
         self._samples_arg = samples
@@ -136,12 +164,17 @@ class PreferenceDataModule(LightningDataModule):
             raise ValueError(f"samples lack column(s) {sorted(missing)}; need prompt_id, prompt, response, score")
         train_s, val_s = split_by_prompt(self.samples, h.val_fraction, h.seed)
         self.train_samples, self.val_samples = train_s, val_s
-        self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed)
+        self.train_pairs = make_pairs(train_s, h.max_pairs_per_prompt, h.seed, h.pair_selection)
         if h.synthetic_per_prompt > 0:
-            extra = synthetic_pairs(self._codegen_problems(train_s["prompt_id"].unique()), h.synthetic_per_prompt,
-                                    h.seed)
+            from pfkit.tasks import codegen
+
+            problems = self._codegen_problems(train_s["prompt_id"].unique())
+            if h.synthetic_prompts > 0:
+                problems += codegen.extra_split("rm_synthetic", h.synthetic_prompts, h.seed,
+                                                exclude=dict(h.synthetic_exclude or {}))
+            extra = synthetic_pairs(problems, h.synthetic_per_prompt, h.seed)
             self.train_pairs = pd.concat([self.train_pairs, extra], ignore_index=True)
-        self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1)
+        self.val_pairs = make_pairs(val_s, h.max_pairs_per_prompt, h.seed + 1, h.pair_selection)
         if self.train_pairs.empty:
             raise ValueError("no preference pairs: no training prompt has both a passing and a failing sample; "
                              "sample more responses per prompt (group_size) or use a policy with pass@1 in 0.2..0.8")
@@ -170,3 +203,4 @@ class PreferenceDataModule(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_pairs.to_dict("records"), batch_size=64, collate_fn=self.collate)
+
