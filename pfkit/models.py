@@ -129,6 +129,95 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# ------------------------------------------------------------------------------- vision-language policies
+
+EMBEDDED_VLM = ASSETS / "vlm"
+IMAGE_TOKEN = "<image>"
+
+
+def resolve_vlm_path(path: str | os.PathLike) -> Path:
+    """``"embedded_vlm"`` -> pfkit/assets/vlm; anything else -> that local folder."""
+    return EMBEDDED_VLM if str(path) == "embedded_vlm" else Path(path).expanduser()
+
+
+def is_vision_language(path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint is an image-text-to-text model (its ``config.json`` model type is in
+    ``transformers``' ``AutoModelForImageTextToText`` mapping); ``"embedded_vlm"`` is."""
+    if str(path) == "embedded_vlm":
+        return True
+    cfg = Path(path).expanduser() / "config.json"
+    if not cfg.is_file():
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return json.loads(cfg.read_text()).get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_vlm(path: str | os.PathLike = "embedded_vlm", *, dtype=None):
+    """(model, processor) from a local image-text-to-text checkpoint (``AutoModelForImageTextToText`` +
+    ``AutoProcessor``, nothing downloaded); ``"embedded_vlm"`` = pfkit/assets/vlm. The processor's tokenizer
+    gets a pad token and left padding, as :func:`load_policy` does for text."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = resolve_vlm_path(path)
+    how = ("pass a local folder written by `model.save_pretrained(...)` and `processor.save_pretrained(...)`, "
+           "or 'embedded_vlm' for the shipped one (rebuild it with `python scripts/train_vlm.py`)")
+    if not (folder / "config.json").is_file():
+        raise PolicyPathError(f"vision-language policy path {str(folder)!r} has no config.json; {how}")
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        kw = {"dtype": dtype} if dtype is not None else {}
+        model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, **kw)
+    except Exception as e:  # noqa: BLE001 -- any failure here means the folder is not a loadable VLM
+        raise PolicyPathError(f"vision-language policy path {str(folder)!r} could not be loaded "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {how}") from e
+    _prepare_tokenizer(processor.tokenizer)
+    model.eval()
+    return model, processor
+
+
+def build_vlm(tokenizer, *, image_size: int = 32, patch_size: int = 8, vision_width: int = 32, vision_layers: int = 2,
+              width: int = 64, layers: int = 2, heads: int = 4, max_positions: int = 256):
+    """A randomly initialised tiny LLaVA (CLIP vision tower + Llama language model) and its processor.
+
+    LLaVA because its processor is a CLIP image processor + the tokenizer, both of which build offline
+    without extra packages (Qwen2-VL's processor needs torchvision for its video processor). ``tokenizer``
+    gets the ``<image>`` token; an image becomes ``(image_size / patch_size)^2`` tokens.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size},
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=0)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                               num_additional_image_tokens=1)
+    vision = CLIPVisionConfig(hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=vision_layers,
+                              num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+                              projection_dim=vision_width)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=max_positions, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         image_seq_length=(image_size // patch_size) ** 2, tie_word_embeddings=True)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
 # ------------------------------------------------------------------------------- reward models / critics
 
 

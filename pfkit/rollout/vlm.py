@@ -1,0 +1,356 @@
+"""Rollouts and log-probs for vision-language policies (``AutoModelForImageTextToText`` + ``AutoProcessor``).
+
+The text path (:mod:`pfkit.rollout.core`) is unchanged; this module adds the image inputs around the same
+conventions, so a VLM rollout is a :class:`Rollout` (:class:`VLMRollout`, one more field) that GRPO trains
+on exactly as it does on text:
+
+* Each prompt is run through the model's own processor on its own (text + image -> ``input_ids`` with the
+  image placeholder expanded, ``pixel_values`` and, for Qwen2-VL-family models, ``image_grid_thw``), then
+  the ids are left-padded into a batch. The processor outputs of row ``b`` travel with the row in
+  ``VLMRollout.pixel_inputs[b]`` (the G rows of a group share one dict), so selecting, concatenating and
+  sharding rows keeps every row's image with it.
+* Prefill passes the rows' pixel inputs (concatenated along dim 0 in row order, as the processor does for
+  a batch); decoding runs on the KV cache with no pixel inputs. Each distinct prompt is prefilled once and
+  its cache repeated ``group_size`` times.
+* Positions: Qwen2-VL-family models (a ``get_rope_index`` on the inner model) use 3-D multimodal RoPE; the
+  prefill and the teacher-forced pass both take them from ``get_rope_index`` over the left-padded batch, and
+  a decoding step at response position ``t`` uses ``prompt_len + t + rope_delta`` (what ``get_rope_index``
+  assigns to that text token in the full sequence). Other models (LLaVA family) use
+  ``cumsum(attention_mask) - 1`` as the text path does.
+* ``logprobs`` are the raw (temperature-1) log-probs, and :func:`sequence_logprobs` scores the same rows in
+  one teacher-forced pass with the same pixel inputs: equal to the rollout's within 1e-4 (tests/test_vlm.py).
+
+Same approach as TRL's GRPOTrainer and verl/EasyR1: the processor's ``pixel_values`` / ``image_grid_thw``
+are kept per sample and passed again to every log-prob pass (old, reference, policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pfkit.rollout.core import Rollout, _eos_ids, _eval_mode, _positions, _sample, _token_logprobs, left_pad
+from pfkit.rollout.runners import cache_kwarg
+from pfkit.rollout.stops import _kept_tokens, _stop_end_tokens, find_stop
+
+__all__ = ["VLMRollout", "encode_prompts", "generate", "load_image", "rollout_logprobs", "sample_and_check",
+           "sequence_logprobs"]
+
+# processor outputs that are token-level (rebuilt from the padded batch), not image inputs
+_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+@dataclass
+class VLMRollout(Rollout):
+    """A :class:`Rollout` whose rows carry their image inputs: ``pixel_inputs[b]`` is the processor's
+    image tensors for row b's prompt (``{"pixel_values": ..., "image_grid_thw": ...}``; None for a
+    text-only prompt). ``select`` / ``groups`` / ``cat`` / ``to`` keep them with their rows."""
+
+    pixel_inputs: list = field(default_factory=list)
+
+    @classmethod
+    def _wrap(cls, base: Rollout, pixel_inputs: list) -> VLMRollout:
+        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Rollout)}, pixel_inputs=pixel_inputs)
+
+    def select(self, rows, *, trim: bool = True) -> VLMRollout:
+        base = Rollout.select(self, rows, trim=trim)
+        rows = torch.as_tensor(rows)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().flatten()
+        return self._wrap(base, [self.pixel_inputs[i] for i in rows.tolist()])
+
+    def to(self, device) -> VLMRollout:
+        moved = [None if p is None else {k: v.to(device) for k, v in p.items()} for p in self.pixel_inputs]
+        return self._wrap(Rollout.to(self, device), moved)
+
+    @staticmethod
+    def cat(parts: Sequence[Rollout]) -> VLMRollout:
+        parts = list(parts)
+        pix = [p for r in parts for p in (getattr(r, "pixel_inputs", None) or [None] * len(r))]
+        return VLMRollout._wrap(Rollout.cat(parts), pix)
+
+
+def load_image(image):
+    """A PIL RGB image from a path, a PIL image or an ``[H, W, 3]`` uint8 array (None stays None)."""
+    from PIL import Image
+
+    if image is None:
+        return None
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    import numpy as np
+
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
+def image_prefix(processor) -> str:
+    """The text that stands for one image in a prompt: the processor's image token, wrapped in the
+    vision start/end tokens where the tokenizer has them (Qwen2-VL family)."""
+    tok = getattr(processor, "tokenizer", processor)
+    token = getattr(processor, "image_token", None) or "<image>"
+    vocab = tok.get_vocab()
+    if "<|vision_start|>" in vocab and "<|vision_end|>" in vocab:
+        return f"<|vision_start|>{token}<|vision_end|>"
+    return token
+
+
+def encode_prompts(processor, prompts: Sequence[str], images: Sequence | None, *, chat_template: bool = False
+                   ) -> tuple[list[list[int]], list[dict | None]]:
+    """Per prompt: its token ids (image placeholder expanded by the processor) and its image tensors.
+
+    A prompt with an image that does not contain the processor's image token gets :func:`image_prefix`
+    in front. ``chat_template=True`` wraps each prompt as one user turn with the processor's chat
+    template (instruction-tuned checkpoints such as Qwen2.5-VL-Instruct), generation prompt added.
+    """
+    images = list(images) if images is not None else [None] * len(prompts)
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image (or None) per prompt")
+    token = getattr(processor, "image_token", None) or "<image>"
+    ids, pix = [], []
+    for text, image in zip(prompts, images):
+        image = load_image(image)
+        if chat_template:
+            content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+            text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                 add_generation_prompt=True)
+        elif image is not None and token not in text:
+            text = image_prefix(processor) + text
+        if image is None:
+            out = processor.tokenizer([text], return_tensors="pt")
+        else:
+            out = processor(text=[text], images=[image], return_tensors="pt")
+        ids.append(out["input_ids"][0].tolist())
+        extra = {k: v for k, v in out.items() if k not in _TOKEN_KEYS and isinstance(v, torch.Tensor)}
+        pix.append(extra or None)
+    return ids, pix
+
+
+def _batch_pixels(rows: Sequence[dict | None], device=None) -> dict:
+    """The image inputs of a batch: each key's tensors concatenated along dim 0 in row order (the order
+    the model consumes images in: placeholders are filled row by row)."""
+    present = [p for p in rows if p is not None]
+    if not present:
+        return {}
+    return {k: torch.cat([p[k] for p in present]).to(device) for k in present[0]}
+
+
+def _mrope(model):
+    """The inner model's ``get_rope_index`` (Qwen2-VL family, 3-D RoPE), else None."""
+    inner = getattr(model, "model", None)
+    return getattr(inner, "get_rope_index", None)
+
+
+def _token_types(model, ids: torch.Tensor) -> torch.Tensor:
+    cfg = model.config
+    types = torch.zeros_like(ids, dtype=torch.int)
+    for value, name in ((1, "image_token_id"), (2, "video_token_id")):
+        tid = getattr(cfg, name, None)
+        if tid is not None:
+            types = types.masked_fill(ids == tid, value)
+    return types
+
+
+def positions(model, ids: torch.Tensor, mask: torch.Tensor, pixels: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position_ids, delta [B, 1]): 3-D RoPE positions ``[3, B, L]`` from the model's ``get_rope_index``
+    for the Qwen2-VL family, else ``cumsum(mask) - 1`` ``[B, L]`` with delta 0. A text token at real
+    index i after the prompt's image gets position ``i + delta``."""
+    rope = _mrope(model)
+    if rope is None:
+        return _positions(mask), torch.zeros(ids.shape[0], 1, dtype=torch.long, device=ids.device)
+    kw = {k: pixels[k] for k in ("image_grid_thw", "video_grid_thw") if k in pixels}
+    pos, delta = rope(ids, mm_token_type_ids=_token_types(model, ids), attention_mask=mask, **kw)
+    return pos, delta.to(ids.device).long().view(-1, 1)
+
+
+def _step_positions(model, real_pos: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    pos = (real_pos.view(-1, 1) + delta.view(-1, 1)).long()
+    return pos[None].expand(3, -1, -1) if _mrope(model) is not None else pos
+
+
+def _n_positions(model) -> int | None:
+    cfg = getattr(model.config, "text_config", model.config)
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def generate(model, processor, prompts: Sequence[str], images: Sequence | None = None, *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, stop: Sequence = (), seed: int | None = None,
+             generator: torch.Generator | None = None, group_size: int = 1, eos_token_id=None,
+             min_new_tokens: int = 0, stop_in_mask: bool = False, chat_template: bool = False) -> VLMRollout:
+    """``group_size`` sampled responses per (prompt, image): :func:`pfkit.rollout.generate` for a VLM.
+
+    ``images[i]``: a path, PIL image, ``[H, W, 3]`` array or None (text only). Sampling, stop strings,
+    EOS handling, determinism (one ``torch.Generator``) and the returned fields are those of the text
+    :func:`~pfkit.rollout.generate`; the rollout also carries each row's image inputs.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if group_size < 1:
+        raise ValueError(f"group_size (samples per prompt) must be >= 1, got {group_size}")
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    eos = _eos_ids(tokenizer, model, eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+    encoded, pix = encode_prompts(processor, prompts, images, chat_template=chat_template)
+    P = max(len(e) for e in encoded)
+    n_pos = _n_positions(model)
+    if n_pos is not None and P + max_new_tokens > n_pos:
+        raise ValueError(f"longest prompt ({P} tokens, image included) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"the model's {n_pos} positions; shorten the prompts or lower max_new_tokens")
+    ids = left_pad([torch.tensor(e) for e in encoded], value=pad_id).to(device)
+    pmask = left_pad([torch.ones(len(e), dtype=torch.long) for e in encoded]).to(device)
+    if generator is None:
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+    banned = torch.tensor(eos, device=device) if (eos and min_new_tokens > 0) else None
+    n = group_size
+    B = len(prompts) * n
+    cache_kw = cache_kwarg(model)
+
+    with torch.inference_mode(), _eval_mode(model):
+        pixels = _batch_pixels(pix, device)
+        pos, delta = positions(model, ids, pmask, pixels)
+        out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, logits_to_keep=1, **pixels)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        logits = out.logits[:, -1]
+        if n > 1:  # each distinct prompt was prefilled once; its samples share the cache
+            cache.batch_repeat_interleave(n)
+            logits, delta = logits.repeat_interleave(n, 0), delta.repeat_interleave(n, 0)
+        mask = pmask.repeat_interleave(n, 0)
+        prompt_lens = mask.sum(-1)
+        resp = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        raw_lp = torch.zeros((B, max_new_tokens), device=device)
+        samp_lp = torch.zeros((B, max_new_tokens), device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        eos_t = torch.tensor(eos, device=device) if eos else None
+        steps, state = 0, {}
+        for t in range(max_new_tokens):
+            tok, lp, slp = _sample(logits, temperature, top_p, generator, banned if t < min_new_tokens else None,
+                                   state=state)
+            resp[:, t], raw_lp[:, t], samp_lp[:, t] = tok, lp, slp
+            steps = t + 1
+            if eos_t is not None:
+                done |= torch.isin(tok, eos_t)
+            if stop:
+                for b in (~done).nonzero().flatten().tolist():
+                    text = tokenizer.decode(resp[b, :t + 1].tolist(), skip_special_tokens=True)
+                    if find_stop(text, stop, prompts[b // n].endswith("\n")) is not None:
+                        done[b] = True
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+            step_pos = _step_positions(model, prompt_lens + t, delta)
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=step_pos, use_cache=True,
+                        **{cache_kw: cache})
+            cache = getattr(out, "cache", None) or out.past_key_values
+            logits = out.logits[:, -1]
+
+    ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
+    resp, raw_lp, samp_lp = resp[:, :steps].clone(), raw_lp[:, :steps].clone(), samp_lp[:, :steps].clone()
+    keep_len, texts, reasons = [], [], []
+    for row, toks in enumerate(resp.tolist()):
+        newline = prompts[row // n].endswith("\n")
+        end, reason = len(toks), "length"
+        for j, tk in enumerate(toks):
+            if tk in eos:
+                end, reason = j + 1, "eos"
+                break
+        body = toks[: end - 1] if reason == "eos" else toks
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        cut = find_stop(text, stop, newline) if stop else None
+        if cut is not None:
+            end = (_stop_end_tokens(tokenizer, body, text, stop, newline) if stop_in_mask
+                   else _kept_tokens(tokenizer, body, cut))
+            text, reason = text[:cut], "stop"
+        keep_len.append(end)
+        texts.append(text)
+        reasons.append(reason)
+    T = max(1, max(keep_len))
+    lens = torch.tensor(keep_len, device=device)
+    rmask = (torch.arange(T, device=device)[None, :] < lens[:, None]).long()
+    if resp.shape[1] < T:
+        resp, raw_lp, samp_lp = (F.pad(x, (0, T - x.shape[1])) for x in (resp, raw_lp, samp_lp))
+    resp = resp[:, :T].masked_fill(rmask == 0, pad_id)
+    return VLMRollout(sequences=torch.cat([ids, resp], dim=1), attention_mask=torch.cat([pmask, rmask], dim=1),
+                      prompt_len=P, response_ids=resp, response_mask=rmask, logprobs=raw_lp[:, :T] * rmask,
+                      texts=texts, sample_logprobs=samp_lp[:, :T] * rmask, finish_reasons=reasons,
+                      prompt_index=torch.arange(len(prompts), device=device).repeat_interleave(n), pad_id=pad_id,
+                      pixel_inputs=[pix[b // n] for b in range(B)])
+
+
+def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                      pixel_inputs: Sequence[dict | None] | None = None, *, return_entropy: bool = False):
+    """Log-probs ``[B, response_len]`` of the last ``response_len`` tokens under a VLM, the rows' image
+    inputs passed as in :func:`generate`: :func:`pfkit.rollout.sequence_logprobs` for images. Gradients
+    flow; masked positions get 0; with ``return_entropy`` also the per-token entropy."""
+    if sequences.shape != attention_mask.shape:
+        raise ValueError(f"sequences {tuple(sequences.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} must have the same shape")
+    L = sequences.shape[1]
+    if not 0 < response_len < L:
+        raise ValueError(f"response_len must be in [1, {L - 1}] for sequences of length {L}, got {response_len}")
+    pixels = _batch_pixels(pixel_inputs or [], sequences.device)
+    pos, _ = positions(model, sequences, attention_mask, pixels)
+    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
+                logits_to_keep=response_len + 1, **pixels)
+    logits = out.logits[:, -(response_len + 1):-1]
+    return _token_logprobs(logits, sequences[:, -response_len:], attention_mask[:, -response_len:], return_entropy)
+
+
+def rollout_logprobs(model, rollout: Rollout, rows: torch.Tensor | None = None, *, return_entropy: bool = False):
+    """:func:`sequence_logprobs` of some rows of a rollout (all by default), each with its own image."""
+    rows = torch.arange(len(rollout)) if rows is None else torch.as_tensor(rows)
+    pix = getattr(rollout, "pixel_inputs", None) or [None] * len(rollout)
+    r = rows.tolist()
+    return sequence_logprobs(model, rollout.sequences[rows], rollout.attention_mask[rows], rollout.response_len,
+                             [pix[i] for i in r], return_entropy=return_entropy)
+
+
+@torch.no_grad()
+def sample_and_check(policy, processor, problems: Sequence, group_size: int, *, prompts: Sequence[str],
+                     images: Sequence | None, check: Callable[[list, list[str]], Sequence],
+                     max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
+                     generator: torch.Generator | None = None, batch_prompts: int | None = None, stop: Sequence = (),
+                     chat_template: bool = False, return_rollout: bool = False):
+    """:func:`pfkit.rollout.sample_and_check` for a VLM: ``group_size`` responses per (prompt, image),
+    each scored by ``check(flat_problems, texts)`` (rewards in [0, 1]); a table ``prompt_id, sample_idx,
+    prompt, response, score`` and, with ``return_rollout``, the :class:`VLMRollout`."""
+    problems = list(problems)
+    prompts = list(prompts)
+    images = list(images) if images is not None else [None] * len(problems)
+    step = batch_prompts or max(1, len(problems))
+    rows, parts = [], []
+    for s in range(0, len(problems), step):
+        ro = generate(policy, processor, prompts[s:s + step], images[s:s + step], group_size=group_size,
+                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                      generator=generator, seed=None if (seed is None or generator is not None) else seed + s,
+                      chat_template=chat_template)
+        flat = [p for p in problems[s:s + step] for _ in range(group_size)]
+        for j, (p, text, v) in enumerate(zip(flat, ro.texts, check(flat, ro.texts))):
+            rows.append({"prompt_id": getattr(p, "task_id", p), "sample_idx": j % group_size,
+                         "prompt": prompts[s + j // group_size], "response": text, "score": float(v)})
+        parts.append(ro)
+    table = pd.DataFrame(rows)
+    if not return_rollout:
+        return table
+    return table, (parts[0] if len(parts) == 1 else VLMRollout.cat(parts))
