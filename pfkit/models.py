@@ -185,7 +185,7 @@ def build_vlm(tokenizer, *, image_size: int = 32, patch_size: int = 8, vision_wi
     gets the ``<image>`` token; an image becomes ``(image_size / patch_size)^2`` tokens.
     """
     from transformers import (
-        CLIPImageProcessor,
+        CLIPImageProcessorPil,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -195,7 +195,7 @@ def build_vlm(tokenizer, *, image_size: int = 32, patch_size: int = 8, vision_wi
 
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size},
                                          image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=0)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,

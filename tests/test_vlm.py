@@ -146,3 +146,111 @@ def test_bad_inputs(llava):
         vlm.generate(model, proc, PROMPTS[:2], _images(1), max_new_tokens=2)
     with pytest.raises(TypeError, match="wrap it"):
         vlm.generate(model, proc, "one prompt", _images(1), max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------------------ GRPO with images
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vlm_run_files(tmp_path_factory):
+    """A tiny random LLaVA + processor saved to tmp and a prompt file of the visual task (PNG paths)."""
+    from pfkit.tasks import visual
+
+    out = tmp_path_factory.mktemp("vlm_grpo")
+    torch.manual_seed(0)
+    tok = train_tokenizer(TEXTS + ["0123456789 " * 5], vocab_size=300)
+    model, proc = build_vlm(tok, width=32, layers=1, vision_width=16, vision_layers=1)
+    model.save_pretrained(out / "pol")
+    proc.save_pretrained(out / "pol")
+    visual.write_prompt_file(visual.generate(16, seed=3, size=32), out / "data")
+    return out
+
+
+def _module(files, **kw):
+    from pfkit.data.prompts import PromptDataModule
+    from pfkit.modules.grpo import GRPOModule
+
+    dm = PromptDataModule(task="file", prompts_file=str(files / "data" / "prompts.jsonl"),
+                          verifier="_dist_helpers:digit_share", n_train=12, n_val=4)
+    dm.setup()
+    m = GRPOModule(policy=str(files / "pol"), sampler="vade", prompts_per_step=4, group_size=4, max_new_tokens=6,
+                   lr=0.01, **kw).attach(dm.train_set, dm.val_set)
+    return m, dm
+
+
+def test_grpo_rollout_carries_the_prompt_images_into_the_loss(vlm_run_files, monkeypatch):
+    import sys
+
+    from pfkit.rl import grpo
+    from pfkit.rollout.vlm import encode_prompts
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    sys.modules.pop("_dist_helpers", None)
+    m, dm = _module(vlm_run_files)
+    assert m.processor is not None and dm.train_set.images is not None
+    ids = [3, 0]
+    rewards, groups = m.rollout(ids)
+    assert rewards.shape == (2, 4) and all(isinstance(g, vlm.VLMRollout) for g in groups)
+    for i, g in zip(ids, groups):  # each group's pixel inputs are its own prompt's image
+        _, (pix,) = encode_prompts(m.processor, [dm.train_set.prompts[i]], [dm.train_set.images[i]])
+        assert all(torch.equal(p["pixel_values"], pix["pixel_values"]) for p in g.pixel_inputs)
+    torch.manual_seed(0)
+    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, generator=m.gen)
+    if res.stats["effective_samples"] > 0:  # images reached the loss: the vision tower got a gradient
+        grads = [p.grad for n, p in m.model.named_parameters() if "vision_tower" in n]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert res.stats["rollouts_spent"] == 16
+    assert 0.0 <= m.evaluate(samples=2) <= 1.0
+
+
+@pytest.mark.slow
+def test_grpo_vade_ddp_with_image_prompts(vlm_run_files, tmp_path):
+    """2 gloo processes, GRPO+VADE on image prompts, 2 steps: the tracker, selection, gradients and weights are
+    identical on both ranks, each rank rolled out its share (with images), the checkpoint holds the VLM and reloads."""
+    import yaml
+    from test_distributed import dumps, pfkit_fit
+
+    from pfkit.runs import RunDir
+
+    files, out = vlm_run_files, tmp_path / "dump"
+    cfg = yaml.safe_load((ROOT / "configs" / "grpo_codegen.yaml").read_text())
+    cfg["model"]["init_args"].update({"policy": str(files / "pol"), "sampler": "vade", "prompts_per_step": 4,
+                                      "group_size": 4, "max_new_tokens": 6, "lr": 0.01, "max_grad_norm": None})
+    cfg["data"]["init_args"].update(task="file", prompts_file=str(files / "data" / "prompts.jsonl"),
+                                    verifier="_dist_helpers:digit_share", n_train=12, n_val=4, steps_per_epoch=10)
+    cfg["trainer"].update(max_steps=2, limit_val_batches=0, callbacks=[
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"save_last": True, "every_n_train_steps": 1, "save_top_k": -1}},
+        {"class_path": "_dist_helpers.DumpState", "init_args": {"out": str(out)}}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    # LLaVA's vision tower has a parameter no forward uses (the pooled output's layer norm; features come
+    # from the last hidden state), so plain DDP would never finish its gradient all-reduce: find them
+    res = pfkit_fit(tmp_path / "c.yaml", tmp_path / "run", "--trainer.strategy", "ddp_find_unused_parameters_true",
+                    "--trainer.devices", "2", "--trainer.accelerator", "cpu", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for step in (1, 2):
+        a, b = dumps(out, 0, step), dumps(out, 1, step)
+        ta, tb = a["sampler"]["tracker"], b["sampler"]["tracker"]
+        for key in ("alpha", "beta", "last_seen", "visits"):
+            assert torch.equal(ta[key], tb[key]), (step, key)
+        assert a["batch"]["prompt_ids"] == b["batch"]["prompt_ids"]
+        mine = [[j for j, p in enumerate(d["batch"]["payload"]) if p is not None] for d in (a, b)]
+        assert mine == [[0, 2], [1, 3]]
+        for d in (a, b):
+            assert all(p["pixel_values"].shape == (1, 3, 32, 32) for g in d["batch"]["payload"] if g is not None
+                       for p in g.pixel_inputs)
+        for n, g in a["grads"].items():  # DDP all-reduced the gradient
+            assert torch.equal(g, b["grads"][n]), (step, n)
+        for n, w in a["params"].items():
+            assert torch.equal(w, b["params"][n]), (step, n)
+    rollouts = RunDir(tmp_path / "run").read("rollouts")
+    assert len(rollouts) == 2 * 4 * 4 and rollouts["image"].str.endswith(".png").all()
+    # the checkpoint holds the VLM: reloading it gives the trained weights
+    from pfkit.modules.grpo import GRPOModule
+
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    m = GRPOModule.load_from_checkpoint(ckpt, weights_only=False)
+    assert m.processor is not None
+    for n, w in m.model.named_parameters():
+        assert torch.equal(w, dumps(out, 0, 2)["params"][n]), n

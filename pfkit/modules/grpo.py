@@ -21,6 +21,7 @@ no collective per decoding step), and a rank with nothing to train runs the same
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +37,10 @@ class GRPOModule(LightningModule):
     """Group Relative Policy Optimization with a difficulty-aware prompt sampler.
 
     Args:
-        policy: local Hugging Face checkpoint folder, or ``"embedded"`` (the shipped code policy).
+        policy: local Hugging Face checkpoint folder, ``"embedded"`` (the shipped code policy) or
+            ``"embedded_vlm"`` (the shipped vision-language policy). A folder whose config is an
+            image-text-to-text model (Qwen2.5-VL, LLaVA, ...) loads as a VLM with its processor, and the
+            prompt set's images (``PromptSet.images``) go into its rollouts and every log-prob pass.
         sampler: ``uniform`` (plain GRPO) | ``dapo_filter`` (DAPO dynamic sampling) | ``vade`` | ``vade_filter``.
         sampler_options: extra sampler arguments, e.g. ``{"oversample": 1.5, "max_rounds": 8,
             "tracker": {"global_decay": 0.99, "local_decay": 0.8, "local_clock": "visits"}}``.
@@ -51,7 +55,10 @@ class GRPOModule(LightningModule):
         log_rollouts, log_difficulty: write rollouts.parquet / difficulty.parquet (``all`` prompts each
             step, ``touched`` ones only, or ``none``).
         shared_prefix: run each group's prompt through the model once (``shared_prefix_logprobs``);
-            False = one full teacher-forced pass per sample (``pfkit.rollout.sequence_logprobs``).
+            False = one full teacher-forced pass per sample (``pfkit.rollout.sequence_logprobs``). A VLM
+            always takes the full pass (``pfkit.rollout.vlm.sequence_logprobs``).
+        chat_template: VLM only: wrap each prompt in the processor's chat template (instruction-tuned
+            checkpoints such as Qwen2.5-VL-Instruct).
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -62,7 +69,8 @@ class GRPOModule(LightningModule):
                  kl_estimator: str = "k3", ppo_epochs: int = 1, minibatch_size: int | None = None,
                  max_grad_norm: float | None = 1.0, rollout_budget: int | None = None,
                  eval_temperature: float = 0.0, eval_samples: int = 1, log_rollouts: bool = True,
-                 log_difficulty: str = "all", shared_prefix: bool = True, seed: int = 0):
+                 log_difficulty: str = "all", shared_prefix: bool = True, seed: int = 0,
+                 chat_template: bool = False):
         super().__init__()
         if log_difficulty not in ("all", "touched", "none"):
             raise ValueError(f"log_difficulty must be 'all', 'touched' or 'none', got {log_difficulty!r}")
@@ -73,10 +81,15 @@ class GRPOModule(LightningModule):
         self.model = None
         self.tokenizer = None
         self.ref_model = None
+        self.processor = None
         if policy is not None:
-            from pfkit.models import load_policy
+            from pfkit.models import is_vision_language, load_policy, load_vlm
 
-            self.set_policy(*load_policy(policy))
+            if is_vision_language(policy):
+                model, processor = load_vlm(policy)
+                self.set_policy(model, processor.tokenizer, processor=processor)
+            else:
+                self.set_policy(*load_policy(policy))
         self.prompt_set = None
         self.val_set = None
         self.sampler: PromptSampler | None = None
@@ -88,9 +101,10 @@ class GRPOModule(LightningModule):
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------------------------------ setup
-    def set_policy(self, model, tokenizer) -> GRPOModule:
-        """Use an in-memory policy (Python API; ``policy=None`` at construction)."""
-        self.model, self.tokenizer = model, tokenizer
+    def set_policy(self, model, tokenizer, processor=None) -> GRPOModule:
+        """Use an in-memory policy (Python API; ``policy=None`` at construction); a VLM also needs its
+        ``processor`` (``tokenizer`` = ``processor.tokenizer``)."""
+        self.model, self.tokenizer, self.processor = model, tokenizer, processor
         if self.hparams.kl_coef > 0:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         return self
@@ -143,11 +157,24 @@ class GRPOModule(LightningModule):
         prompt j is its group's :class:`~pfkit.rollout.Rollout`."""
         h = self.hparams
         ps = self.prompt_set
-        table, ro = sample_and_check(self.model, self.tokenizer, ids, h.group_size, prompts=[ps.prompts[i] for i in ids],
-                                     check=ps.score, max_new_tokens=h.max_new_tokens, temperature=h.temperature,
-                                     top_p=h.top_p, stop=ps.stop, generator=self.gen, return_rollout=True)
+        table, ro = self._sample(ps, ids, h.group_size, temperature=h.temperature, generator=self.gen,
+                                 return_rollout=True)
         rewards = torch.tensor(table["score"].tolist(), dtype=torch.float32)
         return rewards.view(len(ids), h.group_size), ro.groups(h.group_size)
+
+    def _sample(self, ps, ids, n, *, temperature, generator, batch_prompts=None, return_rollout=False):
+        """``sample_and_check`` on prompts ``ids`` of ``ps``: the text one, or the VLM one with their images."""
+        h = self.hparams
+        kw = dict(prompts=[ps.prompts[i] for i in ids], check=ps.score, max_new_tokens=h.max_new_tokens,
+                  temperature=temperature, top_p=h.top_p, stop=ps.stop, generator=generator,
+                  batch_prompts=batch_prompts, return_rollout=return_rollout)
+        if self.processor is None:
+            return sample_and_check(self.model, self.tokenizer, ids, n, **kw)
+        from pfkit.rollout import vlm
+
+        images = [ps.images[i] for i in ids] if ps.images is not None else None
+        return vlm.sample_and_check(self.model, self.processor, ids, n, images=images,
+                                    chat_template=h.chat_template, **kw)
 
     # ------------------------------------------------------------------------------------------- step
     def training_step(self, batch: Any, batch_idx: int):
@@ -196,7 +223,10 @@ class GRPOModule(LightningModule):
                 for g, text in enumerate(group.texts if group is not None else []):  # None: another rank's
                     r = float(batch.rewards[j, g])
                     ids = group.response_ids[g][on[g]].tolist()
-                    rows.append({"step": step, "prompt_id": self.prompt_set.ids[pid], "sample_idx": g,
+                    img = None if self.prompt_set.images is None else self.prompt_set.images[pid]
+                    image = ({} if self.prompt_set.images is None else  # the inspectors show it by the prompt
+                             {"image": str(img) if isinstance(img, (str, Path)) else None})
+                    rows.append({"step": step, "prompt_id": self.prompt_set.ids[pid], "sample_idx": g, **image,
                                  "prompt": self.prompt_set.prompts[pid], "response": text, "reward": r,
                                  "score": r if tested else float("nan"), "kept": True,
                                  "advantage": adv[j * h.group_size + g],
@@ -224,9 +254,7 @@ class GRPOModule(LightningModule):
         total, count = 0.0, 0
         if mine:
             with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
-                table = sample_and_check(self.model, self.tokenizer, mine, n, prompts=[ps.prompts[i] for i in mine],
-                                         check=ps.score, max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size)
+                table = self._sample(ps, mine, n, temperature=temperature, generator=g, batch_prompts=batch_size)
             total, count = float(table["score"].sum()), len(table)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
