@@ -275,3 +275,20 @@ def test_train_vlm_script_writes_a_loadable_policy_and_its_report(tmp_path):
     ro = vlm.generate(model, proc, ["How many red circles are there? Answer:"], _images(1, size=64), max_new_tokens=3,
                       seed=0)
     assert len(ro) == 1
+
+
+def test_embedded_vlm_loads_and_samples_the_visual_task():
+    """The shipped VLM (scripts/train_vlm.py, seed 0) loads offline as a LLaVA and answers a visual problem
+    in the task's vocabulary; its training report says what held-out accuracy it reached."""
+    import json
+
+    from pfkit.models import EMBEDDED_VLM
+    from pfkit.tasks import visual
+
+    model, proc = load_vlm("embedded_vlm")
+    report = json.loads((EMBEDDED_VLM / "train_report.json").read_text())
+    assert report["n_eval"] == 120 * report["eval_samples_per_prompt"]
+    assert sum(report["success_histogram"].values()) == 120
+    p = visual.make_problem("count", 1, seed=5)
+    ro = vlm.generate(model, proc, [p.question + " Answer:"], [p.image], max_new_tokens=4, temperature=0.0)
+    assert ro.texts[0].strip() in {str(i) for i in range(1, 8)}  # a count, as trained
