@@ -222,3 +222,26 @@ def test_every_shipped_study_loads_and_its_job_resolves(name):
     if full.baseline is not None:
         assert all(full.baseline_of(a) is None or full.baseline_of(a) in {b.name for b in full.arms}
                    for a in full.arms)
+
+
+def test_config_list_merges_in_order_and_arms_override_it(tmp_path):
+    """`config: [a, b]` merges as repeated `pfkit fit -c`: mappings key by key, other values replaced;
+    then the study's and the arm's dotted overrides apply on top."""
+    (tmp_path / "a.yaml").write_text("trainer: {max_steps: 5, devices: 1}\nmodel: {init_args: {lr: 0.1, tags: [x, y]}}\n")
+    (tmp_path / "b.yaml").write_text("trainer: {max_steps: 7}\nmodel: {init_args: {tags: [z]}}\n")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        job: pfkit.study:fit_job
+        config: [a.yaml, b.yaml]
+        overrides: {model.init_args.lr: 0.2}
+        arms: {one: {overrides: {trainer.devices: 2}}, two: {}}
+    """))
+    study = load_study(tmp_path / "s.yaml")
+    assert study.config == {"trainer": {"max_steps": 7, "devices": 1}, "model": {"init_args": {"lr": 0.1, "tags": ["z"]}}}
+    one, two = study.arms
+    assert study.config_for(one) == {"trainer": {"max_steps": 7, "devices": 2},
+                                     "model": {"init_args": {"lr": 0.2, "tags": ["z"]}}}
+    assert study.config_for(two)["trainer"]["devices"] == 1
+    assert study.config["model"]["init_args"]["lr"] == 0.1  # config_for copies
+    (tmp_path / "s.yaml").write_text("job: pfkit.study:fit_job\nconfig: [a.yaml, nope.yaml]\narms: {one: {}}\n")
+    with pytest.raises(UserError, match="nope.yaml not found"):
+        load_study(tmp_path / "s.yaml")

@@ -180,28 +180,13 @@ def sft_r2_table(policy, tok, rm, group_size: int, max_new_tokens: int, n_prompt
     return table, s
 
 
-def _merged_config(paths) -> dict:
-    """The LightningCLI YAMLs merged in order (later files override earlier keys), as one config dict."""
-    import yaml
-
-    def merge(base: dict, over: dict) -> dict:
-        for k, v in over.items():
-            base[k] = merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
-
-    cfg: dict = {}
-    for p in paths:
-        cfg = merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
-    return cfg
-
-
 def demo_study(strategies, sources, seeds, rm_folder, policy_path: str, quick: bool, steps: int | None = None,
                overrides: dict | None = None, n_test: int = 128):
     """The demo's runs as a :class:`pfkit.study.Study`: strategy x reward source x seeds, plus the SFT policy's
     own evaluation, paired against PPO-M within each source; evaluation on the test split (greedy)."""
-    from pfkit.study import Arm, Study
+    from pfkit.study import Arm, Study, merge_configs
 
-    cfg = _merged_config(ppo_configs(quick))
+    cfg = merge_configs(ppo_configs(quick))
     over = {"model.init_args.policy": policy_path, "model.init_args.reward_model": str(rm_folder),
             "data.init_args.offset": RM_PROMPT_POOL, "trainer.enable_progress_bar": False,
             "trainer.enable_model_summary": False, **(overrides or {})}
@@ -252,10 +237,8 @@ def run_demo(quick: bool = False, out: str | Path | None = None, seed: int = 0, 
     rm, rm_info, rm_folder = get_reward_model(policy, tok, reward_model, seed, out, log, policy_path, quick)
     study = demo_study(strategies, sources, range(seed, seed + seeds), rm_folder, policy_path, quick, steps,
                        overrides, sizes["n_test"])
-    h = study.config["model"]["init_args"] | {k.split(".")[-1]: v for k, v in study.overrides.items()
-                                             if k.startswith("model.init_args.")}
-    n_iter = int({**study.config["trainer"], **{k.split(".")[-1]: v for k, v in study.overrides.items()
-                                                if k.startswith("trainer.")}}["limit_train_batches"])
+    resolved = study.config_for(study.arms[-1])  # the sizes every PPO arm shares
+    h, n_iter = resolved["model"]["init_args"], int(resolved["trainer"]["limit_train_batches"])
     t = time.perf_counter()
     r2, _ = sft_r2_table(policy, tok, rm, int(h["group_size"]), int(h["max_new_tokens"]), sizes["r2_prompts"], seed,
                          out, strategies)
