@@ -237,7 +237,9 @@ def _bad_checkpoint(ckpt_path):
 NOISE = [
     r".*does not have many workers",
     r".*LeafSpec",
-    r".*modules in eval mode",
+    r".*module\(s\) in eval mode",
+    r".*Experiment logs directory .* exists and is not empty",  # a study writes config.yaml there first
+    r".*overridden `transfer_batch_to_device`",  # pfkit's modules move only the tensors they need, on purpose
     r".*No seed found",
     r".*`max_epochs` was not set",
     r".*log_every_n_steps",
