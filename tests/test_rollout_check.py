@@ -149,15 +149,14 @@ def test_overlap_checks_chunk_k_while_chunk_k_plus_1_is_sampled(tiny, monkeypatc
     seen = []
 
     def check(flat, texts):  # the first chunk's check waits for the next chunk's sampling to begin
-        if not seen:
-            seen.append((threading.current_thread().name, second_started.wait(timeout=20)))
-        else:
-            seen.append((threading.current_thread().name, True))
+        waited = second_started.wait(timeout=20) if not seen else True
+        seen.append((threading.current_thread().name, waited, torch.is_grad_enabled()))
         return [0.5] * len(texts)
 
     t = sample_and_check(model, tok, probs[:4], 2, max_new_tokens=4, seed=0, batch_prompts=2, check=check,
                          overlap=True)
     assert seen[0][0].startswith("pfkit-verify") and seen[0][1], "chunk 0 was not verified during chunk 1's sampling"
+    assert not any(grad for *_, grad in seen)  # no autograd in the verification thread either
     assert t["score"].tolist() == [0.5] * 8
     second_started.clear()
     calls.clear()

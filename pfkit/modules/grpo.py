@@ -53,8 +53,9 @@ class GRPOModule(LightningModule):
         shared_prefix: run each group's prompt through the model once (``shared_prefix_logprobs``);
             False = one full teacher-forced pass per sample (``pfkit.rollout.sequence_logprobs``).
         rollout_batch_prompts: sample the step's prompts in chunks of this many (None = all at once);
-        overlap_verify: with chunks, verify chunk i (sandbox processes) while chunk i+1 is sampled. Same
-            rewards, order and generator draws either way (``pfkit.rollout.sample_and_check``).
+        overlap_verify: with chunks (and in ``evaluate``, which samples in chunks of ``batch_size``), verify
+            chunk i (sandbox processes) while chunk i+1 is sampled. Same rewards, order and generator draws
+            either way (``pfkit.rollout.sample_and_check``).
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -232,7 +233,8 @@ class GRPOModule(LightningModule):
             with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
                 table = sample_and_check(self.model, self.tokenizer, mine, n, prompts=[ps.prompts[i] for i in mine],
                                          check=ps.score, max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size)
+                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size,
+                                         overlap=h.get("overlap_verify", True))
             total, count = float(table["score"].sum()), len(table)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)

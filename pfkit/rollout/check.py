@@ -37,6 +37,13 @@ def verdict_columns(verdict: Any) -> dict[str, Any]:
     return row
 
 
+def _no_grad(fn, *args):
+    """``fn(*args)`` without autograd: grad mode is per thread, and a checker (a reward model) run in the
+    verification thread must not build graphs any more than it would in the caller's ``no_grad``."""
+    with torch.no_grad():
+        return fn(*args)
+
+
 @torch.no_grad()
 def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, max_new_tokens: int = 96,
                      temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
@@ -76,7 +83,8 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
 
         starts = tqdm(starts, desc=progress, unit="batch")
     rows, rollouts, pending = [], [], []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="pfkit-verify") if overlap else None
+    n_chunks = -(-len(problems) // step)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pfkit-verify") if overlap and n_chunks > 1 else None
     try:
         for s in starts:
             chunk = problems[s:s + step]
@@ -84,7 +92,7 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
                           generator=generator, seed=None if (seed is None or generator is not None) else seed + s)
             flat = [p for p in chunk for _ in range(group_size)]
-            verdicts = pool.submit(check, flat, ro.texts) if pool is not None else check(flat, ro.texts)
+            verdicts = pool.submit(_no_grad, check, flat, ro.texts) if pool is not None else check(flat, ro.texts)
             pending.append((s, flat, ro, verdicts))
             if return_rollout:
                 rollouts.append(ro)

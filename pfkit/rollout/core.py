@@ -28,9 +28,11 @@ logits processors): rows are sorted by prompt length and split into groups, each
 pre-allocated KV cache trimmed to its longest prompt (prefill and attention skip most padding); the dense
 layers of a step run over the whole batch; single-query attention is matmul-softmax-matmul; sampling
 inverts the CDF with one uniform per row, and top-p uses a partial sort. Finished rows are dropped from the
-batch (caches compacted once a quarter of the rows are done) and the loop exits when all are done. Any
-other causal LM runs through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
-``benchmarks/rollout.py`` compares against ``model.generate``.
+batch (caches compacted once a quarter of the rows are done) and the loop exits when all are done. Other
+``transformers`` causal LMs (Llama, Qwen2, ...) run their own modules over a pre-allocated ``StaticCache``
+with a single-query attention kernel for the decoding steps (:class:`~pfkit.rollout.runners._StaticRunner`);
+anything else through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
+``benchmarks/rollout.py`` compares against ``model.generate`` and prints the FLOP floor.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The GPT-2 runner is a hand-rolled decode loop over the model's own weights (pre-allocated KV cache per
 group of similar prompt lengths, single-query matmul attention, dropped finished rows); it is kept because
-``benchmarks/rollout.py`` measures it faster than ``model.generate``. Any other causal LM runs through
-:class:`HFRunner` (its own forward with a ``DynamicCache``; same results, less speed).
+``benchmarks/rollout.py`` measures it faster than ``model.generate``. Other ``transformers`` causal LMs run
+:class:`_StaticRunner` (their own modules, a ``StaticCache``, pfkit's single-query attention kernel); anything
+else :class:`_HFRunner` (its own forward with a ``DynamicCache``; same results, less speed).
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ class _StaticRunner:
 
         return (isinstance(model, PreTrainedModel) and bool(getattr(model, "_can_compile_fullgraph", False))
                 and not getattr(model.config, "is_encoder_decoder", False)
+                and not getattr(model.config, "sub_configs", None)  # text-only LMs (no vision/audio towers)
                 and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"))
 
     def __init__(self, model):
