@@ -52,6 +52,10 @@ class GRPOModule(LightningModule):
             step, ``touched`` ones only, or ``none``).
         shared_prefix: run each group's prompt through the model once (``shared_prefix_logprobs``);
             False = one full teacher-forced pass per sample (``pfkit.rollout.sequence_logprobs``).
+        rollout_batch_prompts: sample the step's prompts in chunks of this many (None = all at once);
+        overlap_verify: with chunks (and in ``evaluate``, which samples in chunks of ``batch_size``), verify
+            chunk i (sandbox processes) while chunk i+1 is sampled. Same rewards, order and generator draws
+            either way (``pfkit.rollout.sample_and_check``).
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -62,7 +66,8 @@ class GRPOModule(LightningModule):
                  kl_estimator: str = "k3", ppo_epochs: int = 1, minibatch_size: int | None = None,
                  max_grad_norm: float | None = 1.0, rollout_budget: int | None = None,
                  eval_temperature: float = 0.0, eval_samples: int = 1, log_rollouts: bool = True,
-                 log_difficulty: str = "all", shared_prefix: bool = True, seed: int = 0):
+                 log_difficulty: str = "all", shared_prefix: bool = True, rollout_batch_prompts: int | None = None,
+                 overlap_verify: bool = True, seed: int = 0):
         super().__init__()
         if log_difficulty not in ("all", "touched", "none"):
             raise ValueError(f"log_difficulty must be 'all', 'touched' or 'none', got {log_difficulty!r}")
@@ -145,7 +150,9 @@ class GRPOModule(LightningModule):
         ps = self.prompt_set
         table, ro = sample_and_check(self.model, self.tokenizer, ids, h.group_size, prompts=[ps.prompts[i] for i in ids],
                                      check=ps.score, max_new_tokens=h.max_new_tokens, temperature=h.temperature,
-                                     top_p=h.top_p, stop=ps.stop, generator=self.gen, return_rollout=True)
+                                     top_p=h.top_p, stop=ps.stop, generator=self.gen, return_rollout=True,
+                                     batch_prompts=h.get("rollout_batch_prompts"),
+                                     overlap=h.get("overlap_verify", True))
         rewards = torch.tensor(table["score"].tolist(), dtype=torch.float32)
         return rewards.view(len(ids), h.group_size), ro.groups(h.group_size)
 
@@ -226,7 +233,8 @@ class GRPOModule(LightningModule):
             with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
                 table = sample_and_check(self.model, self.tokenizer, mine, n, prompts=[ps.prompts[i] for i in mine],
                                          check=ps.score, max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size)
+                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size,
+                                         overlap=h.get("overlap_verify", True))
             total, count = float(table["score"].sum()), len(table)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
