@@ -43,7 +43,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_the_assets_and_configs_once(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for need in ("pfkit/assets/policy/model.safetensors", "pfkit/assets/policy/tokenizer.json",
-                 "pfkit/assets/reward/reward_model.pt", "pfkit/assets/reward/config.json",
+                 "pfkit/assets/reward/model.safetensors", "pfkit/assets/reward/pfkit.json",
                  "pfkit/assets/synthetic_medical.npz", "pfkit/configs/pfppo_codegen.yaml",
                  "pfkit/configs/demo/pfppo_quick.yaml", "pfkit/configs/gpu/pfppo_ddp.yaml",
                  "pfkit/sandbox/_worker.py"):
