@@ -51,6 +51,9 @@ CASES = [
     ("demo-data", ["demo", "noisemask", "--quick", "--data", "samples.jsonl"], "samples.jsonl is not an .npz archive"),
     ("evaluate-samples", ["evaluate", "humaneval", "--samples", "missing.jsonl"], "samples file not found"),
     ("analyze-folder", ["analyze-filtration", "not_a_run"], "has no rollouts.parquet"),
+    # a shipped study by name from outside the checkout: found (its arms are listed), the arm is the mistake
+    ("study-arm", ["study", "-c", "noisemask", "--quick", "--arms", "nope"], "arms: baseline, random_mask"),
+    ("study-missing", ["study", "-c", "nosuchstudy"], "nosuchstudy not found"),
 ]
 
 
