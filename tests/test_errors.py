@@ -3,12 +3,12 @@ wrong and how to fix it, no traceback; ``PFKIT_DEBUG=1`` shows the traceback."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PFPPO = str(ROOT / "configs" / "pfppo_codegen.yaml")
@@ -59,7 +59,7 @@ CASES = [
 
 def _pfkit(args, cwd, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "pfkit.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=child_env_for(**(env or {})))
 
 
 @pytest.mark.slow
