@@ -258,13 +258,15 @@ def _bad_checkpoint(ckpt_path):
 NOISE = [
     r".*does not have many workers",
     r".*LeafSpec",
-    r".*modules in eval mode",
+    r".*module(\(s\)|s)? in eval mode",  # Lightning 2.6 says "Found N module(s) in eval mode"
     r".*No seed found",
     r".*`max_epochs` was not set",
     r".*log_every_n_steps",
     r".*The number of training batches",
     r".*Checkpoint directory .* exists and is not empty",
     r".*LightningCLI's args parameter is intended",
+    # the RL modules move their own (non-tensor) batches: by design, whatever the datamodule
+    r".*You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
 ]
 
 
@@ -308,6 +310,7 @@ def make_cli(argv: list[str], *, run: bool = True):
     ``cli.trainer`` (the run folder's CSV logger and ``config.yaml`` included), so demos and studies run
     ``configs/*.yaml`` with overrides exactly as ``pfkit fit`` would: ``cli.trainer.fit(cli.model,
     datamodule=cli.datamodule)``."""
+    quiet()  # also in a study's worker process, which builds its run here without going through main()
     argv = resolve_configs(argv)
     check_renamed(argv)
     quiet()

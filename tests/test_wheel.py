@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -110,6 +111,10 @@ def test_wheel_in_a_fresh_venv_runs_the_quick_demo_outside_the_checkout(wheel, t
     # the demo's arms by their study level names: PPO-M (strategy none), BW, and the SFT evaluation
     assert {r.get("strategy") for r in summary["pass_at_1"]} == {"sft", "ppo_m", "bw"}
     assert summary["reward_model"] and "Traceback" not in res.stderr
+    # a quiet terminal: progress bars and pfkit's own lines; no library warning (they name their file)
+    stray = [ln for ln in re.split(r"[\r\n]", res.stdout + res.stderr)
+             if ("Warning" in ln or "site-packages" in ln or "warn(" in ln) and "site-packages/pfkit/" not in ln]
+    assert not stray, stray[:10]
     # the noise-mask demo reads studies/noisemask.yaml, package data now (two arms keep the test short)
     res = _run([venv / "bin" / "pfkit", "demo", "noisemask", "--quick", "--arms", "baseline,faithful", "--out", "nm",
                 "--threads", "1"], cwd=work, timeout=1500)
