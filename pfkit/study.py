@@ -312,19 +312,29 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(pending))))
     payload = [(asdict(s) | {"run_dir": str(s.run_dir)}) for s in pending]
     errors, done, t0 = [], 0, time.time()
+    # a bar over the runs on a terminal (disable=None: off when stderr is not a TTY, e.g. tests, CI logs);
+    # the per-run lines print above it
+    from tqdm import tqdm  # not tqdm.auto: without ipywidgets a notebook would get a warning on stderr
+
+    bar = tqdm(total=len(pending), desc=f"study {study.name}", unit="run", disable=None, leave=False)
+
+    def say(msg):
+        with tqdm.external_write_mode():
+            log(msg)
 
     def report(spec: RunSpec, row: dict | None, err: BaseException | None):
         nonlocal done
         done += 1
+        bar.update(1)
         what = f"{spec.arm} seed {spec.seed}"
         if err is not None:
             msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             errors.append(f"{what}: {msg} (see {spec.run_dir / 'error.txt'})")
-            log(f"study {study.name}: [{done}/{len(pending)}] {what} FAILED: {msg}")
+            say(f"study {study.name}: [{done}/{len(pending)}] {what} FAILED: {msg}")
         else:
             shown = {k: row[k] for k in study.metrics[:2] if k in row}
             vals = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-            log(f"study {study.name}: [{done}/{len(pending)}] {what} done in {row['wall_s']:.0f} s"
+            say(f"study {study.name}: [{done}/{len(pending)}] {what} done in {row['wall_s']:.0f} s"
                 f"{': ' + vals if vals else ''} ({time.time() - t0:.0f} s elapsed)")
 
     if launcher == "local":
@@ -337,6 +347,7 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
             for fut in as_completed(futures):
                 err = fut.exception()
                 report(futures[fut], None if err else fut.result(), err)
+        bar.close()
         return errors
 
     import submitit
@@ -361,6 +372,7 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
                     report(s, None, e)
         if running:
             time.sleep(0.2)
+    bar.close()
     return errors
 
 

@@ -245,3 +245,36 @@ def test_config_list_merges_in_order_and_arms_override_it(tmp_path):
     (tmp_path / "s.yaml").write_text("job: pfkit.study:fit_job\nconfig: [a.yaml, nope.yaml]\narms: {one: {}}\n")
     with pytest.raises(UserError, match="nope.yaml not found"):
         load_study(tmp_path / "s.yaml")
+
+
+@pytest.mark.slow
+def test_a_terminal_shows_a_bar_over_the_runs_and_a_pipe_does_not(tmp_path):
+    """On a TTY the study draws a tqdm bar over its runs (per-run lines above it); captured output (tests,
+    CI logs, notebooks) gets the lines only."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    path = write_study(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "study", "-c", str(path), "--out",
+                             str(tmp_path / "tty"), "--workers", "2"], stdout=slave, stderr=slave, cwd=tmp_path,
+                            env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "study toy: [6/6]" in shown and "6/6 [" in shown and ("run/s" in shown or "s/run" in shown), shown[-2000:]
+    piped = run_cli(tmp_path, "-c", str(path), "--out", str(tmp_path / "pipe"), "--workers", "2")
+    assert piped.returncode == 0 and "s/run" not in piped.stderr + piped.stdout and "run/s" not in piped.stderr

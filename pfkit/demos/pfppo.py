@@ -168,7 +168,7 @@ def sft_r2_table(policy, tok, rm, group_size: int, max_new_tokens: int, n_prompt
 
     problems = codegen.splits(seed)["val"][:n_prompts]
     s = sample_and_check(policy, tok, problems, group_size, max_new_tokens=max_new_tokens, temperature=1.0,
-                         top_p=0.9, seed=seed + 29, batch_prompts=16)
+                         top_p=0.9, seed=seed + 29, batch_prompts=16, progress="SFT samples for R²")
     s["reward"] = rm.score_texts(tok, list(s["prompt"]), list(s["response"])).numpy()
     s["step"] = 0
     s["kept"] = True
