@@ -195,7 +195,8 @@ class GRPOModule(LightningModule):
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
             self.trainer.should_stop = True
             return None
-        res = grpo.step(self.model, self.optimizers(), self.sampler, self.rollout, self.config,
+        sampler = self.sampler if self.engine is None else _EngineSleeps(self.sampler, self.engine)
+        res = grpo.step(self.model, self.optimizers(), sampler, self.rollout, self.config,
                         ref_policy=self.ref_model, generator=self.gen, backward=self.manual_backward,
                         device=self.device)
         stats = res.stats
@@ -304,3 +305,20 @@ class GRPOModule(LightningModule):
         if "grpo_rng" in state:
             self.gen.set_state(state["grpo_rng"])
         self.effective_total = int(state.get("grpo_effective_total", 0))
+
+
+class _EngineSleeps:
+    """The sampler, with the vLLM engine put to sleep once a step's rollouts are collected, so the update has
+    its device memory (a no-op where vLLM has no sleep mode, e.g. CPU); the weight push after the step wakes it."""
+
+    def __init__(self, sampler, engine):
+        self._sampler, self._engine = sampler, engine
+
+    def collect(self, *args, **kwargs):
+        try:
+            return self._sampler.collect(*args, **kwargs)
+        finally:
+            self._engine.sleep()
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)
