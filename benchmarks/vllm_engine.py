@@ -1,6 +1,7 @@
 """vLLM engine vs pfkit's own decoder on the embedded policy, side by side in one process.
 
     .venv-vllm/bin/python benchmarks/vllm_engine.py [--prompts 64] [--tokens 48] [--rounds 3] [--group-size 1]
+    .venv-vllm/bin/python benchmarks/vllm_engine.py --grpo [--steps 3]   # GRPO step time, engine hf vs vllm
 
 Prints: engine import/build time, the log-prob gap against the teacher-forced HF forward, weight-push time,
 and tokens/s (wall and process CPU) for ``pfkit.rollout.generate`` and ``VLLMEngine.generate`` on the same
@@ -23,7 +24,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=1)
+    ap.add_argument("--grpo", action="store_true", help="time `pfkit fit` steps with engine hf and vllm instead")
+    ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
+    if args.grpo:
+        return grpo_steps(args.steps)
 
     import torch
 
@@ -72,6 +77,41 @@ def main() -> None:
         print(f"{name:<16}{n / wall:>16.0f}{n / cpu:>16.0f}{wall / len(rows):>14.2f}")
     print(f"vLLM / pfkit (wall): {rate['vLLM engine'] / rate['pfkit generate']:.2f}x")
     eng.close()
+
+
+def grpo_steps(steps: int) -> None:
+    """``pfkit fit`` (configs/grpo_codegen.yaml, 4 prompts x 4 samples x 64 tokens) with each engine, one
+    subprocess each (vLLM changes the process's threading), one after the other; step times from metrics.csv.
+    The first step of each includes nothing of the engine build (built in ``on_fit_start``)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in ("hf", "vllm"):
+            run = Path(tmp) / engine
+            cmd = [sys.executable, "-m", "pfkit.cli", "fit", "-c", str(root / "configs/grpo_codegen.yaml"),
+                   "--run_dir", str(run), "--model.init_args.engine", engine, "--model.init_args.sampler", "uniform",
+                   "--model.init_args.prompts_per_step", "4", "--model.init_args.group_size", "4",
+                   "--model.init_args.max_new_tokens", "64", "--data.init_args.n_train", "8",
+                   "--data.init_args.n_val", "4", "--data.init_args.steps_per_epoch", str(steps),
+                   "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false"]
+            w0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(root)})
+            m = pd.read_csv(run / "metrics.csv").dropna(subset=["train/step_time"])
+            rows.append({"engine": engine, "process_s": time.perf_counter() - w0,
+                         "step_s_median": m["train/step_time"].median(),
+                         "step_cpu_s_median": m["train/step_cpu_time"].median(),
+                         "push_s_median": m["train/engine_push_time"].median() if "train/engine_push_time" in m else 0.0,
+                         "steps": len(m)})
+    print(f"GRPO steps (4 prompts x 4 x <= 64 tokens, {steps} steps), load average {os.getloadavg()[0]:.1f} "
+          "(shared machine)")
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
 
 
 if __name__ == "__main__":

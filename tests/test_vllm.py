@@ -206,30 +206,38 @@ def test_weight_push_changes_samples_and_restoring_restores_them(engine):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_grpo_fit_end_to_end_with_the_engine(tmp_path):
-    """``pfkit fit`` with engine=vllm (a subprocess): two GRPO steps, weights pushed after each, the IS stats
-    logged, and the rollouts written."""
-    import pandas as pd
+    """``pfkit fit`` with engine=vllm (a subprocess): two GRPO steps on the embedded policy, weights pushed after
+    each, the truncated-IS stats logged, rollouts written. The reward (even response length, a verifier module
+    written here) varies within groups, so every step trains through the correction."""
+    import json
 
+    from pfkit.runs import RunDir
+    from pfkit.tasks import codegen
+
+    (tmp_path / "evenlen.py").write_text("def reward(prompt, completion):\n    return float(len(completion) % 2 == 0)\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": p.task_id, "prompt": p.prompt})
+                                 for p in codegen.splits(seed=0)["train"][:12]))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pfkit.cli", "fit", "-c", str(ROOT / "configs/grpo_codegen.yaml"), "--run_dir", str(run),
            "--model.init_args.engine", "vllm", "--model.init_args.sampler", "uniform",
            "--model.init_args.prompts_per_step", "4", "--model.init_args.group_size", "4",
-           "--model.init_args.lr", "1e-3", "--model.init_args.max_new_tokens", "64",
+           "--model.init_args.lr", "1e-3", "--model.init_args.max_new_tokens", "32",
+           "--data.init_args.task", "jsonl", "--data.init_args.prompts_file", str(prompts),
+           "--data.init_args.verifier", "evenlen:reward",
            "--data.init_args.n_train", "8", "--data.init_args.n_val", "4", "--data.init_args.steps_per_epoch", "2",
            "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    metrics = pd.read_csv(run / "metrics.csv")
+    metrics = RunDir(run).metrics()
     steps = metrics.dropna(subset=["train/step_time"])
     assert len(steps) == 2 and (steps["train/engine_push_time"] > 0).all()
     print("GRPO step time (s):", steps["train/step_time"].round(2).tolist(),
-          "push (s):", steps["train/engine_push_time"].round(3).tolist())
-    if "train/is_ratio_mean" in steps:  # only steps with a non-zero advantage train (and log the IS stats)
-        trained = steps.dropna(subset=["train/is_ratio_mean"])
-        assert (trained["train/engine_logp_gap"] < 1e-3).all()  # float32 engine: ratios ~ 1
-        assert ((trained["train/is_ratio_mean"] - 1).abs() < 1e-3).all()
-    from pfkit.runs import RunDir
-
+          "push (s):", steps["train/engine_push_time"].round(3).tolist(),
+          "log-prob gap:", steps["train/engine_logp_gap"].tolist())
+    assert (steps["train/effective_samples"] > 0).all() and steps["train/loss"].notna().all()
+    assert (steps["train/engine_logp_gap"] < 1e-4).all()  # float32 engine: the ratios are ~1
+    assert ((steps["train/is_ratio_mean"] - 1).abs() < 1e-3).all() and (steps["train/is_frac_capped"] == 0).all()
     rollouts = RunDir(run).read("rollouts")
-    assert len(rollouts) == 2 * 4 * 4 and rollouts["response"].map(lambda t: find_stop(t, CODE_STOPS) is None).all()
+    assert len(rollouts) == 2 * 4 * 4 and set(rollouts["reward"]) == {0.0, 1.0}

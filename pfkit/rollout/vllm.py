@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import string
 import tempfile
 import time
@@ -197,7 +198,7 @@ class VLLMEngine:
                              f"{self.max_model_len} positions; shorten the prompts or lower max_new_tokens")
         if seed is None:
             seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None
-                    else int(torch.seed() % (2**31 - 1)))
+                    else secrets.randbelow(2**31 - 1))  # fresh, without touching torch's global RNG
         self.wake()
         n = group_size
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]  # prompt-major, as generate
