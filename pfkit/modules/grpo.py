@@ -56,6 +56,12 @@ class GRPOModule(LightningModule):
         overlap_verify: with chunks (and in ``evaluate``, which samples in chunks of ``batch_size``), verify
             chunk i (sandbox processes) while chunk i+1 is sampled. Same rewards, order and generator draws
             either way (``pfkit.rollout.sample_and_check``).
+        engine: rollout engine: ``hf`` (``pfkit.rollout.generate`` on the trained model) or ``vllm``
+            (:class:`pfkit.rollout.vllm.VLLMEngine`, colocated in this process, weights pushed after every
+            optimizer step; ``pip install pfkit[vllm]``). engine_options: ``VLLMEngine`` arguments, e.g.
+            ``{"gpu_memory_utilization": 0.3, "kv_cache_gb": 1, "sleep": true}``.
+        is_cap: with ``engine: vllm``, truncated importance-sampling cap C (token loss x min(pi_train /
+            pi_vllm, C), :func:`pfkit.rl.grpo.truncated_is_weights`); None = no correction. Ignored by ``hf``.
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -67,10 +73,13 @@ class GRPOModule(LightningModule):
                  max_grad_norm: float | None = 1.0, rollout_budget: int | None = None,
                  eval_temperature: float = 0.0, eval_samples: int = 1, log_rollouts: bool = True,
                  log_difficulty: str = "all", shared_prefix: bool = True, rollout_batch_prompts: int | None = None,
-                 overlap_verify: bool = True, seed: int = 0):
+                 overlap_verify: bool = True, seed: int = 0, engine: str = "hf", engine_options: dict | None = None,
+                 is_cap: float | None = 2.0):
         super().__init__()
         if log_difficulty not in ("all", "touched", "none"):
             raise ValueError(f"log_difficulty must be 'all', 'touched' or 'none', got {log_difficulty!r}")
+        if engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
         if ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {ppo_epochs}")
         self.save_hyperparameters()
@@ -91,6 +100,7 @@ class GRPOModule(LightningModule):
         self.step_times: list[float] = []
         self.step_cpu_times: list[float] = []
         self.history: list[dict] = []
+        self.engine = None  # the vLLM engine, built on first use (engine="vllm")
 
     # ------------------------------------------------------------------------------------------ setup
     def set_policy(self, model, tokenizer) -> GRPOModule:
@@ -130,6 +140,10 @@ class GRPOModule(LightningModule):
         if self.sampler is None:
             self._build_sampler()
 
+    def on_fit_start(self) -> None:
+        if self.hparams.engine == "vllm":  # build now (after configure_model), not inside the first step's timing
+            self._engine()
+
     def configure_model(self) -> None:
         # FSDP (ModelParallelStrategy): shard the policy; the frozen reference stays replicated
         if self.device_mesh is not None:
@@ -140,7 +154,33 @@ class GRPOModule(LightningModule):
 
     @property
     def config(self) -> grpo.GRPOConfig:
-        return grpo.GRPOConfig.from_dict(self.hparams)
+        cfg = grpo.GRPOConfig.from_dict(self.hparams)
+        if self.hparams.engine == "hf":  # same sampler as trainer: nothing to correct
+            cfg.is_cap = None
+        return cfg
+
+    def _engine(self):
+        """The vLLM engine holding the current weights (built from the policy's folder on first use)."""
+        if self.engine is None:
+            if self.device_mesh is not None:
+                raise ValueError("engine='vllm' does not support FSDP (ModelParallelStrategy) yet; use DDP or "
+                                 "engine='hf'")
+            from pfkit.rollout.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(self.model, self.tokenizer, path=self.hparams.policy,
+                                     max_new_tokens=self.hparams.max_new_tokens, **(self.hparams.engine_options or {}))
+        return self.engine
+
+    def _sample_and_check(self, ids, prompts, group_size, *, temperature, generator, check, stop, **kw):
+        """``sample_and_check`` through the configured engine (same table and rollout)."""
+        h = self.hparams
+        if h.engine == "hf":
+            return sample_and_check(self.model, self.tokenizer, ids, group_size, prompts=prompts, check=check,
+                                    max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p,
+                                    stop=stop, generator=generator, overlap=h.get("overlap_verify", True), **kw)
+        return self._engine().sample_and_check(ids, group_size, prompts=prompts, check=check,
+                                               max_new_tokens=h.max_new_tokens, temperature=temperature,
+                                               top_p=h.top_p, stop=stop, generator=generator, **kw)
 
     # ---------------------------------------------------------------------------------------- rollout
     def rollout(self, ids: list[int]) -> tuple[torch.Tensor, list]:
@@ -148,11 +188,9 @@ class GRPOModule(LightningModule):
         prompt j is its group's :class:`~pfkit.rollout.Rollout`."""
         h = self.hparams
         ps = self.prompt_set
-        table, ro = sample_and_check(self.model, self.tokenizer, ids, h.group_size, prompts=[ps.prompts[i] for i in ids],
-                                     check=ps.score, max_new_tokens=h.max_new_tokens, temperature=h.temperature,
-                                     top_p=h.top_p, stop=ps.stop, generator=self.gen, return_rollout=True,
-                                     batch_prompts=h.get("rollout_batch_prompts"),
-                                     overlap=h.get("overlap_verify", True))
+        table, ro = self._sample_and_check(ids, [ps.prompts[i] for i in ids], h.group_size, check=ps.score,
+                                           temperature=h.temperature, stop=ps.stop, generator=self.gen,
+                                           return_rollout=True, batch_prompts=h.get("rollout_batch_prompts"))
         rewards = torch.tensor(table["score"].tolist(), dtype=torch.float32)
         return rewards.view(len(ids), h.group_size), ro.groups(h.group_size)
 
@@ -162,10 +200,13 @@ class GRPOModule(LightningModule):
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
             self.trainer.should_stop = True
             return None
-        res = grpo.step(self.model, self.optimizers(), self.sampler, self.rollout, self.config,
+        sampler = self.sampler if self.engine is None else _EngineSleeps(self.sampler, self.engine)
+        res = grpo.step(self.model, self.optimizers(), sampler, self.rollout, self.config,
                         ref_policy=self.ref_model, generator=self.gen, backward=self.manual_backward,
                         device=self.device)
         stats = res.stats
+        if self.engine is not None:  # the next rollouts sample from the updated weights
+            stats["engine_push_time"] = self.engine.push(self.model)
         self._last_batch, self._last_adv = res.batch, res.advantages
         if res.batch.payload:
             self.effective_total += int(stats["effective_samples"])
@@ -231,10 +272,9 @@ class GRPOModule(LightningModule):
         total, count = 0.0, 0
         if mine:
             with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
-                table = sample_and_check(self.model, self.tokenizer, mine, n, prompts=[ps.prompts[i] for i in mine],
-                                         check=ps.score, max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                         top_p=h.top_p, stop=ps.stop, generator=g, batch_prompts=batch_size,
-                                         overlap=h.get("overlap_verify", True))
+                table = self._sample_and_check(mine, [ps.prompts[i] for i in mine], n, check=ps.score,
+                                               temperature=temperature, stop=ps.stop, generator=g,
+                                               batch_prompts=batch_size)
             total, count = float(table["score"].sum()), len(table)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
@@ -270,3 +310,20 @@ class GRPOModule(LightningModule):
         if "grpo_rng" in state:
             self.gen.set_state(state["grpo_rng"])
         self.effective_total = int(state.get("grpo_effective_total", 0))
+
+
+class _EngineSleeps:
+    """The sampler, with the vLLM engine put to sleep once a step's rollouts are collected, so the update has
+    its device memory (a no-op where vLLM has no sleep mode, e.g. CPU); the weight push after the step wakes it."""
+
+    def __init__(self, sampler, engine):
+        self._sampler, self._engine = sampler, engine
+
+    def collect(self, *args, **kwargs):
+        try:
+            return self._sampler.collect(*args, **kwargs)
+        finally:
+            self._engine.sleep()
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)
