@@ -7,24 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _inspect_runs import sampler_run
 
-from pfkit.data.samplers import difficulty_rows, make_sampler
 from pfkit.inspect import difficulty as D
 from pfkit.runs import RunDir
-
-
-def sampler_run(path, steps=5, n=10, k=3, G=4):
-    """difficulty.parquet written by the real samplers (vade and uniform) on fixed success rates."""
-    run = RunDir(path)
-    p = torch.linspace(0.05, 0.95, n)
-    for name in ("vade", "uniform"):
-        s = make_sampler(name, n, G, seed=1)
-        g = torch.Generator().manual_seed(3)
-        for step in range(steps):
-            b = s.collect(k, lambda ids, g=g: (torch.bernoulli(p[ids].unsqueeze(1).expand(len(ids), G), generator=g),
-                                               [None] * len(ids)))
-            run.append("difficulty", difficulty_rows(s, b, step, names=[f"t{i}" for i in range(n)]), step=step)
-    return run
 
 
 def test_effective_ratio_is_the_mixed_share_of_selected_groups(tmp_path):
@@ -59,6 +45,73 @@ def test_infogain_figure_rings_the_selected_draws(tmp_path):
     fig_u = D.infogain_figure(data, "uniform", 4)
     assert "posterior mean" in fig_u.axes[0].get_xlabel()
     assert D.build_app(tmp_path) is not None
+
+
+def _expected_decision(d: pd.DataFrame, score) -> dict:
+    """The step's decision from the parquet rows with numpy: candidates = rows with a draw."""
+    c = d[d["draw"].notna()]
+    x = c["draw"].to_numpy()
+    sc = score(x)
+    sel = c["selected"].to_numpy()
+    k = int(sel.sum())
+    top = set(c["prompt_id"].to_numpy()[np.argsort(-sc, kind="stable")[:k]])
+    return {"candidates": len(c), "k": k, "agree": len(top & set(c.loc[c.selected, "prompt_id"])),
+            "min_sel": sc[sel].min(), "max_unsel": sc[~sel].max(), "mean_x": x[sel].mean(),
+            "mean_sel": sc[sel].mean(), "mean_all": sc.mean()}
+
+
+def test_decision_numbers_match_numpy_and_follow_the_config(tmp_path):
+    """VADE's step decision: 3 of 3 top-scoring draws selected (the paper's criterion by default); a run whose
+    config.yaml sets the p1p variant is scored by p(1-p); MoPPS by closeness to its target rate."""
+    sampler_run(tmp_path / "a")
+    data = D.Difficulty(tmp_path / "a")
+    raw = pd.read_parquet(tmp_path / "a" / "difficulty.parquet")
+    for step in range(5):
+        d = raw[(raw.sampler == "vade") & (raw.step == step)]
+        e = _expected_decision(d, lambda x: x * (1 - x) ** 2)
+        dc = D.decision(data, "vade", step)
+        assert (dc["candidates"], dc["k"], dc["top_k_agree"]) == (e["candidates"], 3, 3) == (10, 3, e["agree"])
+        for key, want in (("min_selected", "min_sel"), ("max_unselected", "max_unsel"),
+                          ("mean_x_selected", "mean_x"), ("mean_score_selected", "mean_sel"),
+                          ("mean_score_all", "mean_all")):
+            assert dc[key] == pytest.approx(e[want])
+        assert dc["min_selected"] >= dc["max_unselected"]  # top-k: the cut separates them
+    md = D.decision_markdown(data, "vade", 4)
+    assert "I(p) = p(1−p)² (VADE)** (the sampler's default)" in md and "**3 of 3**" in md
+    assert "Scoring curve: none" in D.decision_markdown(data, "uniform", 4)
+
+    sampler_run(tmp_path / "b", samplers=("vade",), options={"vade": {"tracker": {"variant": "p1p"}}},
+                config={"sampler": "vade", "group_size": 4, "sampler_options": {"tracker": {"variant": "p1p"}}})
+    data = D.Difficulty(tmp_path / "b")
+    raw = pd.read_parquet(tmp_path / "b" / "difficulty.parquet")
+    d = raw[raw.step == 3]
+    e = _expected_decision(d, lambda x: x * (1 - x))
+    dc = D.decision(data, "vade", 3)
+    assert dc["scoring"].criterion == "variance" and dc["scoring"].source == "config.yaml"
+    assert dc["top_k_agree"] == e["agree"] == 3 and dc["min_selected"] == pytest.approx(e["min_sel"])
+    assert "**p(1−p)** (from the run's config.yaml)" in D.decision_markdown(data, "vade", 3)
+
+    sampler_run(tmp_path / "c", samplers=("mopps",), options={"mopps": {"target_success_rate": 0.3}},
+                config={"sampler": "mopps", "sampler_options": {"target_success_rate": 0.3}})
+    data = D.Difficulty(tmp_path / "c")
+    raw = pd.read_parquet(tmp_path / "c" / "difficulty.parquet")
+    d = raw[raw.step == 2]
+    e = _expected_decision(d, lambda x: -(x - 0.3) ** 2)
+    dc = D.decision(data, "mopps", 2)
+    assert dc["scoring"].target == 0.3 and dc["candidates"] == e["candidates"] < 10  # ceil(3 / 0.6) = 5
+    assert dc["top_k_agree"] == e["agree"] == 3 and dc["mean_score_all"] == pytest.approx(e["mean_all"])
+
+
+def test_effective_table_matches_pandas(tmp_path):
+    sampler_run(tmp_path)
+    raw = pd.read_parquet(tmp_path / "difficulty.parquet")
+    t = D.effective_table(D.Difficulty(tmp_path))
+    assert list(t.columns) == ["step", "uniform", "uniform groups", "vade", "vade groups"]
+    for r in t.itertuples(index=False):
+        for s in ("uniform", "vade"):
+            g = raw[(raw.sampler == s) & (raw.step == r.step) & raw.selected & (raw.trials > 0)]
+            mixed = ((g.successes > 0) & (g.successes < g.trials)).mean()
+            assert getattr(r, s) == pytest.approx(round(mixed, 4)) and getattr(r, f"_{2 if s == 'uniform' else 4}") == len(g)
 
 
 # ------------------------------------------------------------------ issue #20: rollouts across the run
