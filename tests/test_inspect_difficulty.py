@@ -158,9 +158,9 @@ def test_search_focus_and_csv_match_pandas_and_scipy(tmp_path):
     assert list(dots.get_xdata()) == mine.loc[mine.selected, "step"].tolist()
 
 
-def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
-    """GRPO's rollouts.parquet: each response's tokens and log-probs under the sampling policy (recomputed
-    here with sequence_logprobs on a copy of the policy taken before the update), shown by the app."""
+def _grpo_step(path, **kw):
+    """One GRPO step of a tiny policy on a verifier task, its tables written to ``path`` as the module writes
+    them; (module, step result, the policy before the update, tokenizer, rollouts.parquet)."""
     import copy
     from types import SimpleNamespace
 
@@ -168,22 +168,35 @@ def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
     from pfkit.models import build_policy, train_tokenizer
     from pfkit.modules.grpo import GRPOModule
     from pfkit.rl import grpo
-    from pfkit.rollout import Rollout, sequence_logprobs
 
     torch.set_num_threads(1)
     prompts = [f"count {i}:" for i in range(8)]
     torch.manual_seed(0)
     tok = train_tokenizer(prompts * 5 + ["0123456789 abcdef " * 5], vocab_size=300)
-    m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=2, group_size=3, max_new_tokens=6, lr=1e-2)
+    m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=2, group_size=3, max_new_tokens=6, lr=1e-2, **kw)
     m.set_policy(build_policy(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64), tok)
     m.attach(verifier_prompt_set(prompts, lambda p, c: float(any(ch.isdigit() for ch in c[:3]))))
+    if m.ref_model is not None:  # a reference that differs from the policy, so the two columns differ
+        with torch.no_grad():
+            for q in m.ref_model.parameters():
+                q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
     before = copy.deepcopy(m.model)
-    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, generator=m.gen)
+    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, ref_policy=m.ref_model,
+                    generator=m.gen)
     m._last_batch, m._last_adv = res.batch, res.advantages
-    m._trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    m._trainer = SimpleNamespace(log_dir=str(path), default_root_dir=str(path))
     m._write_tables(0)
-    ro = RunDir(tmp_path).read("rollouts")
+    return m, res, before, tok, RunDir(path).read("rollouts")
+
+
+def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
+    """GRPO's rollouts.parquet: each response's tokens and log-probs under the sampling policy (recomputed
+    here with sequence_logprobs on a copy of the policy taken before the update), shown by the app."""
+    from pfkit.rollout import Rollout, sequence_logprobs
+
+    m, res, before, tok, ro = _grpo_step(tmp_path)
     assert len(ro) == 6 and {"tokens", "token_logprobs"} <= set(ro.columns)
+    assert "ref_token_logprobs" not in ro.columns  # no KL term, no reference
     d = Rollout.cat(list(res.batch.payload))
     with torch.no_grad():
         full = sequence_logprobs(before, d.sequences, d.attention_mask, d.response_len)
@@ -196,3 +209,25 @@ def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
     pid = str(ro.prompt_id.iloc[0])
     html, info = D.focus_tokens(data, "uniform", 0, pid, 0, "log-prob (policy)")
     assert html.count('class="pfkit-tok"') == len(ro.tokens.iloc[0]) and "tokens · sum log p" in info
+
+
+def test_grpo_with_kl_logs_reference_logprobs(tmp_path):
+    """With kl_coef > 0 GRPO has a reference; rollouts.parquet then also carries its per-token log-probs
+    (recomputed here with sequence_logprobs on the reference) and the app shades policy − reference."""
+    from pfkit.inspect.filtration import TOKEN_MODES
+    from pfkit.rollout import Rollout, sequence_logprobs
+
+    m, res, before, tok, ro = _grpo_step(tmp_path, kl_coef=0.1)
+    d = Rollout.cat(list(res.batch.payload))
+    with torch.no_grad():
+        ref = sequence_logprobs(m.ref_model, d.sequences, d.attention_mask, d.response_len)
+    for i, row in enumerate(ro.itertuples()):
+        on = d.response_mask[i].bool()
+        np.testing.assert_allclose(row.ref_token_logprobs, ref[i][on].numpy(), atol=1e-4)
+        assert not np.allclose(row.ref_token_logprobs, row.token_logprobs, atol=1e-3)
+    data = D.Difficulty(tmp_path)
+    assert data.has_ref
+    row = ro.iloc[0]
+    html, info = D.focus_tokens(data, "uniform", 0, str(row.prompt_id), int(row.sample_idx), TOKEN_MODES[1])
+    diff = np.asarray(row.token_logprobs) - np.asarray(row.ref_token_logprobs)
+    assert f"mean (log p − log p_ref) = **{diff.mean():.3f}**" in info and html.count('class="pfkit-tok"') == len(diff)
