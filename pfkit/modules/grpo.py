@@ -29,7 +29,7 @@ from lightning.pytorch import LightningModule
 from pfkit import distributed as dist
 from pfkit.data.samplers import PromptSampler, difficulty_rows, make_sampler
 from pfkit.rl import grpo
-from pfkit.rollout import sample_and_check
+from pfkit.rollout import sample_and_check, sequence_logprobs
 
 
 class GRPOModule(LightningModule):
@@ -241,6 +241,11 @@ class GRPOModule(LightningModule):
             tested = self.prompt_set.problems is not None  # the code task: the reward is the unit-test score
             for j, (pid, group) in enumerate(zip(batch.prompt_ids, batch.payload)):
                 on = group.response_mask.bool() if group is not None else None
+                ref = None  # with a KL term, the reference's per-token log-probs too (the inspectors' view)
+                if group is not None and self.ref_model is not None:
+                    with torch.no_grad():
+                        ref = sequence_logprobs(self.ref_model, group.sequences, group.attention_mask,
+                                                group.response_len).float()
                 for g, text in enumerate(group.texts if group is not None else []):  # None: another rank's
                     r = float(batch.rewards[j, g])
                     ids = group.response_ids[g][on[g]].tolist()
@@ -250,7 +255,8 @@ class GRPOModule(LightningModule):
                                  "advantage": adv[j * h.group_size + g],
                                  # per-token view (the inspectors): each response token and its policy log-prob
                                  "tokens": [self.tokenizer.decode([t]) for t in ids],
-                                 "token_logprobs": group.logprobs[g][on[g]].float().tolist()})
+                                 "token_logprobs": group.logprobs[g][on[g]].float().tolist(),
+                                 **({} if ref is None else {"ref_token_logprobs": ref[g][on[g]].tolist()})})
             run.append("rollouts", rows, step=step, rank=dist.rank())
         if h.log_difficulty != "none" and dist.rank() == 0:  # the tracker is identical on every rank
             ids = None if h.log_difficulty == "all" else sorted(set(batch.generated_ids))
