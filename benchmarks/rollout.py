@@ -1,6 +1,15 @@
 """Rollout speed: ``pfkit.rollout.generate`` vs Hugging Face ``model.generate``, same model, same work.
 
     python benchmarks/rollout.py [--batch 64] [--new-tokens 48] [--reps 5] [--threads 1] [--policy embedded]
+                                 [--arch gpt2|qwen2|llama]
+
+``--arch qwen2|llama`` swaps in a tiny model of that architecture built from config (random weights, the
+embedded policy's size and tokenizer): pfkit then runs its generic path (the model's own modules over a
+``StaticCache``) against the same model's ``generate``.
+
+The FLOP floor (:func:`flop_floor`): the matmul FLOPs the batch needs (prefill + decoding, from the config)
+divided by the GFLOP/s this core reaches, measured in the same run, on torch matmuls of the same shapes; pfkit's
+time is reported as a fraction of it.
 
 Both sample ``batch`` prompts x ``new-tokens`` tokens from the embedded policy (``pfkit/assets/policy``; an
 equal-sized random GPT-2 when it is absent) with temperature 1.0 and top-p 0.9 (PF-PPO's settings), each
@@ -21,6 +30,7 @@ Also asserted: pfkit's log-probs equal a teacher-forced pass (``sequence_logprob
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -44,6 +54,81 @@ def load_model(path: str = "embedded"):
         torch.manual_seed(0)
         model = models.build_policy(tok).eval()
         return model, tok, f"random GPT-2 of the embedded size (no embedded policy: {type(e).__name__})"
+
+
+def build_arch(arch: str, tok):
+    """A tiny Qwen2 / Llama of the embedded policy's size (4 layers, width 128, 4 heads, 2 KV heads, d_ff
+    512), random weights from config: the generic (static-cache) path's workload."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    torch.manual_seed(0)
+    cfg = cls[0](vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=384,
+                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id)
+    return cls[1](cfg).eval(), f"tiny {arch} from config (random weights)"
+
+
+def _rate(fn, flops: float, reps: int = 20) -> float:
+    """FLOP/s this core sustains on ``fn`` (best of 3 blocks of ``reps`` calls, by process CPU time)."""
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        c0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.process_time() - c0) / reps)
+    return flops / max(best, 1e-9)
+
+
+def flop_floor(model, batch: int, prompt_lens: list[int], new_tokens: int) -> dict:
+    """The matmul FLOPs a rollout of this model and batch needs, and the time they take at the GFLOP/s this
+    core reaches on torch matmuls of exactly those shapes (measured now, in this run).
+
+    Counted per layer: the Q/K/V/output projections, the MLP (two matrices, three for gated MLPs), attention
+    (scores and weighted values: ``4 * d * cached_len`` per query), and the vocabulary head once per
+    sampled token. Prefill: every prompt token through every layer (attention causal, ``2 * d * p^2`` per
+    layer and prompt), the head for the last position. Decoding: ``batch`` queries per step over a cache
+    of ``prompt + t`` tokens. LayerNorm, activations, softmax and sampling are not counted (they are the
+    overhead the floor leaves out), so ``floor tokens/s`` is an upper bound on any decoder's speed here.
+    """
+    cfg = model.config
+    d = getattr(cfg, "n_embd", None) or cfg.hidden_size
+    L = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
+    H = getattr(cfg, "n_head", None) or cfg.num_attention_heads
+    kvh = getattr(cfg, "num_key_value_heads", None) or H
+    dff = getattr(cfg, "n_inner", None) or getattr(cfg, "intermediate_size", None) or 4 * d
+    V = cfg.vocab_size
+    dh = d // H
+    gated = hasattr(cfg, "intermediate_size") and not hasattr(cfg, "n_inner")
+    shapes = [(d, d + 2 * kvh * dh), (d, d)] + ([(d, dff), (d, dff), (dff, d)] if gated else [(d, dff), (dff, d)])
+    dense_tok = sum(2 * i * o for i, o in shapes)       # per token per layer
+    mean_p = sum(prompt_lens) / len(prompt_lens)
+    mean_cache = mean_p + (new_tokens - 1) / 2
+    decode_flops = new_tokens * batch * (L * (dense_tok + 4 * d * mean_cache) + 2 * d * V)
+    prefill_flops = sum(L * (dense_tok * p + 2 * d * p * p) + 2 * d * V for p in prompt_lens)
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    # measured rates on the same shapes: decode rows [batch, in] x [in, out]; prefill rows [sum p, in]
+    def mm_time(m, i, o, reps=20):  # seconds for one [m, i] x [i, o] matmul at the measured rate
+        a, w = r(m, i), r(i, o)
+        return 2 * m * i * o / _rate(lambda: a @ w, 2 * m * i * o, reps)
+
+    dec_t = sum(mm_time(batch, i, o) for i, o in shapes)
+    head_t = mm_time(batch, d, V)
+    c = int(round(mean_cache))
+    q, k, v = r(batch * H, 1, dh), r(batch * H, c, dh), r(batch * H, c, dh)
+    att_f = 4 * batch * H * c * dh
+    att_t = att_f / _rate(lambda: torch.bmm(torch.bmm(q, k.transpose(1, 2)), v), att_f)
+    step_t = L * (dec_t + att_t) + head_t
+    n_pre = sum(prompt_lens)
+    pre_rate = 2 * n_pre * d * dff / mm_time(n_pre, d, dff, reps=3)
+    floor_s = new_tokens * step_t + prefill_flops / pre_rate
+    return {"mflop_per_token": (L * (dense_tok + 4 * d * mean_cache) + 2 * d * V) / 1e6,
+            "decode_gflop": decode_flops / 1e9, "prefill_gflop": prefill_flops / 1e9,
+            "decode_gflops_rate": decode_flops / (new_tokens * step_t) / 1e9, "prefill_gflops_rate": pre_rate / 1e9,
+            "floor_s": floor_s, "floor_tokens_per_s": batch * new_tokens / floor_s,
+            "decode_floor_s": new_tokens * step_t}
 
 
 def make_prompts(batch: int) -> list[str]:
@@ -95,18 +180,26 @@ def main(argv=None) -> dict:
                     help="torch threads for both sides (1 by default: on a shared machine two OpenMP threads "
                          "per process stall on each other and swamp the comparison)")
     ap.add_argument("--policy", default="embedded", help="a local checkpoint folder, or 'embedded'")
+    ap.add_argument("--arch", default="gpt2", choices=("gpt2", "qwen2", "llama"),
+                    help="gpt2: the embedded policy (pfkit's own decoder); qwen2/llama: a tiny model of that "
+                         "architecture built from config (the generic static-cache path)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=0.9)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     model, tok, what = load_model(args.policy)
+    if args.arch != "gpt2":
+        model, what = build_arch(args.arch, tok)
     prompts = make_prompts(args.batch)
     n_params = sum(p.numel() for p in model.parameters())
-    plen = max(len(ids) for ids in tok(prompts)["input_ids"])
+    lens = [len(ids) for ids in tok(prompts)["input_ids"]]
+    plen = max(lens)
     print(f"model: {what}, {n_params / 1e6:.2f} M params; batch {args.batch} x {args.new_tokens} new tokens, "
-          f"prompts up to {plen} tokens, temperature {args.temperature}, top-p {args.top_p}, "
-          f"{args.threads} threads")
+          f"prompts up to {plen} tokens (mean {sum(lens) / len(lens):.0f}), temperature {args.temperature}, "
+          f"top-p {args.top_p}, {args.threads} threads")
+    print(f"load average {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / {os.getloadavg()[2]:.2f} on "
+          f"{os.cpu_count()} cores (> cores: the machine is shared and wall times are inflated)")
 
     r = pf_generate(model, tok, prompts, args, seed=0)  # warm-up + correctness
     assert r.response_mask.shape == (args.batch, args.new_tokens) and bool(r.response_mask.all())
@@ -128,7 +221,14 @@ def main(argv=None) -> dict:
                 hf_generate(model, tok, prompts, args, with_logprobs=name == "hf+logp")
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    result = {}
+    floor = flop_floor(model, args.batch, lens, args.new_tokens)
+    print(f"FLOP floor: {floor['mflop_per_token']:.2f} MFLOP per sampled token (matmuls, mean cache), "
+          f"prefill {floor['prefill_gflop']:.2f} GFLOP + decode {floor['decode_gflop']:.2f} GFLOP; this core "
+          f"now: {floor['decode_gflops_rate']:.1f} GFLOP/s on the decode-step shapes, "
+          f"{floor['prefill_gflops_rate']:.1f} on the prefill shapes -> floor {floor['floor_s'] * 1e3:.0f} ms "
+          f"per batch = {floor['floor_tokens_per_s']:.0f} tokens/s (decode steps alone "
+          f"{floor['decode_floor_s'] * 1e3:.0f} ms)")
+    result = {"floor": floor}
     # wall time is what a user waits; CPU time (this process only) is steadier on a shared machine
     for label, times in (("wall", wall), ("cpu", cpu)):
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -139,7 +239,11 @@ def main(argv=None) -> dict:
         ratio = statistics.median(h / p for h, p in zip(times["hf"], times["pfkit"]))
         ratio_lp = statistics.median(h / p for h, p in zip(times["hf+logp"], times["pfkit"]))
         print(f"speed-up pfkit / HF generate ({label}): median {ratio:.2f}x "
-              f"(with log-probs on the HF side: {ratio_lp:.2f}x); target >= 1.5x")
+              f"(with log-probs on the HF side: {ratio_lp:.2f}x); target >= {5 if args.arch == 'gpt2' else 2}x")
+        frac = floor["floor_s"] / med["pfkit"]
+        print(f"pfkit at {frac:.0%} of the FLOP floor ({label} time; HF generate at "
+              f"{floor['floor_s'] / med['hf']:.0%}); target >= 50%")
+        result[label + "_floor_fraction"] = frac
         result[label] = {"hf_tokens_per_s": n_tok / med["hf"], "hf_logp_tokens_per_s": n_tok / med["hf+logp"],
                          "pfkit_tokens_per_s": n_tok / med["pfkit"], "speedup_vs_hf": ratio,
                          "speedup_vs_hf_logp": ratio_lp}

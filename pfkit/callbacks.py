@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
@@ -54,7 +55,14 @@ class _KeepingWriter(ExperimentWriter):
 
     def _check_log_dir_exists(self) -> None:
         if not self._resume:
-            return super()._check_log_dir_exists()
+            # the run folder holds config.yaml and tables too, so Lightning's "exists and is not empty"
+            # warning came on every run; only an earlier run's metrics.csv is worth a word (it is replaced)
+            if os.path.isfile(self.metrics_file_path):
+                warnings.warn(f"{self.metrics_file_path} from an earlier run in this folder is replaced; pass "
+                              f"--ckpt_path to resume that run instead, or --run_dir to write elsewhere",
+                              stacklevel=2)
+                os.remove(self.metrics_file_path)
+            return None
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])

@@ -69,6 +69,27 @@ def resolve_config(arg: str) -> str:
     return str(candidate) if candidate is not None and candidate.is_file() else arg
 
 
+STUDIES = Path(__file__).resolve().parent / "studies"  # package data: links to the checkout's studies/*.yaml
+
+
+def study_names() -> list[str]:
+    """Names ``pfkit study -c NAME`` accepts: the shipped study YAMLs without ``.yaml``."""
+    return sorted(p.stem for p in STUDIES.glob("*.yaml"))
+
+
+def resolve_study(arg: str) -> str:
+    """A study ``-c`` argument as a file path: an existing path as given; else a shipped study by name
+    (``noisemask``) or by its repo path (``studies/noisemask.yaml``), so it works from a wheel install too."""
+    if Path(arg).exists():
+        return arg
+    name = Path(arg).name
+    name = name if name.endswith((".yaml", ".yml")) else name + ".yaml"
+    candidate = STUDIES / name
+    if Path(arg).parent.name in ("", "studies") and candidate.is_file():
+        return str(candidate)
+    return arg
+
+
 def resolve_configs(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, a in enumerate(out):
@@ -237,13 +258,16 @@ def _bad_checkpoint(ckpt_path):
 NOISE = [
     r".*does not have many workers",
     r".*LeafSpec",
-    r".*modules in eval mode",
+    r".*module(\(s\)|s)? in eval mode",  # Lightning 2.6 says "Found N module(s) in eval mode"
+    r".*Experiment logs directory .* exists and is not empty",  # a study writes config.yaml there first
     r".*No seed found",
     r".*`max_epochs` was not set",
     r".*log_every_n_steps",
     r".*The number of training batches",
     r".*Checkpoint directory .* exists and is not empty",
     r".*LightningCLI's args parameter is intended",
+    # the RL modules move their own (non-tensor) batches: by design, whatever the datamodule
+    r".*You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
 ]
 
 
@@ -287,6 +311,7 @@ def make_cli(argv: list[str], *, run: bool = True):
     ``cli.trainer`` (the run folder's CSV logger and ``config.yaml`` included), so demos and studies run
     ``configs/*.yaml`` with overrides exactly as ``pfkit fit`` would: ``cli.trainer.fit(cli.model,
     datamodule=cli.datamodule)``."""
+    quiet()  # also in a study's worker process, which builds its run here without going through main()
     argv = resolve_configs(argv)
     check_renamed(argv)
     quiet()
@@ -418,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
             return lightning_main(argv)
+        if argv and argv[0] == "study":
+            argv = [argv[0], *(resolve_study(a) if i and argv[i] in ("-c", "--config") else a
+                                for i, a in enumerate(argv[1:]))]
         args = build_parser(argv).parse_args(argv)
         return int(args._main(args) or 0)
     except KeyboardInterrupt:

@@ -369,25 +369,102 @@ class ScalarHeadModel(nn.Module):
         return critic
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | Path, tokenizer=None) -> Path:
+    def save(self, path: str | Path, tokenizer=None, *, policy: str | None = None,
+             recipe: dict | None = None) -> Path:
+        """Hugging Face layout, as TRL's ``RewardTrainer`` saves a reward model: ``save_pretrained`` of an
+        ``AutoModelForSequenceClassification`` (``num_labels=1``, the head as ``score``, ``pad_token_id`` set)
+        + the tokenizer, so ``AutoModelForSequenceClassification.from_pretrained(path)`` gives this model's
+        raw reward without pfkit. ``pfkit.json`` holds what HF has no field for: the normalisation, the
+        likelihood term's weight, the policy it was trained on, the recipe and the held-out accuracy.
+
+        The head's bias is folded into ``reward_mean`` (HF's ``score`` has no bias): it cancels in the
+        Bradley-Terry loss and in the normalised reward, so nothing pfkit uses changes. With a likelihood
+        term the full raw reward is the ``score`` logit + ``likelihood_weight`` * the summed response
+        log-probabilities of ``AutoModelForCausalLM.from_pretrained(path)`` (the LM head is tied to the
+        embeddings, or saved as ``lm_head.weight`` when it is not)."""
+        from transformers import AutoModelForSequenceClassification
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backbone.config.save_pretrained(path)
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, path / "reward_model.pt")
-        (path / "reward_meta.json").write_text(json.dumps(self.meta, indent=2))
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels, config.architectures = 1, None
+        config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+        if tokenizer is not None and tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        with torch.device("meta"):  # only the class and config are needed: the weights come from state_dict
+            hf = AutoModelForSequenceClassification.from_config(config)
+        prefix = hf.base_model_prefix
+        state = {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
+        state["score.weight"] = self.head.weight.detach().cpu().contiguous()
+        if self.lm_head is not None and not getattr(config, "tie_word_embeddings", False):
+            state["lm_head.weight"] = self.lm_head.weight.detach().cpu().contiguous()
+        hf.save_pretrained(path, state_dict=state)
+        for old in ("reward_model.pt", "reward_meta.json"):  # an older layout in the same folder
+            (path / old).unlink(missing_ok=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+        bias = float(self.head.bias.detach().float())
+        meta = {k: v for k, v in self.meta.items() if k != "likelihood_term"}
+        info = {
+            "kind": "reward_model",
+            "load_with": "AutoModelForSequenceClassification (num_labels=1); pfkit.models.ScalarHeadModel.load",
+            "normalization": {"mean": float(self.reward_mean) - bias, "std": float(self.reward_std),
+                              "formula": "(score - mean) / std, clipped to [-10, 10]"},
+            "likelihood_term": ({"weight": float(self.likelihood_weight.detach().float()),
+                                 "formula": "score + weight * sum of the response tokens' log-probs "
+                                            "under AutoModelForCausalLM.from_pretrained(this folder)"}
+                                if self.lm_head is not None else None),
+            "policy": policy, "policy_fingerprint": self.meta.get("policy_fingerprint"),
+            "tokenizer": "saved here" if tokenizer is not None else None,
+            "held_out_accuracy": self.meta.get("val/acc"),
+            "recipe": recipe or {}, "meta": meta}
+        write_pfkit_json(path, info)
         return path
 
     @classmethod
     def load(cls, path: str | Path = "embedded") -> ScalarHeadModel:
-        """From a folder written by :meth:`save`; ``"embedded"`` = pfkit/assets/reward (shipped with the kit)."""
+        """From a folder written by :meth:`save` (or the older ``reward_model.pt`` layout);
+        ``"embedded"`` = pfkit/assets/reward (shipped with the kit)."""
         from transformers import AutoConfig, AutoModel
 
         folder = EMBEDDED_RM if str(path) == "embedded" else Path(path)
-        if not (folder / "reward_model.pt").is_file() or not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a saved reward model (needs config.json and reward_model.pt); "
-                                    f"train one with `pfkit fit -c configs/reward_codegen.yaml`")
+        weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if (folder / "reward_model.pt").is_file() and (folder / "config.json").is_file():
+            return cls._load_old(folder)
+        if not weights or not (folder / "config.json").is_file() or not (folder / "pfkit.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a saved reward model (needs config.json, *.safetensors and "
+                                    f"pfkit.json); train one with `pfkit fit -c configs/reward_codegen.yaml`")
+        from safetensors.torch import load_file
+
+        info = json.loads((folder / "pfkit.json").read_text())
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        state = {}
+        for f in weights:
+            state.update(load_file(f))
+        lt = info.get("likelihood_term")
+        lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if lt else None
+        body = AutoModel.from_config(config)
+        meta = dict(info.get("meta") or {})
+        model = cls(body, meta=meta, lm_head=lm_head)
+        prefix = next(k.split(".", 1)[0] for k in state if k != "score.weight" and k != "lm_head.weight")
+        body.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")})
+        with torch.no_grad():
+            model.head.weight.copy_(state["score.weight"])
+            model.head.bias.zero_()
+            model.reward_mean.fill_(info["normalization"]["mean"])
+            model.reward_std.fill_(info["normalization"]["std"])
+            if lm_head is not None:
+                model.likelihood_weight.fill_(lt["weight"])
+                if "lm_head.weight" in state:
+                    lm_head.weight = nn.Parameter(state["lm_head.weight"])
+        return model.eval()
+
+    @classmethod
+    def _load_old(cls, folder: Path) -> ScalarHeadModel:
+        """The layout before the Hugging Face one: config.json + reward_model.pt (a ScalarHeadModel
+        state dict) + reward_meta.json."""
+        from transformers import AutoConfig, AutoModel
+
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         meta = json.loads((folder / "reward_meta.json").read_text()) if (folder / "reward_meta.json").is_file() else {}
         state = torch.load(folder / "reward_model.pt", map_location="cpu", weights_only=True)
@@ -397,3 +474,26 @@ class ScalarHeadModel(nn.Module):
         model = cls(AutoModel.from_config(config), meta=meta, lm_head=lm_head)
         model.load_state_dict(state)
         return model.eval()
+
+
+def write_pfkit_json(folder: str | Path, info: dict) -> Path:
+    """``pfkit.json`` beside a saved Hugging Face checkpoint: what it is and how it was made (the fields
+    HF's config has no place for), with the pfkit version that wrote it."""
+    from pfkit import __version__
+
+    out = Path(folder) / "pfkit.json"
+    out.write_text(json.dumps({"pfkit_version": __version__, **info}, indent=2, default=str) + "\n")
+    return out
+
+
+def save_policy(model, tokenizer, folder: str | Path, *, state_dict: dict | None = None,
+                recipe: dict | None = None, **info) -> Path:
+    """A trained policy in the Hugging Face layout (``save_pretrained`` + tokenizer, loadable with
+    ``AutoModelForCausalLM`` / :func:`load_policy`) plus ``pfkit.json`` (kind, the policy it started from,
+    the recipe, any figures in ``info``)."""
+    folder = Path(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
+    tokenizer.save_pretrained(folder)
+    write_pfkit_json(folder, {"kind": "policy", "load_with": "AutoModelForCausalLM; pfkit.models.load_policy",
+                              **info, "recipe": recipe or {}})
+    return folder

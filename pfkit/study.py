@@ -45,7 +45,7 @@ STUDY_KEYS = {
     "prediction": "what the paper predicts, stated before running",
     "description": "free text",
     "job": "module:function called once per (arm, seed) with a RunSpec; returns flat metrics",
-    "config": "base LightningCLI YAML, relative to the study file's project root",
+    "config": "base LightningCLI YAML (or a list, merged in order), relative to the study file's project root",
     "overrides": "dotted config keys applied to every arm",
     "args": "job arguments that are not config keys (every arm)",
     "seeds": "list of seeds (paired across arms)",
@@ -102,15 +102,20 @@ class Study:
     slurm: dict = field(default_factory=dict)
     quick: bool = False
 
+    def config_for(self, arm: Arm) -> dict:
+        """The base config with the study's and then the arm's overrides applied (a fresh copy)."""
+        cfg = copy.deepcopy(self.config)
+        for key, value in {**self.overrides, **arm.overrides}.items():
+            set_dotted(cfg, key, value)
+        return cfg
+
     def runs(self, out: Path) -> list[RunSpec]:
         """One RunSpec per (arm, seed); the config is the base merged with study and arm overrides."""
         specs = []
         # seed-major: an interrupted study has every arm at the same seeds, so its paired tables stay usable
         for seed in self.seeds:
             for arm in self.arms:
-                cfg = copy.deepcopy(self.config)
-                for key, value in {**self.overrides, **arm.overrides}.items():
-                    set_dotted(cfg, key, value)
+                cfg = self.config_for(arm)
                 run_dir = out / arm.name / f"seed_{seed}"
                 cfg["seed_everything"] = int(seed)
                 cfg["run_dir"] = str(run_dir)
@@ -143,6 +148,20 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[parts[-1]] = value
+
+
+def merge_configs(paths: Sequence[str | os.PathLike]) -> dict:
+    """LightningCLI YAMLs merged in order as ``pfkit fit -c a.yaml -c b.yaml`` does: a later file's mapping
+    keys override the earlier ones key by key, any other value (lists included) replaces the earlier one."""
+    def merge(base: dict, over: Mapping) -> dict:
+        for k, v in over.items():
+            base[k] = merge(dict(base[k]), v) if isinstance(v, Mapping) and isinstance(base.get(k), dict) else v
+        return base
+
+    cfg: dict = {}
+    for p in paths:
+        cfg = merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
+    return cfg
 
 
 def _check_keys(given: Mapping, allowed, where: str) -> None:
@@ -182,13 +201,13 @@ def load_study(path: str | os.PathLike, quick: bool = False) -> Study:
         raise UserError(f"{path}: `job` is required (module:function, e.g. pfkit.study:fit_job)")
     root = _project_root(path.resolve())
 
-    config = {}
-    if raw.get("config"):
-        cfg_path = Path(raw["config"])
-        cfg_path = cfg_path if cfg_path.is_absolute() else root / cfg_path
+    cfg_paths = []  # one base config, or a list merged in order (as repeated `pfkit fit -c`)
+    for name in ([raw["config"]] if isinstance(raw.get("config"), str) else raw.get("config") or []):
+        cfg_path = Path(name) if Path(name).is_absolute() else root / name
         if not cfg_path.is_file():
-            raise UserError(f"{path}: base config {raw['config']} not found (looked at {cfg_path})")
-        config = yaml.safe_load(cfg_path.read_text()) or {}
+            raise UserError(f"{path}: base config {name} not found (looked at {cfg_path})")
+        cfg_paths.append(cfg_path)
+    config = merge_configs(cfg_paths)
 
     arms = []
     for name, spec in _mapping(raw.get("arms"), "arms").items():
@@ -293,19 +312,29 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(pending))))
     payload = [(asdict(s) | {"run_dir": str(s.run_dir)}) for s in pending]
     errors, done, t0 = [], 0, time.time()
+    # a bar over the runs on a terminal (disable=None: off when stderr is not a TTY, e.g. tests, CI logs);
+    # the per-run lines print above it
+    from tqdm import tqdm  # not tqdm.auto: without ipywidgets a notebook would get a warning on stderr
+
+    bar = tqdm(total=len(pending), desc=f"study {study.name}", unit="run", disable=None, leave=False)
+
+    def say(msg):
+        with tqdm.external_write_mode():
+            log(msg)
 
     def report(spec: RunSpec, row: dict | None, err: BaseException | None):
         nonlocal done
         done += 1
+        bar.update(1)
         what = f"{spec.arm} seed {spec.seed}"
         if err is not None:
             msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             errors.append(f"{what}: {msg} (see {spec.run_dir / 'error.txt'})")
-            log(f"study {study.name}: [{done}/{len(pending)}] {what} FAILED: {msg}")
+            say(f"study {study.name}: [{done}/{len(pending)}] {what} FAILED: {msg}")
         else:
             shown = {k: row[k] for k in study.metrics[:2] if k in row}
             vals = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-            log(f"study {study.name}: [{done}/{len(pending)}] {what} done in {row['wall_s']:.0f} s"
+            say(f"study {study.name}: [{done}/{len(pending)}] {what} done in {row['wall_s']:.0f} s"
                 f"{': ' + vals if vals else ''} ({time.time() - t0:.0f} s elapsed)")
 
     if launcher == "local":
@@ -318,6 +347,7 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
             for fut in as_completed(futures):
                 err = fut.exception()
                 report(futures[fut], None if err else fut.result(), err)
+        bar.close()
         return errors
 
     import submitit
@@ -342,6 +372,7 @@ def _launch(pending: list[RunSpec], study: Study, out: Path, workers: int, launc
                     report(s, None, e)
         if running:
             time.sleep(0.2)
+    bar.close()
     return errors
 
 

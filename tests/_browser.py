@@ -104,6 +104,11 @@ def choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def open_section(page, elem_id: str) -> None:
+    """Open the (closed) accordion ``elem_id``: the apps keep secondary panels closed so the page draws sooner."""
+    page.locator(f"#{elem_id} .label-wrap").first.click()
+
+
 def settle(page, timeout: int = TIMEOUT_MS) -> None:
     """Wait until Gradio has no event in flight (its status trackers show "processing" or a queue place)."""
     page.wait_for_function(
@@ -113,3 +118,15 @@ def settle(page, timeout: int = TIMEOUT_MS) -> None:
 def screenshot(page, path) -> None:
     settle(page)
     page.screenshot(path=path, full_page=True)
+
+
+def shot(page, path) -> None:
+    """``screenshot`` to ``path`` and, when $PFKIT_SHOTS names a folder, a copy there under the same name
+    (screenshots for a report, outside the repository)."""
+    import os
+    import shutil
+
+    screenshot(page, path)
+    if os.environ.get("PFKIT_SHOTS"):
+        os.makedirs(os.environ["PFKIT_SHOTS"], exist_ok=True)
+        shutil.copy(path, os.path.join(os.environ["PFKIT_SHOTS"], Path(path).name))

@@ -142,3 +142,26 @@ def noisemask_run(path, *, epochs=(0, 1), images: int = 6, classes: int = 3, gri
             rows.append({"epoch": e, "step": 10 * e + 9, "train/acc": None, "val/acc": 0.4 + 0.1 * e})
         pd.DataFrame(rows).to_csv(run.metrics_path, index=False)
     return run
+
+
+def sampler_run(path, steps=5, n=10, k=3, G=4, samplers=("vade", "uniform"), options=None, config=None) -> RunDir:
+    """difficulty.parquet written by the real samplers on fixed success rates (``options``: a sampler's
+    make_sampler keyword args); ``config`` (the model's init_args) is written as the run's config.yaml."""
+    import torch
+    import yaml
+
+    from pfkit.data.samplers import difficulty_rows, make_sampler
+
+    run = RunDir(path)
+    p = torch.linspace(0.05, 0.95, n)
+    for name in samplers:
+        s = make_sampler(name, n, G, seed=1, **(options or {}).get(name, {}))
+        g = torch.Generator().manual_seed(3)
+        for step in range(steps):
+            b = s.collect(k, lambda ids, g=g: (torch.bernoulli(p[ids].unsqueeze(1).expand(len(ids), G), generator=g),
+                                               [None] * len(ids)))
+            run.append("difficulty", difficulty_rows(s, b, step, names=[f"t{i}" for i in range(n)]), step=step)
+    if config is not None:
+        run.config_path.write_text(yaml.safe_dump({"model": {"class_path": "pfkit.modules.grpo.GRPOModule",
+                                                              "init_args": config}}))
+    return run

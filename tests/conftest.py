@@ -15,6 +15,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def child_env_for(*paths, **extra) -> dict[str, str]:
+    """The environment of a pfkit subprocess: ``paths`` then this checkout first on PYTHONPATH (so a worktree
+    tests its own code, not the venv's editable install of another tree), one OpenMP thread (the CI
+    machine is shared), ``extra`` on top."""
+    path = os.pathsep.join([*map(str, paths), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
+
+
+@pytest.fixture(scope="session")
+def child_env():
+    """``child_env(*paths, **extra)`` -> the environment for a pfkit subprocess (see ``child_env_for``)."""
+    return child_env_for
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models are much faster single-threaded when the sandbox workers share the 2 cores."""

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import TIMEOUT_MS, choose, open_app, screenshot, serve, wait_text
+from _browser import TIMEOUT_MS, choose, open_app, open_section, serve, shot, wait_text
 from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
@@ -72,7 +72,7 @@ def test_filtration_in_browser(page, tmp_path):
         for row in mine.itertuples():
             assert f"{round(row.reward, 4):g}" in table
         page.locator("#scatter img, #scatter canvas, #scatter svg").first.wait_for()
-        screenshot(page, tmp_path / "filtration.png")
+        shot(page, tmp_path / "filtration.png")
 
 
 def test_difficulty_in_browser(page, tmp_path):
@@ -92,6 +92,7 @@ def test_difficulty_in_browser(page, tmp_path):
         # the uniform sampler's prompts, sorted by closeness to p = 0.5: the first row is the nearest
         choose(page, "sampler", "uniform")
         wait_text(page, "#stats", "uniform: 8 prompts")
+        open_section(page, "prompt-section")  # closed until the user opens it
         page.get_by_label("closest to p = 0.5 first", exact=True).check()
         u = raw[raw.sampler == "uniform"]
         last = u[u.step == 5].assign(dist=lambda t: (t.p_mean - 0.5).abs())
@@ -114,7 +115,7 @@ def test_difficulty_in_browser(page, tmp_path):
         page.locator("#reload").click()
         wait_text(page, "#status", "newest step 6")
         wait_text(page, "#stats", "uniform: 8 prompts, 7 steps")
-        screenshot(page, tmp_path / "difficulty.png")
+        shot(page, tmp_path / "difficulty.png")
 
 
 def test_noisemask_in_browser(page, tmp_path):
@@ -143,7 +144,7 @@ def test_noisemask_in_browser(page, tmp_path):
         assert f"grid mask mean = {f3(draw.clamp(1e-6, 1 - 1e-6).mean().item())}" in text
         assert f"label {z['label'][4]}" in text
         page.locator("#accuracy img, #accuracy canvas, #accuracy svg").first.wait_for()
-        screenshot(page, tmp_path / "noisemask.png")
+        shot(page, tmp_path / "noisemask.png")
 
 
 def test_not_a_run_folder_in_browser(page, tmp_path):
@@ -151,7 +152,7 @@ def test_not_a_run_folder_in_browser(page, tmp_path):
         open_app(page, url)
         text = wait_text(page, "#pfkit-error", "is not a folder")
         assert "Cannot show this run" in text and "not-a-run" in text
-        screenshot(page, tmp_path / "error.png")
+        shot(page, tmp_path / "error.png")
 
 
 # ------------------------------------------------------------------ filtration: across the run (issue #20)
@@ -220,7 +221,7 @@ def test_filtration_search_results_csv_and_jump(page, tmp_path):
             ".pfkit-response .cm-scroller",
             "els => els.map(e => [e.scrollWidth, e.clientWidth, !!e.querySelector('.cm-lineWrapping')])")
         assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
-        screenshot(page, tmp_path / "filtration-search.png")
+        shot(page, tmp_path / "filtration-search.png")
 
 
 def test_filtration_url_and_per_token_view(page, tmp_path):
@@ -250,7 +251,7 @@ def test_filtration_url_and_per_token_view(page, tmp_path):
         assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
         top = page.locator("#tokens .pfkit-tok").nth(int(np.argmax(np.abs(d)))).get_attribute("style")
         assert ",1.000)" in top  # the largest difference is shaded fully
-        screenshot(page, tmp_path / "filtration-tokens.png")
+        shot(page, tmp_path / "filtration-tokens.png")
 
         choose(page, "sample", "0")
         wait_text(page, "#token-info", "Sample 0 (step 1, prompt 14)")
@@ -308,6 +309,7 @@ def test_filtration_reliability_in_browser(page, tmp_path):
     raw = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
     with serve(F.build_app(tmp_path / "run")) as url:
         open_app(page, url)
+        open_section(page, "rel-section")  # closed until the user opens it
         wait_text(page, "#rel-summary", "step 0: 25 samples, 5 prompt groups, 10 equal-count reward bins")
         for box, value in (("#rel-first", "1"), ("#rel-last", "3"), ("#rel-bins", "4")):
             inp = page.locator(f"{box} input")
@@ -343,7 +345,7 @@ def test_filtration_reliability_in_browser(page, tmp_path):
         assert (f"by binned R²): {labels[best]} — binned R² = {f3(binned[best])}, "
                 f"plain R² = {f3(_weighted_r2(x, score, w[best]))}") in text
         page.locator("#rel-plot img, #rel-plot canvas, #rel-plot svg").first.wait_for()
-        screenshot(page, tmp_path / "filtration-reliability.png")
+        shot(page, tmp_path / "filtration-reliability.png")
 
         # a samples file (the PF-PPO demo's sft_samples folder), then a path that is not there
         box = page.locator("#rel-file textarea, #rel-file input").first

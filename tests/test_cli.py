@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 VERBS = ["fit", "validate", "test", "demo", "evaluate", "analyze-filtration", "inspect", "study"]
 
 
@@ -71,3 +73,27 @@ def test_renamed_config_keys_name_the_new_key(tmp_path):
     assert out.returncode == 2 and "moved to `model.init_args.prompts_per_step`" in out.stderr
     out = run("fit", "-c", str(configs / "reward_codegen.yaml"), "--data.n_samples=4")
     assert out.returncode == 2 and "`data: n_samples` was renamed to `group_size`" in out.stderr
+
+
+@pytest.mark.parametrize("message", [
+    # the texts Lightning 2.x prints (copied from a `pfkit demo pfppo` terminal), each must be silenced
+    "Found 241 module(s) in eval mode at the start of training. This may lead to unexpected behavior during "
+    "training. If this is intentional, you can ignore this warning.",
+    "Experiment logs directory /tmp/x/runs/a/seed_0/ exists and is not empty. Previous log files in this "
+    "directory will be deleted when the new ones are saved!",
+    "You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a "
+    "`LightningDataModule`. It will use the implementation from `LightningModule` instance.",
+    "The 'train_dataloader' does not have many workers which may be a bottleneck.",
+])
+def test_quiet_silences_lightning_chatter_but_not_real_warnings(message):
+    import warnings
+
+    from pfkit.cli import quiet
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        quiet()
+        warnings.warn(message, UserWarning, stacklevel=1)
+        warnings.warn("the reward model was trained on another policy", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["the reward model was trained on another policy"]

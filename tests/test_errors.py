@@ -3,12 +3,12 @@ wrong and how to fix it, no traceback; ``PFKIT_DEBUG=1`` shows the traceback."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PFPPO = str(ROOT / "configs" / "pfppo_codegen.yaml")
@@ -51,12 +51,15 @@ CASES = [
     ("demo-data", ["demo", "noisemask", "--quick", "--data", "samples.jsonl"], "samples.jsonl is not an .npz archive"),
     ("evaluate-samples", ["evaluate", "humaneval", "--samples", "missing.jsonl"], "samples file not found"),
     ("analyze-folder", ["analyze-filtration", "not_a_run"], "has no rollouts.parquet"),
+    # a shipped study by name from outside the checkout: found (its arms are listed), the arm is the mistake
+    ("study-arm", ["study", "-c", "noisemask", "--quick", "--arms", "nope"], "arms: baseline, random_mask"),
+    ("study-missing", ["study", "-c", "nosuchstudy"], "nosuchstudy not found"),
 ]
 
 
 def _pfkit(args, cwd, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "pfkit.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=child_env_for(**(env or {})))
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import choose, open_app, screenshot, serve, settle, wait_text
-from _inspect_runs import big_filtration_run, difficulty_run, noisemask_run
+from _browser import choose, open_app, open_section, serve, settle, shot, wait_text
+from _inspect_runs import big_filtration_run, difficulty_run, noisemask_run, sampler_run
 
 from pfkit.inspect import difficulty as D
 from pfkit.inspect import noisemask as N
@@ -120,7 +120,7 @@ def test_difficulty_search_prompt_view_tokens_link_csv(page, tmp_path):
         fill(page, "q-text", "x + (")
         page.locator("#search").click()
         wait_text(page, "#found", "Search not run: invalid regular expression 'x + ('")
-        screenshot(page, tmp_path / "difficulty-search.png")
+        shot(page, tmp_path / "difficulty-search.png")
 
         # a shared link opens that prompt, step and sample
         r = ro[(ro.step == 2)].iloc[-1]
@@ -170,7 +170,7 @@ def test_noisemask_find_images_link_csv(page, tmp_path):
         fill(page, "f-smax", "abc")
         page.locator("#find").click()
         wait_text(page, "#found", "Not found: mask sd bound 'abc' is not a number")
-        screenshot(page, tmp_path / "noisemask-find.png")
+        shot(page, tmp_path / "noisemask-find.png")
 
         other = page.context.new_page()
         open_app(other, url + "?epoch=0&image=3")
@@ -178,6 +178,53 @@ def test_noisemask_find_images_link_csv(page, tmp_path):
         text = wait_text(other, "#stats", "epoch 0, image 3")
         assert f"label {z0['label'][3]} · predicted {z0['pred'][3]}" in text
         wait_text(other, "#share", "epoch=0&image=3")
+
+
+@pytest.mark.slow
+def test_difficulty_decision_and_effective_ratio(page, tmp_path):
+    """What the sampler decided at a step (its scoring curve, the candidates' draws, the selected set) and
+    the effective-gradient ratio per sampler per step, against numpy / pandas over difficulty.parquet."""
+    sampler_run(tmp_path / "run", steps=5)  # the real vade and uniform samplers
+    raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
+
+    def expected(step: int) -> str:
+        c = raw[(raw.sampler == "vade") & (raw.step == step) & raw.draw.notna()]
+        x = c.draw.to_numpy()
+        sc = x * (1 - x) ** 2
+        sel = c.selected.to_numpy()
+        k = int(sel.sum())
+        agree = len(set(c.prompt_id.to_numpy()[np.argsort(-sc, kind="stable")[:k]]) & set(c.prompt_id[c.selected]))
+        return (f"vade, step {step}: {len(c)} candidates ranked on their Thompson draw p̃, {k} selected",
+                f"Top-{k} agreement: {agree} of {k}", f"Lowest score selected = {sc[sel].min():.4f}, highest not "
+                f"selected = {sc[~sel].max():.4f}", f"mean score selected = {sc[sel].mean():.4f} vs all candidates "
+                f"= {sc.mean():.4f}", f"Mean Thompson draw p̃ of the selected = {f3(x[sel].mean())}")
+
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        text = wait_text(page, "#decision", "vade, step 4")
+        for part in expected(4):
+            assert part in text, (part, text)
+        assert "Scoring curve: I(p) = p(1−p)² (VADE) (the sampler's default)" in text
+        page.locator("#infogain img, #infogain canvas, #infogain svg").first.wait_for()
+        # the ratio per step and sampler, cell by cell
+        er = raw[raw.selected & (raw.trials > 0)].assign(mixed=lambda d: (d.successes > 0) & (d.successes < d.trials))
+        wait_text(page, "#effective-table", "vade groups")
+        for step in range(5):
+            cells = [page.locator(f'#effective-table [data-testid="cell-{step}-{c}"]').inner_text().strip()
+                     for c in range(5)]
+            assert int(cells[0]) == step
+            for col, s in ((1, "uniform"), (3, "vade")):
+                g = er[(er.sampler == s) & (er.step == step)]
+                assert float(cells[col]) == pytest.approx(g.mixed.mean(), abs=5e-5) and int(cells[col + 1]) == len(g)
+        shot(page, tmp_path / "difficulty-decision.png")
+        # another step: the decision follows
+        choose(page, "step", "2")
+        text = wait_text(page, "#decision", "vade, step 2")
+        for part in expected(2):
+            assert part in text, (part, text)
+        # a sampler that does not rank says so
+        choose(page, "sampler", "uniform")
+        wait_text(page, "#decision", "Scoring curve: none — uniform does not rank prompts")
 
 
 # ------------------------------------------------------------------------------------------ load time
@@ -195,7 +242,7 @@ def _make(app: str, path):
 USABLE = {
     "filtration": ([("#summary", "Step 99, prompt 0"), ("#responses", "# s99 p0 i4"),
                     ("#found", "10000 of 10000 samples match")],
-                   ["#curves", "#scatter"], ("#rel-summary", "step 0: 100 samples")),
+                   ["#curves", "#scatter"], ("rel-section", "#rel-summary", "step 0: 100 samples")),
     "difficulty": ([("#stats", "vade: 100 prompts"), ("#focus-info", "at step 99"), ("#focus-responses", "# s99 t"),
                     ("#found", "6400 of 6400 rollouts match")],
                    ["#posteriors", "#focus-plot", "#effective-ratio"], None),
@@ -243,7 +290,8 @@ def test_10k_rows_page_load_and_server_start(app, page, tmp_path):
             for sel in panels:
                 pg.locator(f"{sel} img, {sel} canvas, {sel} svg").first.wait_for()
             if last:
-                wait_text(pg, *last)
+                open_section(pg, last[0])  # a closed accordion: computed on load, drawn when opened
+                wait_text(pg, *last[1:])
             return usable, time.perf_counter() - t1
 
         first = view(page)  # opened the moment the server answers

@@ -7,24 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _inspect_runs import sampler_run
 
-from pfkit.data.samplers import difficulty_rows, make_sampler
 from pfkit.inspect import difficulty as D
 from pfkit.runs import RunDir
-
-
-def sampler_run(path, steps=5, n=10, k=3, G=4):
-    """difficulty.parquet written by the real samplers (vade and uniform) on fixed success rates."""
-    run = RunDir(path)
-    p = torch.linspace(0.05, 0.95, n)
-    for name in ("vade", "uniform"):
-        s = make_sampler(name, n, G, seed=1)
-        g = torch.Generator().manual_seed(3)
-        for step in range(steps):
-            b = s.collect(k, lambda ids, g=g: (torch.bernoulli(p[ids].unsqueeze(1).expand(len(ids), G), generator=g),
-                                               [None] * len(ids)))
-            run.append("difficulty", difficulty_rows(s, b, step, names=[f"t{i}" for i in range(n)]), step=step)
-    return run
 
 
 def test_effective_ratio_is_the_mixed_share_of_selected_groups(tmp_path):
@@ -59,6 +45,74 @@ def test_infogain_figure_rings_the_selected_draws(tmp_path):
     fig_u = D.infogain_figure(data, "uniform", 4)
     assert "posterior mean" in fig_u.axes[0].get_xlabel()
     assert D.build_app(tmp_path) is not None
+
+
+def _expected_decision(d: pd.DataFrame, score) -> dict:
+    """The step's decision from the parquet rows with numpy: candidates = rows with a draw."""
+    c = d[d["draw"].notna()]
+    x = c["draw"].to_numpy()
+    sc = score(x)
+    sel = c["selected"].to_numpy()
+    k = int(sel.sum())
+    top = set(c["prompt_id"].to_numpy()[np.argsort(-sc, kind="stable")[:k]])
+    return {"candidates": len(c), "k": k, "agree": len(top & set(c.loc[c.selected, "prompt_id"])),
+            "min_sel": sc[sel].min(), "max_unsel": sc[~sel].max(), "mean_x": x[sel].mean(),
+            "mean_sel": sc[sel].mean(), "mean_all": sc.mean()}
+
+
+def test_decision_numbers_match_numpy_and_follow_the_config(tmp_path):
+    """VADE's step decision: 3 of 3 top-scoring draws selected (the paper's criterion by default); a run whose
+    config.yaml sets the p1p variant is scored by p(1-p); MoPPS by closeness to its target rate."""
+    sampler_run(tmp_path / "a")
+    data = D.Difficulty(tmp_path / "a")
+    raw = pd.read_parquet(tmp_path / "a" / "difficulty.parquet")
+    for step in range(5):
+        d = raw[(raw.sampler == "vade") & (raw.step == step)]
+        e = _expected_decision(d, lambda x: x * (1 - x) ** 2)
+        dc = D.decision(data, "vade", step)
+        assert (dc["candidates"], dc["k"], dc["top_k_agree"]) == (e["candidates"], 3, 3) == (10, 3, e["agree"])
+        for key, want in (("min_selected", "min_sel"), ("max_unselected", "max_unsel"),
+                          ("mean_x_selected", "mean_x"), ("mean_score_selected", "mean_sel"),
+                          ("mean_score_all", "mean_all")):
+            assert dc[key] == pytest.approx(e[want])
+        assert dc["min_selected"] >= dc["max_unselected"]  # top-k: the cut separates them
+    md = D.decision_markdown(data, "vade", 4)
+    assert "I(p) = p(1−p)² (VADE)** (the sampler's default)" in md and "**3 of 3**" in md
+    assert "Scoring curve: none" in D.decision_markdown(data, "uniform", 4)
+
+    sampler_run(tmp_path / "b", samplers=("vade",), options={"vade": {"tracker": {"variant": "p1p"}}},
+                config={"sampler": "vade", "group_size": 4, "sampler_options": {"tracker": {"variant": "p1p"}}})
+    data = D.Difficulty(tmp_path / "b")
+    raw = pd.read_parquet(tmp_path / "b" / "difficulty.parquet")
+    d = raw[raw.step == 3]
+    e = _expected_decision(d, lambda x: x * (1 - x))
+    dc = D.decision(data, "vade", 3)
+    assert dc["scoring"].criterion == "variance" and dc["scoring"].source == "config.yaml"
+    assert dc["top_k_agree"] == e["agree"] == 3 and dc["min_selected"] == pytest.approx(e["min_sel"])
+    assert "**p(1−p)** (from the run's config.yaml)" in D.decision_markdown(data, "vade", 3)
+
+    sampler_run(tmp_path / "c", samplers=("mopps",), options={"mopps": {"target_success_rate": 0.3}},
+                config={"sampler": "mopps", "sampler_options": {"target_success_rate": 0.3}})
+    data = D.Difficulty(tmp_path / "c")
+    raw = pd.read_parquet(tmp_path / "c" / "difficulty.parquet")
+    d = raw[raw.step == 2]
+    e = _expected_decision(d, lambda x: -(x - 0.3) ** 2)
+    dc = D.decision(data, "mopps", 2)
+    assert dc["scoring"].target == 0.3 and dc["candidates"] == e["candidates"] < 10  # ceil(3 / 0.6) = 5
+    assert dc["top_k_agree"] == e["agree"] == 3 and dc["mean_score_all"] == pytest.approx(e["mean_all"])
+
+
+def test_effective_table_matches_pandas(tmp_path):
+    sampler_run(tmp_path)
+    raw = pd.read_parquet(tmp_path / "difficulty.parquet")
+    t = D.effective_table(D.Difficulty(tmp_path))
+    assert list(t.columns) == ["step", "uniform", "uniform groups", "vade", "vade groups"]
+    assert t["step"].tolist() == list(range(5))
+    for r in t.to_dict("records"):
+        for s in ("uniform", "vade"):
+            g = raw[(raw.sampler == s) & (raw.step == r["step"]) & raw.selected & (raw.trials > 0)]
+            mixed = ((g.successes > 0) & (g.successes < g.trials)).mean()
+            assert r[s] == pytest.approx(round(mixed, 4)) and r[f"{s} groups"] == len(g) == 3
 
 
 # ------------------------------------------------------------------ issue #20: rollouts across the run
@@ -104,9 +158,9 @@ def test_search_focus_and_csv_match_pandas_and_scipy(tmp_path):
     assert list(dots.get_xdata()) == mine.loc[mine.selected, "step"].tolist()
 
 
-def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
-    """GRPO's rollouts.parquet: each response's tokens and log-probs under the sampling policy (recomputed
-    here with sequence_logprobs on a copy of the policy taken before the update), shown by the app."""
+def _grpo_step(path, **kw):
+    """One GRPO step of a tiny policy on a verifier task, its tables written to ``path`` as the module writes
+    them; (module, step result, the policy before the update, tokenizer, rollouts.parquet)."""
     import copy
     from types import SimpleNamespace
 
@@ -114,22 +168,35 @@ def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
     from pfkit.models import build_policy, train_tokenizer
     from pfkit.modules.grpo import GRPOModule
     from pfkit.rl import grpo
-    from pfkit.rollout import Rollout, sequence_logprobs
 
     torch.set_num_threads(1)
     prompts = [f"count {i}:" for i in range(8)]
     torch.manual_seed(0)
     tok = train_tokenizer(prompts * 5 + ["0123456789 abcdef " * 5], vocab_size=300)
-    m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=2, group_size=3, max_new_tokens=6, lr=1e-2)
+    m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=2, group_size=3, max_new_tokens=6, lr=1e-2, **kw)
     m.set_policy(build_policy(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64), tok)
     m.attach(verifier_prompt_set(prompts, lambda p, c: float(any(ch.isdigit() for ch in c[:3]))))
+    if m.ref_model is not None:  # a reference that differs from the policy, so the two columns differ
+        with torch.no_grad():
+            for q in m.ref_model.parameters():
+                q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
     before = copy.deepcopy(m.model)
-    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, generator=m.gen)
+    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, ref_policy=m.ref_model,
+                    generator=m.gen)
     m._last_batch, m._last_adv = res.batch, res.advantages
-    m._trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    m._trainer = SimpleNamespace(log_dir=str(path), default_root_dir=str(path))
     m._write_tables(0)
-    ro = RunDir(tmp_path).read("rollouts")
+    return m, res, before, tok, RunDir(path).read("rollouts")
+
+
+def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
+    """GRPO's rollouts.parquet: each response's tokens and log-probs under the sampling policy (recomputed
+    here with sequence_logprobs on a copy of the policy taken before the update), shown by the app."""
+    from pfkit.rollout import Rollout, sequence_logprobs
+
+    m, res, before, tok, ro = _grpo_step(tmp_path)
     assert len(ro) == 6 and {"tokens", "token_logprobs"} <= set(ro.columns)
+    assert "ref_token_logprobs" not in ro.columns  # no KL term, no reference
     d = Rollout.cat(list(res.batch.payload))
     with torch.no_grad():
         full = sequence_logprobs(before, d.sequences, d.attention_mask, d.response_len)
@@ -142,3 +209,25 @@ def test_grpo_rollouts_carry_tokens_and_policy_logprobs(tmp_path):
     pid = str(ro.prompt_id.iloc[0])
     html, info = D.focus_tokens(data, "uniform", 0, pid, 0, "log-prob (policy)")
     assert html.count('class="pfkit-tok"') == len(ro.tokens.iloc[0]) and "tokens · sum log p" in info
+
+
+def test_grpo_with_kl_logs_reference_logprobs(tmp_path):
+    """With kl_coef > 0 GRPO has a reference; rollouts.parquet then also carries its per-token log-probs
+    (recomputed here with sequence_logprobs on the reference) and the app shades policy − reference."""
+    from pfkit.inspect.filtration import TOKEN_MODES
+    from pfkit.rollout import Rollout, sequence_logprobs
+
+    m, res, before, tok, ro = _grpo_step(tmp_path, kl_coef=0.1)
+    d = Rollout.cat(list(res.batch.payload))
+    with torch.no_grad():
+        ref = sequence_logprobs(m.ref_model, d.sequences, d.attention_mask, d.response_len)
+    for i, row in enumerate(ro.itertuples()):
+        on = d.response_mask[i].bool()
+        np.testing.assert_allclose(row.ref_token_logprobs, ref[i][on].numpy(), atol=1e-4)
+        assert not np.allclose(row.ref_token_logprobs, row.token_logprobs, atol=1e-3)
+    data = D.Difficulty(tmp_path)
+    assert data.has_ref
+    row = ro.iloc[0]
+    html, info = D.focus_tokens(data, "uniform", 0, str(row.prompt_id), int(row.sample_idx), TOKEN_MODES[1])
+    diff = np.asarray(row.token_logprobs) - np.asarray(row.ref_token_logprobs)
+    assert f"mean (log p − log p_ref) = **{diff.mean():.3f}**" in info and html.count('class="pfkit-tok"') == len(diff)

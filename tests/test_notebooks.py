@@ -92,7 +92,7 @@ def stand_in_models(tmp_path_factory) -> dict[str, str]:
     if policy is not None:
         env["PFKIT_POLICY"] = policy
     if os.environ.get("PFKIT_REWARD_MODEL") is None and (policy is not None or
-                                                         not (reward_dir / "reward_model.pt").is_file()):
+                                                         not (reward_dir / "pfkit.json").is_file()):
         from pfkit.models import ScalarHeadModel, load_policy
 
         model, tok = load_policy(policy or "embedded")

@@ -3,7 +3,6 @@ verifiers chosen in config, the example dataset and config, and one-line errors 
 
 import json
 import operator
-import os
 import random
 import re
 import subprocess
@@ -193,14 +192,11 @@ def test_example_policy_success_spreads_over_the_prompts():
     assert ev["samples"] == 8 and 0.1 <= ev["pass@1_T1"] <= 0.7 and ev["frac_zero"] < 0.7 and ev["frac_one"] < 0.5
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")])}
-
-
 def _fit(*args, timeout=900):  # generous: the CI machine may be shared
+    from conftest import child_env_for
+
     return subprocess.run([sys.executable, "-m", "pfkit.cli", "fit", "-c", str(ROOT / "configs" / "grpo_own_data.yaml"),
-                           *args], capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+                           *args], capture_output=True, text=True, timeout=timeout, env=child_env_for(), cwd=ROOT)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ last checkpoint continues exactly like the uninterrupted run: same rollouts at t
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_distributed import grpo_config, pfkit_fit, tiny  # noqa: F401  (fixture)
@@ -119,8 +121,15 @@ def test_run_logger_keeps_the_rows_before_the_resumed_step(tmp_path):
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert df["step"].tolist() == [0, 1, 2, 3] and df["loss"].tolist() == [0.0, 1.0, 20.0, 30.0]
     assert list(df.columns) == ["loss", "step", "val/acc"] and df["val/acc"].isna().tolist() == [True, True, False, True]
-    c = RunLogger(str(tmp_path))  # a new run in the same folder: starts over, as Lightning does
-    c.log_metrics({"loss": 5.0}, step=0)
+    c = RunLogger(str(tmp_path))  # a new run in the same folder: starts over, as Lightning does, and says so
+    with pytest.warns(UserWarning, match="from an earlier run in this folder is replaced; pass --ckpt_path"):
+        c.log_metrics({"loss": 5.0}, step=0)
+    d = tmp_path / "fresh"
+    d.mkdir()
+    (d / "config.yaml").write_text("x: 1\n")  # a run folder with other files but no metrics: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RunLogger(str(d)).log_metrics({"loss": 1.0}, step=0)
     assert pd.read_csv(tmp_path / "metrics.csv")["loss"].tolist() == [5.0]
 
 
@@ -149,3 +158,43 @@ def test_resumable_loader_continues_the_epoch_in_its_shuffle_order():
     resumed = loader()
     resumed.load_state_dict(end_of_epoch)
     assert [b.tolist() for b in resumed] == epochs[1]
+
+
+def test_resumable_loader_after_an_epoch_cut_short_starts_the_next_epoch():
+    """A state taken at the last batch of an epoch cut short (limit_train_batches) has served fewer batches
+    than the loader's length; Lightning resumes it in the next epoch (set_epoch first), which must start at
+    its first batch, in the order the uninterrupted loader had: with a RandomSampler and with the
+    DistributedSampler Lightning puts in under DDP/FSDP (the FSDP resume that replayed other prompts)."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DistributedSampler
+
+    from pfkit.data._loader import ResumableLoader
+
+    def loader(ddp):
+        data = list(range(12))
+        if ddp:
+            return ResumableLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=2, rank=1))
+        return ResumableLoader(data, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    for ddp in (False, True):
+        ref = loader(ddp)
+        epochs = []
+        for e in range(3):
+            it = iter(ref)
+            _set_sampler_epoch(ref, e)
+            epochs.append([next(it).tolist()])  # one batch per epoch, as limit_train_batches=1 serves
+        assert epochs[0] != epochs[1], ddp
+        live = loader(ddp)
+        _set_sampler_epoch(live, 0)
+        it = iter(live)
+        next(it)
+        state = live.state_dict()
+        assert state["served"] == 1 < len(live)
+        resumed = loader(ddp)
+        resumed.load_state_dict(state)
+        it = iter(resumed)  # Lightning calls iter() in setup_data, then set_epoch for the next epoch
+        _set_sampler_epoch(resumed, 1)
+        assert [next(it).tolist()] == epochs[1], ddp
+        it = iter(resumed)
+        _set_sampler_epoch(resumed, 2)
+        assert [next(it).tolist()] == epochs[2], ddp

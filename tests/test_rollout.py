@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -341,3 +342,71 @@ def test_other_architectures_use_their_own_forward(bpe):
     with torch.no_grad():
         hf = llama.generate(**enc, do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
     assert torch.equal(hf[:, enc["input_ids"].shape[1]:], greedy.response_ids)
+
+
+# --------------------------------------------------------------- the generic static-cache path, the kernels
+
+
+def tiny_causal_lm(arch, bpe):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cfg_cls, cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    torch.manual_seed(0)
+    cfg = cfg_cls(vocab_size=len(bpe), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  eos_token_id=bpe.eos_token_id, pad_token_id=bpe.eos_token_id, bos_token_id=bpe.eos_token_id)
+    return cls(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_static_cache_path_matches_teacher_forcing_and_the_dynamic_path(bpe, arch):
+    from pfkit.rollout.runners import _StaticRunner
+
+    model = tiny_causal_lm(arch, bpe)
+    assert _StaticRunner.supports(model) and _StaticRunner(model).own_kernel
+    eos = list(range(0, 400, 4))  # rows end at different steps: finished rows are dropped from the cache
+    prompts = PROMPTS * 3
+    r = generate(model, bpe, prompts, max_new_tokens=8, seed=0, eos_token_id=eos, group_size=2, top_p=0.9)
+    assert len(set(r.response_mask.sum(-1).tolist())) > 1
+    lp = sequence_logprobs(model, r.sequences, r.attention_mask, r.response_len)
+    torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
+    # same draws as the DynamicCache path (same generator, same logits up to rounding)
+    d = generate(model, bpe, prompts, max_new_tokens=8, seed=0, eos_token_id=eos, group_size=2, top_p=0.9,
+                 backend="hf")
+    assert torch.equal(r.response_ids, d.response_ids) and r.texts == d.texts
+    greedy = generate(model, bpe, PROMPTS, max_new_tokens=6, temperature=0.0, eos_token_id=[], backend="static")
+    enc = bpe(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        hf = model.generate(**enc, do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                            pad_token_id=bpe.eos_token_id)
+    assert torch.equal(hf[:, enc["input_ids"].shape[1]:], greedy.response_ids)
+    assert model.config._attn_implementation == "sdpa"  # the decode kernel is switched back after each step
+
+
+def test_static_backend_refuses_a_model_without_a_static_cache(gpt2, bpe):
+    with pytest.raises(ValueError, match="backend='static'"):
+        generate(ScriptedLM(bpe, [["a"]]), bpe, ["x"], max_new_tokens=1, backend="static")
+    with pytest.raises(ValueError, match="backend must be"):
+        generate(gpt2, bpe, ["x"], max_new_tokens=1, backend="vllm-typo")
+
+
+def test_decode_attention_kernel_equals_sdpa_with_grouped_heads():
+    from pfkit.rollout.runners import _decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, H, kv, dh, L, n = 3, 6, 2, 8, 12, 9
+    q = torch.randn(b, H, 1, dh, generator=g)
+    k, v = torch.randn(b, kv, L, dh, generator=g), torch.randn(b, kv, L, dh, generator=g)
+    mask = torch.ones(b, 1, 1, n, dtype=torch.bool)
+    mask[0, ..., :3] = False                      # left padding of row 0
+    out, _ = _decode_attention(None, q, k, v, mask, scaling=0.3)
+    ref = F.scaled_dot_product_attention(q, k[:, :, :n].repeat_interleave(H // kv, 1),
+                                         v[:, :, :n].repeat_interleave(H // kv, 1), attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_sigmoid_form_of_tanh_gelu_is_the_same_function():
+    from pfkit.rollout.runners import _gelu_tanh_sigmoid
+
+    x = torch.linspace(-12, 12, 10001)
+    torch.testing.assert_close(_gelu_tanh_sigmoid(x.clone()), F.gelu(x, approximate="tanh"), atol=2e-6, rtol=0)

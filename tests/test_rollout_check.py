@@ -111,3 +111,99 @@ def test_zero_loss_is_zero_and_reaches_every_trainable_parameter():
     loss.backward()
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in lin.parameters())
     assert dist.rank_seed(5) == 5 and not dist.seed_rank_stream(torch.Generator(), 5)  # rank 0: unchanged
+
+
+# ------------------------------------------------------------- verification overlapped with generation
+
+
+def test_overlap_gives_the_same_table_and_rollout(tiny):
+    probs, tok, model = tiny
+    out = {}
+    for overlap in (False, True):
+        g = torch.Generator().manual_seed(11)
+        out[overlap] = sample_and_check(model, tok, probs[:5], 2, max_new_tokens=8, generator=g, batch_prompts=2,
+                                        return_rollout=True, overlap=overlap)
+    (t0, r0), (t1, r1) = out[False], out[True]
+    assert len(t0) == 10
+    # everything but the sandbox's run times (``seconds``), which no two runs share
+    assert t0.drop(columns="seconds").equals(t1.drop(columns="seconds"))
+    assert torch.equal(r0.sequences, r1.sequences) and torch.equal(r0.logprobs, r1.logprobs)
+
+
+def test_overlap_checks_chunk_k_while_chunk_k_plus_1_is_sampled(tiny, monkeypatch):
+    import threading
+
+    import pfkit.rollout.check as check_mod
+
+    probs, tok, model = tiny
+    calls, second_started = [], threading.Event()
+    real = check_mod.generate
+
+    def counting_generate(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            second_started.set()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(check_mod, "generate", counting_generate)
+    seen = []
+
+    def check(flat, texts):  # the first chunk's check waits for the next chunk's sampling to begin
+        waited = second_started.wait(timeout=20) if not seen else True
+        seen.append((threading.current_thread().name, waited, torch.is_grad_enabled()))
+        return [0.5] * len(texts)
+
+    t = sample_and_check(model, tok, probs[:4], 2, max_new_tokens=4, seed=0, batch_prompts=2, check=check,
+                         overlap=True)
+    assert seen[0][0].startswith("pfkit-verify") and seen[0][1], "chunk 0 was not verified during chunk 1's sampling"
+    assert not any(grad for *_, grad in seen)  # no autograd in the verification thread either
+    assert t["score"].tolist() == [0.5] * 8
+    second_started.clear()
+    calls.clear()
+    seen.clear()
+    sample_and_check(model, tok, probs[:4], 2, max_new_tokens=4, seed=0, batch_prompts=2, check=lambda f, x: [0] * len(x))
+    assert len(calls) == 2
+
+
+def test_overlap_propagates_a_failing_check(tiny):
+    probs, tok, model = tiny
+
+    def check(flat, texts):
+        raise RuntimeError("sandbox down")
+
+    with pytest.raises(RuntimeError, match="sandbox down"):
+        sample_and_check(model, tok, probs[:4], 1, max_new_tokens=2, seed=0, batch_prompts=2, check=check,
+                         overlap=True)
+
+
+def test_grpo_step_rewards_and_advantages_equal_with_overlap_on_and_off():
+    import copy
+
+    from pfkit.data.prompts import verifier_prompt_set
+    from pfkit.modules.grpo import GRPOModule
+    from pfkit.rl import grpo
+
+    prompts = [f"count {i}:" for i in range(8)]
+    tok = train_tokenizer(prompts * 5 + ["0123456789 abcdef " * 5], vocab_size=300)
+    torch.manual_seed(0)
+    policy = build_policy(tok, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+
+    def reward(p, c):
+        return sum(ch.isdigit() for ch in c[:8]) / 8
+
+    res = {}
+    for overlap in (False, True):
+        m = GRPOModule(policy=None, sampler="uniform", prompts_per_step=4, group_size=4, max_new_tokens=8, lr=1e-2,
+                       rollout_batch_prompts=2, overlap_verify=overlap, seed=3)
+        m.set_policy(copy.deepcopy(policy), tok)
+        m.attach(verifier_prompt_set(prompts, reward))
+        opt = m.configure_optimizers()
+        steps = [grpo.step(m.model, opt, m.sampler, m.rollout, m.config, generator=m.gen) for _ in range(2)]
+        res[overlap] = (steps, [p.detach().clone() for p in m.model.parameters()])
+    (s0, p0), (s1, p1) = res[False], res[True]
+    for a, b in zip(s0, s1):
+        assert a.batch.prompt_ids == b.batch.prompt_ids
+        assert torch.equal(a.batch.rewards, b.batch.rewards) and torch.equal(a.advantages, b.advantages)
+        assert a.stats["loss"] == b.stats["loss"]
+    assert float(s0[0].batch.rewards.std()) > 0  # a step with something to learn from
+    assert all(torch.equal(x, y) for x, y in zip(p0, p1))

@@ -222,3 +222,59 @@ def test_every_shipped_study_loads_and_its_job_resolves(name):
     if full.baseline is not None:
         assert all(full.baseline_of(a) is None or full.baseline_of(a) in {b.name for b in full.arms}
                    for a in full.arms)
+
+
+def test_config_list_merges_in_order_and_arms_override_it(tmp_path):
+    """`config: [a, b]` merges as repeated `pfkit fit -c`: mappings key by key, other values replaced;
+    then the study's and the arm's dotted overrides apply on top."""
+    (tmp_path / "a.yaml").write_text("trainer: {max_steps: 5, devices: 1}\nmodel: {init_args: {lr: 0.1, tags: [x, y]}}\n")
+    (tmp_path / "b.yaml").write_text("trainer: {max_steps: 7}\nmodel: {init_args: {tags: [z]}}\n")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        job: pfkit.study:fit_job
+        config: [a.yaml, b.yaml]
+        overrides: {model.init_args.lr: 0.2}
+        arms: {one: {overrides: {trainer.devices: 2}}, two: {}}
+    """))
+    study = load_study(tmp_path / "s.yaml")
+    assert study.config == {"trainer": {"max_steps": 7, "devices": 1}, "model": {"init_args": {"lr": 0.1, "tags": ["z"]}}}
+    one, two = study.arms
+    assert study.config_for(one) == {"trainer": {"max_steps": 7, "devices": 2},
+                                     "model": {"init_args": {"lr": 0.2, "tags": ["z"]}}}
+    assert study.config_for(two)["trainer"]["devices"] == 1
+    assert study.config["model"]["init_args"]["lr"] == 0.1  # config_for copies
+    (tmp_path / "s.yaml").write_text("job: pfkit.study:fit_job\nconfig: [a.yaml, nope.yaml]\narms: {one: {}}\n")
+    with pytest.raises(UserError, match="nope.yaml not found"):
+        load_study(tmp_path / "s.yaml")
+
+
+@pytest.mark.slow
+def test_a_terminal_shows_a_bar_over_the_runs_and_a_pipe_does_not(tmp_path):
+    """On a TTY the study draws a tqdm bar over its runs (per-run lines above it); captured output (tests,
+    CI logs, notebooks) gets the lines only."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    path = write_study(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "study", "-c", str(path), "--out",
+                             str(tmp_path / "tty"), "--workers", "2"], stdout=slave, stderr=slave, cwd=tmp_path,
+                            env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "study toy: [6/6]" in shown and "6/6 [" in shown and ("run/s" in shown or "s/run" in shown), shown[-2000:]
+    piped = run_cli(tmp_path, "-c", str(path), "--out", str(tmp_path / "pipe"), "--workers", "2")
+    assert piped.returncode == 0 and "s/run" not in piped.stderr + piped.stdout and "run/s" not in piped.stderr

@@ -137,15 +137,14 @@ def test_study_job_runs_to_budget_and_reports_not_reached(tiny_code_policy, tmp_
 
 
 @pytest.mark.slow
-def test_demo_cli_quick_runs_the_study_job_per_sampler(tiny_code_policy, tmp_path):
+def test_demo_cli_quick_runs_the_study_job_per_sampler(tiny_code_policy, tmp_path, child_env):
     """`pfkit demo vade --quick` as a subprocess: one run folder per sampler through run_arm, the table,
     summary.json and the figure."""
-    import os
     import subprocess
     import sys
 
     out = tmp_path / "demo"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     res = subprocess.run([sys.executable, "-m", "pfkit.cli", "demo", "vade", "--quick", "--samplers",
                           "uniform,dapo_filter", "--policy", str(tiny_code_policy), "--budget", "32",
                           "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -43,13 +44,40 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_the_assets_and_configs_once(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for need in ("pfkit/assets/policy/model.safetensors", "pfkit/assets/policy/tokenizer.json",
-                 "pfkit/assets/reward/reward_model.pt", "pfkit/assets/reward/config.json",
+                 "pfkit/assets/reward/model.safetensors", "pfkit/assets/reward/pfkit.json",
                  "pfkit/assets/synthetic_medical.npz", "pfkit/configs/pfppo_codegen.yaml",
                  "pfkit/configs/demo/pfppo_quick.yaml", "pfkit/configs/gpu/pfppo_ddp.yaml",
-                 "pfkit/sandbox/_worker.py"):
+                 "pfkit/sandbox/_worker.py", "pfkit/studies/noisemask.yaml", "pfkit/studies/vade.yaml"):
         assert need in names, need
     assert len(names) == len(set(names))
+    with zipfile.ZipFile(wheel) as z:  # the links to studies/ became the files themselves
+        assert z.read("pfkit/studies/noisemask.yaml") == (ROOT / "studies" / "noisemask.yaml").read_bytes()
     assert not [n for n in names if n.startswith(("data/", "configs/", "tests/"))]  # nothing outside pfkit/
+
+
+def test_every_study_yaml_is_package_data_once():
+    """studies/*.yaml are the files (their `table:` paths are relative to the checkout); pfkit/studies/ has
+    one link to each, which the wheel turns into package data."""
+    shipped = sorted(p.name for p in (ROOT / "studies").glob("*.yaml"))
+    linked = sorted(p.name for p in (ROOT / "pfkit" / "studies").glob("*.yaml"))
+    assert shipped and linked == shipped
+    for name in linked:
+        link = ROOT / "pfkit" / "studies" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / "studies" / name).resolve(), name
+
+
+def test_a_shipped_study_by_name():
+    from pfkit.cli import resolve_study
+    from pfkit.study import load_study
+
+    for arg in ("noisemask", "noisemask.yaml", "studies/noisemask.yaml"):
+        path = Path(resolve_study(arg)) if arg != "studies/noisemask.yaml" else ROOT / arg
+        assert path.resolve() == (ROOT / "studies" / "noisemask.yaml").resolve(), arg
+    for missing in ("/nowhere/noisemask.yaml", "studies/nosuchstudy.yaml"):
+        assert resolve_study(missing) == missing  # left for load_study's "not found" line
+    study = load_study(resolve_study("noisemask"), quick=True)
+    # its base config and table resolve against the checkout (the link's target), as a wheel's do against pfkit/
+    assert "baseline" in [a.name for a in study.arms] and study.table == ROOT / "studies" / "results" / "noisemask.csv"
 
 
 @pytest.mark.slow
@@ -83,3 +111,15 @@ def test_wheel_in_a_fresh_venv_runs_the_quick_demo_outside_the_checkout(wheel, t
     # the demo's arms by their study level names: PPO-M (strategy none), BW, and the SFT evaluation
     assert {r.get("strategy") for r in summary["pass_at_1"]} == {"sft", "ppo_m", "bw"}
     assert summary["reward_model"] and "Traceback" not in res.stderr
+    # a quiet terminal: progress bars and pfkit's own lines; no library warning (they name their file)
+    stray = [ln for ln in re.split(r"[\r\n]", res.stdout + res.stderr)
+             if ("Warning" in ln or "site-packages" in ln or "warn(" in ln) and "site-packages/pfkit/" not in ln]
+    assert not stray, stray[:10]
+    # the noise-mask demo reads studies/noisemask.yaml, package data now (two arms keep the test short)
+    res = _run([venv / "bin" / "pfkit", "demo", "noisemask", "--quick", "--arms", "baseline,faithful", "--out", "nm",
+                "--threads", "1"], cwd=work, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    assert "a demonstration, not a result" in res.stdout and "Traceback" not in res.stderr
+    import pandas as pd
+
+    assert sorted(pd.read_csv(work / "nm" / "results.csv")["arm"]) == ["baseline", "faithful"]

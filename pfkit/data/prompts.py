@@ -381,10 +381,9 @@ class CodePromptDataModule(PromptDataModule):
         if k % world:
             raise ValueError(f"prompts_per_step={k} is not divisible by the {world} DDP processes; use a "
                              "multiple of the device count")
-        # a plain DataLoader: Lightning's own fast-forward over the seeded shuffle gives the exact resume
-        # (tests/test_fsdp.py); the stateful ResumableLoader here replayed other prompts after an FSDP resume
-        return DataLoader(_Problems(self.problems["train"]), batch_size=k // world, shuffle=True, drop_last=True,
-                          collate_fn=list, generator=torch.Generator().manual_seed(self.hparams.seed))
+        return ResumableLoader(_Problems(self.problems["train"]), batch_size=k // world,  # exact resume
+                               shuffle=True, drop_last=True, collate_fn=list,
+                               generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def val_dataloader(self):
         return DataLoader(_Problems(self.problems["val"]), batch_size=len(self.problems["val"]), collate_fn=list)

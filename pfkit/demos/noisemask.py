@@ -36,7 +36,7 @@ from pathlib import Path
 
 MODES = ("faithful", "per_sample")  # = pfkit.noise.reinforce.MODES; literal so `pfkit --help` stays light
 ROOT = Path(__file__).resolve().parents[2]
-STUDY = ROOT / "studies" / "noisemask.yaml"
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "noisemask.yaml"  # package data (a wheel has it)
 # job arguments the study YAML may leave out (the YAML's `args:` is where the protocol is set)
 JOB_DEFAULTS = dict(stage="noisemask", finetune_epochs=4, finetune_lr=1e-3, finetune_warmup=2, average_last=0,
                     shots=[16, 32, 64, 128, 256], repeats=3, curve_steps=40, curve_lr=1e-3)

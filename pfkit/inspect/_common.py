@@ -326,3 +326,98 @@ def int_param(params: dict, name: str, allowed, default):
     except (KeyError, ValueError):
         return default
     return v if v in set(allowed) else default
+
+
+# ------------------------------------------------------------------ search results (filtration, difficulty)
+SHOWN = 200  # search results listed on the page; the CSV has them all
+
+
+def results_table(found: pd.DataFrame, extra=(), limit: int = SHOWN) -> pd.DataFrame:
+    """The search results as listed (first ``limit``): step, prompt, sample, reward, score, passed, the
+    ``extra`` flag columns (e.g. ``kept``), the hack label when logged, and a response excerpt."""
+    t = found.head(limit)
+    out = pd.DataFrame({"step": t["step"].astype(int).to_numpy(), "prompt": t["pid"].to_numpy(),
+                        "sample": t["sample_idx"].astype(int).to_numpy(), "reward": t["reward"].round(4).to_numpy(),
+                        "score": t["score"].round(4).to_numpy(), "passed": t["passed"].to_numpy()})
+    for c in (*extra, "hack"):
+        if c in t.columns:
+            out[c] = t[c].to_numpy()
+    out["response"] = [" ".join(str(r).split())[:80] for r in t["response"]]
+    return out
+
+
+def csv_frame(found: pd.DataFrame, columns) -> pd.DataFrame:
+    """What "download as CSV" writes: every matching row, the ``columns`` it has (no token lists)."""
+    return found[[c for c in columns if c in found.columns]].reset_index(drop=True)
+
+
+def search_markdown(found: pd.DataFrame, total: int, noun: str, parts: Callable[[pd.DataFrame], list[str]],
+                    pick: str, limit: int = SHOWN) -> str:
+    """"**n** of total <noun> match · <parts(found)> · ...", then what selecting a listed row does."""
+    if found.empty:
+        return f"**0** of {total} {noun} match."
+    more = f" · listing the first {limit} (the CSV has all)" if len(found) > limit else ""
+    return f"**{len(found)}** of {total} {noun} match · " + " · ".join(parts(found)) + more + f". {pick}"
+
+
+def result_keys(found: pd.DataFrame, limit: int = SHOWN) -> list[tuple[int, str, int]]:
+    """(step, prompt, sample) of the listed results, for a row pick."""
+    shown = found.head(limit)
+    return list(zip(shown["step"].astype(int).tolist(), shown["pid"].tolist(), shown["sample_idx"].astype(int).tolist()))
+
+
+def results_block(button: str, button_id: str, csv0: str | None, md0: str, table0, keys0, *, table_id: str,
+                  label: str, max_height: int = 360):
+    """The search button, the CSV download, the summary line, the results list and the listed rows' keys
+    (one layout in every app; build inside the app's Blocks). Returns those five components."""
+    import gradio as gr
+
+    with gr.Row():
+        btn = gr.Button(button, variant="primary", scale=0, min_width=120, elem_id=button_id)
+        download = gr.DownloadButton("Download this view as CSV", size="sm", scale=0, min_width=220,
+                                     elem_id="download", value=csv0)
+    md = gr.Markdown(md0, elem_id="found")
+    table = gr.Dataframe(table0, label=label, interactive=False, elem_id=table_id, max_height=max_height)
+    return btn, download, md, table, gr.State(keys0)
+
+
+def results_update(md: str, table, csv: pd.DataFrame, csv_name: str, keys) -> tuple:
+    """The new values of ``results_block``'s outputs (summary, list, download, keys) after a search."""
+    import gradio as gr
+
+    return md, table, gr.DownloadButton(value=csv_file(csv, csv_name)), keys
+
+
+def picked(evt, keys):
+    """The key of the results row a ``.select`` event picked (``evt.index`` is [row, col]); None if stale."""
+    r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    if r is None or not keys or not 0 <= int(r) < len(keys):
+        return None
+    return keys[int(r)]
+
+
+def text_query_row(fields):
+    """The search's text box, regex tick and field choice (``fields``: the choices), in one row."""
+    import gradio as gr
+
+    with gr.Row():
+        text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
+                          placeholder="e.g. return x + 4   (regex: tick the box)")
+        regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
+        where = gr.Radio(choices=list(fields), value=next(iter(fields)), label="search in", elem_id="q-fields", scale=2)
+    return text, regex, where
+
+
+def bound_boxes(name: str, elem: str):
+    """A (min, max) pair of text boxes: not gr.Number, whose emptied box sends 0 (empty must mean no bound)."""
+    import gradio as gr
+
+    return (gr.Textbox(label=f"{name} min", placeholder="no bound", elem_id=f"q-{elem}min"),
+            gr.Textbox(label=f"{name} max", placeholder="no bound", elem_id=f"q-{elem}max"))
+
+
+def hack_radio(visible: bool, flagged: str, clean: str):
+    import gradio as gr
+
+    return gr.Radio(choices=[ANY, flagged, clean], value=ANY, label="reward hack (sandbox)", elem_id="q-hack",
+                    visible=visible, info="flagged = the sandbox's hack column is non-empty")

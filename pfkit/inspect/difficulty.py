@@ -49,8 +49,8 @@ def posterior_sd(alpha, beta):
 
 
 PASS_AT = 1.0 - 1e-9  # a rollout "passes" when its unit-test score is 1 (NaN: no tests)
-SHOWN = 200  # search results listed on the page; the CSV has them all
 CSV_COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "passed", "hack", "sampler"]
+CSV_NAME = "pfkit-difficulty-rollouts"
 
 
 def _index_rollouts(ro: pd.DataFrame) -> pd.DataFrame:
@@ -81,32 +81,23 @@ class Query:
     hack: str = C.ANY
 
 
-def results_table(found: pd.DataFrame, limit: int = SHOWN) -> pd.DataFrame:
+def results_table(found: pd.DataFrame, limit: int = C.SHOWN) -> pd.DataFrame:
     """The search results as listed (first ``limit``): one row per rollout with a response excerpt."""
-    t = found.head(limit)
-    out = pd.DataFrame({"step": t["step"].astype(int).to_numpy(), "prompt": t["pid"].to_numpy(),
-                        "sample": t["sample_idx"].astype(int).to_numpy(), "reward": t["reward"].round(4).to_numpy(),
-                        "score": t["score"].round(4).to_numpy(), "passed": t["passed"].to_numpy()})
-    if "hack" in t.columns:
-        out["hack"] = t["hack"].to_numpy()
-    out["response"] = [" ".join(str(r).split())[:80] for r in t["response"]]
-    return out
+    return C.results_table(found, limit=limit)
 
 
 def csv_frame(found: pd.DataFrame) -> pd.DataFrame:
     """What "download as CSV" writes: every matching rollout with its text and numbers (no token lists)."""
-    return found[[c for c in CSV_COLUMNS if c in found.columns]].reset_index(drop=True)
+    return C.csv_frame(found, CSV_COLUMNS)
+
+
+def _search_parts(found: pd.DataFrame) -> list[str]:
+    return [f"{found['step'].nunique()} steps, {found['pid'].nunique()} prompts",
+            f"mean reward **{C.fmt(found['reward'].mean())}**", f"passed **{int(found['passed'].sum())}**"]
 
 
 def search_markdown(found: pd.DataFrame, total: int) -> str:
-    if found.empty:
-        return f"**0** of {total} rollouts match."
-    shown = min(len(found), SHOWN)
-    return (f"**{len(found)}** of {total} rollouts match · {found['step'].nunique()} steps, "
-            f"{found['pid'].nunique()} prompts · mean reward **{C.fmt(found['reward'].mean())}** · passed "
-            f"**{int(found['passed'].sum())}**" + (f" · listing the first {shown} (the CSV has all)"
-                                                   if shown < len(found) else "")
-            + ". Select a row to open that prompt at that step.")
+    return C.search_markdown(found, total, "rollouts", _search_parts, "Select a row to open that prompt at that step.")
 
 
 class Difficulty:
@@ -139,6 +130,7 @@ class Difficulty:
         self.has_hack = self.ro is not None and "hack" in self.ro.columns
         self.has_tokens = self.ro is not None and {"tokens", "token_logprobs"} <= set(self.ro.columns)
         self.has_ref = self.has_tokens and "ref_token_logprobs" in self.ro.columns
+        self.config = _read_config(self.run.config_path)
 
     def of(self, sampler: str) -> pd.DataFrame:
         return self.df[self.df["sampler"] == sampler]
@@ -242,20 +234,149 @@ class Difficulty:
 
     def history(self, sampler: str, pid: str) -> pd.DataFrame:
         """Prompt ``pid``'s posterior per step: alpha, beta, mean, sd, the 95% central credible interval
-        (``scipy.stats.beta.ppf``), selected, and the group's successes / trials at that step."""
-        from scipy.stats import beta as beta_dist
+        (``scipy.special.betaincinv``, what ``scipy.stats.beta.ppf`` computes, without importing
+        scipy.stats before the first page), selected, and the group's successes / trials at that step."""
+        from scipy.special import betaincinv
 
         d = self.of(sampler)
         h = d[d["pid"] == str(pid)][["step", "alpha", "beta", "p_mean", "selected", "successes", "trials"]].copy()
         h["sd"] = posterior_sd(h["alpha"], h["beta"])
-        h["ci_low"] = beta_dist.ppf(0.025, h["alpha"], h["beta"])
-        h["ci_high"] = beta_dist.ppf(0.975, h["alpha"], h["beta"])
+        h["ci_low"] = betaincinv(h["alpha"], h["beta"], 0.025)
+        h["ci_high"] = betaincinv(h["alpha"], h["beta"], 0.975)
         return h.reset_index(drop=True)
 
     def selection(self, sampler: str) -> pd.DataFrame:
         """Per prompt: times selected and mean p_mean over the steps (the estimate it was chosen on)."""
         d = self.of(sampler)
         return d.groupby("pid", as_index=False).agg(times_selected=("selected", "sum"), p_mean=("p_mean", "mean"))
+
+
+# ------------------------------------------------------------------------------------------- decisions
+SCORING = {  # criterion -> how the page writes the curve (the values come from pfkit.rl.vade.info_gain)
+    "infogain": "I(p) = p(1−p)² (VADE)", "variance": "p(1−p)", "nonzero": "1 − p^G − (1−p)^G",
+    "target": "−(p − target)² (MoPPS: closest to the target rate)",
+}
+
+
+def _read_config(path) -> dict:
+    """The run's config.yaml (LightningCLI's resolved config) as a dict; {} when absent or unreadable."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text(errors="replace"))
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The score a sampler ranked its candidates by: ``criterion`` (a SCORING key, None = the sampler
+    does not rank, e.g. uniform), its parameters, and where that was read from."""
+
+    criterion: str | None
+    group_size: int = 8
+    target: float = 0.5
+    source: str = "default"
+
+    @property
+    def label(self) -> str:
+        return SCORING.get(self.criterion, "none") if self.criterion != "target" else \
+            f"−(p − {self.target:g})² (MoPPS: closest to the target rate)"
+
+    def __call__(self, p) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64)
+        if self.criterion == "target":  # MoPPS sorts by (p - target)^2, smallest first (pfkit.data.samplers)
+            return -((p - self.target) ** 2)
+        import torch
+
+        from pfkit.rl.vade import info_gain
+
+        return info_gain(torch.from_numpy(p.copy()), self.criterion, self.group_size).numpy()
+
+
+def scoring(data: Difficulty, sampler: str) -> Scoring:
+    """What ``sampler`` ranked by: from the run's config.yaml when it names this sampler (its tracker's
+    ``variant`` / ``criterion``, MoPPS's ``target_success_rate``), else the sampler's defaults."""
+    from pfkit.rl.vade import VARIANTS
+
+    init = ((data.config.get("model") or {}).get("init_args") or {})
+    source = "config.yaml" if init.get("sampler") == sampler else "default"
+    opts = (init.get("sampler_options") or {}) if source == "config.yaml" else {}
+    g = int(init.get("group_size") or 8)
+    if sampler.startswith("vade"):
+        tracker = opts.get("tracker") or {}
+        variant = VARIANTS.get(tracker.get("variant") or "paper", VARIANTS["paper"])
+        return Scoring(tracker.get("criterion") or variant["criterion"], g, source=source)
+    if sampler == "mopps":
+        return Scoring("target", g, float(opts.get("target_success_rate", 0.5)), source=source)
+    return Scoring(None, g, source=source)
+
+
+def decision(data: Difficulty, sampler: str, step: int) -> dict:
+    """What the sampler decided at ``step``: its candidates (rows with a logged ``draw``; without draws,
+    every prompt at its posterior mean), their scores, and whether the selected ones are the top scorers."""
+    sc = scoring(data, sampler)
+    d = data.at(sampler, step)
+    has_draw = "draw" in d.columns and d["draw"].notna().any()
+    cand = d[d["draw"].notna()] if has_draw else d
+    x = (cand["draw"] if has_draw else cand["p_mean"]).to_numpy(np.float64)
+    sel = cand["selected"].to_numpy()
+    out = {"scoring": sc, "has_draw": bool(has_draw), "candidates": len(cand), "selected": int(d["selected"].sum()),
+           "selected_candidates": int(sel.sum()), "x": x, "chosen": sel, "pids": cand["pid"].to_numpy()}
+    if sc.criterion is None or not len(cand):
+        return out
+    score = sc(x)
+    k = int(sel.sum())
+    top = np.zeros(len(score), bool)
+    top[np.argsort(-score, kind="stable")[:k]] = True
+    out.update(score=score, top_k_agree=int((top & sel).sum()), k=k,
+               min_selected=float(score[sel].min()) if k else float("nan"),
+               max_unselected=float(score[~sel].max()) if (~sel).any() else float("nan"),
+               mean_x_selected=float(x[sel].mean()) if k else float("nan"),
+               mean_score_selected=float(score[sel].mean()) if k else float("nan"),
+               mean_score_all=float(score.mean()))
+    return out
+
+
+def decision_markdown(data: Difficulty, sampler: str, step: int) -> str:
+    """The numbers of the step's decision, one line each with what it means."""
+    dc = decision(data, sampler, step)
+    sc, what = dc["scoring"], ("Thompson draw p̃" if dc["has_draw"] else "posterior mean (no draws logged)")
+    src = "from the run's config.yaml" if sc.source == "config.yaml" else "the sampler's default"
+    if sc.criterion is None:
+        return (f"**{sampler}, step {step}**: {dc['selected']} prompts selected (their groups were trained on). "
+                f"\n\nScoring curve: none — {sampler} does not rank prompts by a score (uniform: a seeded shuffle; "
+                "filters: drop zero-variance groups after rollout); the plot shows I(p) for reference only.")
+    head = (f"**{sampler}, step {step}**: {dc['candidates']} candidates ranked on their {what}, "
+            f"{dc['selected']} selected ({dc['selected_candidates']} of them candidates) — the prompts the sampler "
+            "scored this step and those whose groups it trained on.")
+    lines = [head, f"Scoring curve: **{sc.label}** ({src}) — the score each candidate's {what} was ranked by."]
+    if dc["k"]:
+        lines += [
+            f"Top-{dc['k']} agreement: **{dc['top_k_agree']} of {dc['k']}** selected candidates are among the "
+            f"{dc['k']} highest scores — {dc['k']} of {dc['k']} means the selection is exactly the ranking "
+            "(fewer: refills, filters or ties decided).",
+            f"Lowest score selected = **{C.fmt(dc['min_selected'], 4)}**, highest not selected = "
+            f"**{C.fmt(dc['max_unselected'], 4)}** — the cut the ranking made.",
+            f"Mean {what} of the selected = **{C.fmt(dc['mean_x_selected'])}**; mean score selected = "
+            f"**{C.fmt(dc['mean_score_selected'], 4)}** vs all candidates = **{C.fmt(dc['mean_score_all'], 4)}**."]
+    return "\n\n".join(lines)
+
+
+def effective_table(data: Difficulty) -> pd.DataFrame:
+    """Effective-gradient ratio per step (rows) and sampler (columns), with the trained groups counted."""
+    er = data.effective_ratio()
+    if er.empty:
+        return pd.DataFrame(columns=["step"])
+    ratio = er.pivot(index="step", columns="sampler", values="ratio").round(4)
+    groups = er.pivot(index="step", columns="sampler", values="groups")
+    groups.columns = [f"{c} groups" for c in groups.columns]
+    out = ratio.join(groups).reset_index()
+    out.columns.name = None
+    return out[["step", *[c for s in ratio.columns for c in (s, f"{s} groups")]]]
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -301,12 +422,10 @@ def trajectory_figure(data: Difficulty, sampler: str, prompts: list[str], curren
 
 
 def selection_figure(data: Difficulty, sampler: str):
-    import seaborn as sns
-
     d = data.of(sampler)
     per = data.selection(sampler)
     fig, (a1, a2) = C.figure(10.0, 3.4, ncols=2)
-    sns.scatterplot(data=per, x="p_mean", y="times_selected", ax=a1, s=25)
+    a1.scatter(per["p_mean"], per["times_selected"], s=25)  # matplotlib: seaborn's import is seconds
     a1.axvline(0.5, color="k", lw=0.7, ls=":")
     a1.set(xlabel="estimated p (mean over steps)", ylabel="times selected", xlim=(-0.02, 1.02),
            title=f"{sampler}: selections per prompt")
@@ -322,23 +441,24 @@ def selection_figure(data: Difficulty, sampler: str):
 
 
 def infogain_figure(data: Difficulty, sampler: str, step: int):
-    """I(p) = p(1 - p)^2 with the step's draws (or posterior means) on it; selected prompts ringed."""
-    d = data.at(sampler, step)
-    has_draw = "draw" in d and d["draw"].notna().any()
-    x = d["draw"] if has_draw else d["p_mean"]
-    what = "Thompson draw p̃" if has_draw else "posterior mean (no draws logged)"
+    """The sampler's scoring curve with the step's candidates (draws, or posterior means) on it, the
+    selected ringed; a sampler that does not rank shows its selected prompts' p against I(p) for reference."""
+    dc = decision(data, sampler, step)
+    sc = dc["scoring"] if dc["scoring"].criterion is not None else Scoring("infogain")
+    what = "Thompson draw p̃" if dc["has_draw"] else "posterior mean (no draws logged)"
     fig, ax = C.figure(6.0, 4.0)
     p = np.linspace(0, 1, 201)
-    ax.plot(p, p * (1 - p) ** 2, color="k", lw=1, label="I(p) = p(1−p)² (VADE)")
-    ax.plot(p, p * (1 - p), color="gray", lw=0.8, ls="--", label="p(1−p) (ablation)")
-    ok = x.notna()
-    xs = x[ok].to_numpy(np.float64)
-    ax.scatter(xs, xs * (1 - xs) ** 2, s=14, alpha=0.6, label=f"candidates ({what})")
-    sel = d["selected"].to_numpy()[ok.to_numpy()]
-    ax.scatter(xs[sel], (xs * (1 - xs) ** 2)[sel], s=70, facecolors="none", edgecolors="tab:red",
-               label=f"selected ({int(sel.sum())})")
-    ax.axvline(1 / 3, color="k", lw=0.6, ls=":")
-    ax.set(xlabel=what, ylabel="information gain", title=f"{sampler}, step {step}: what was chosen")
+    ref = "" if dc["scoring"].criterion is not None else " — reference only, this sampler does not rank"
+    ax.plot(p, sc(p), color="k", lw=1, label=sc.label + ref)
+    xs, sel = dc["x"], dc["chosen"]
+    ok = np.isfinite(xs)
+    ys = sc(xs[ok])
+    ax.scatter(xs[ok], ys, s=14, alpha=0.6, label=f"candidates ({what})")
+    ax.scatter(xs[ok][sel[ok]], ys[sel[ok]], s=70, facecolors="none", edgecolors="tab:red",
+               label=f"selected ({int(sel[ok].sum())})")
+    if sc.criterion == "infogain":
+        ax.axvline(1 / 3, color="k", lw=0.6, ls=":")
+    ax.set(xlabel=what, ylabel="score", title=f"{sampler}, step {step}: what was chosen")
     ax.legend(fontsize=7)
     return fig
 
@@ -520,8 +640,7 @@ def _header(data: Difficulty) -> str:
 
 def _build(data: Difficulty):
     import gradio as gr
-    import scipy.stats  # noqa: F401  (imported now, not on the first page view: the server starts ready)
-    import seaborn  # noqa: F401
+    import scipy.special  # noqa: F401  (the credible interval of the default view; scipy.stats waits for the plots)
 
     runs = C.Runs(data, Difficulty)
     home, get = runs.home, runs.get
@@ -578,43 +697,39 @@ def _build(data: Difficulty):
                                       max_height=300)
 
         with gr.Accordion("Search the run's rollouts", open=True, visible=data.ro is not None):
+            q_text, q_regex, q_fields = C.text_query_row(FIELDS)
             with gr.Row():
-                q_text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
-                                    placeholder="e.g. return x + 4   (regex: tick the box)")
-                q_regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
-                q_fields = gr.Radio(choices=list(FIELDS), value="prompt and response", label="search in",
-                                    elem_id="q-fields", scale=2)
-            with gr.Row():
-                q_rmin = gr.Textbox(label="reward min", placeholder="no bound", elem_id="q-rmin")
-                q_rmax = gr.Textbox(label="reward max", placeholder="no bound", elem_id="q-rmax")
+                q_rmin, q_rmax = C.bound_boxes("reward", "r")
                 q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests (score = 1)",
                                     elem_id="q-passed")
-                q_hack = gr.Radio(choices=[C.ANY, FLAGGED, CLEAN], value=C.ANY, label="reward hack (sandbox)",
-                                  elem_id="q-hack", visible=data.has_hack,
-                                  info="flagged = the sandbox's hack column is non-empty")
-            with gr.Row():
-                search_btn = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="search")
-                download = gr.DownloadButton(
-                    "Download this view as CSV", size="sm", scale=0, min_width=220, elem_id="download",
-                    value=C.csv_file(csv_frame(found0), "pfkit-difficulty-rollouts") if found0 is not None else None)
-            found_md = gr.Markdown(search_markdown(found0, len(found0)) if found0 is not None else "", elem_id="found")
-            results = gr.Dataframe(results_table(found0) if found0 is not None else None, interactive=False,
-                                   label="matching rollouts (select a row to open it)", elem_id="results",
-                                   max_height=360)
-            result_keys = gr.State(_keys(found0) if found0 is not None else [])
+                q_hack = C.hack_radio(data.has_hack, FLAGGED, CLEAN)
+            has = found0 is not None
+            search_btn, download, found_md, results, result_keys = C.results_block(
+                "Search", "search", C.csv_file(csv_frame(found0), CSV_NAME) if has else None,
+                search_markdown(found0, len(found0)) if has else "", results_table(found0) if has else None,
+                C.result_keys(found0) if has else [], table_id="results",
+                label="matching rollouts (select a row to open it)")
 
         with gr.Row():
             post = gr.Plot(label="Beta posteriors at the step", elem_id="posteriors")
             zero = gr.Plot(label="zero-variance groups", elem_id="zero-variance")
         with gr.Row():
-            gain = gr.Plot(label="information gain of the step's draws", elem_id="infogain")
+            gain = gr.Plot(label="the sampler's scoring curve with the step's candidates", elem_id="infogain")
             eff = gr.Plot(label="effective-gradient ratio", elem_id="effective-ratio")
+        with gr.Row():
+            decision_md = gr.Markdown(elem_id="decision")
+            eff_table = gr.Dataframe(label="effective-gradient ratio per step (share of trained groups with mixed "
+                                     "rewards; groups = how many were trained)", interactive=False,
+                                     elem_id="effective-table", max_height=300)
         traj = gr.Plot(label="α / β / mean over steps", elem_id="trajectories")
         sel = gr.Plot(label="selection vs estimated p", elem_id="selection")
-        sort = gr.Radio(choices=list(SORTS), value=next(iter(SORTS)), label="sort prompts", elem_id="sort")
-        table = gr.Dataframe(data.prompt_table(s0, st0, next(iter(SORTS))),
-                             label="prompts at the step (sd = posterior standard deviation = uncertainty)",
-                             interactive=False, elem_id="prompt-table")
+        # closed at first: a closed accordion is drawn when opened, and the page is usable sooner (issue #20)
+        with gr.Accordion("All prompts at the step, sortable by difficulty and uncertainty", open=False,
+                          elem_id="prompt-section"):
+            sort = gr.Radio(choices=list(SORTS), value=next(iter(SORTS)), label="sort prompts", elem_id="sort")
+            table = gr.Dataframe(data.prompt_table(s0, st0, next(iter(SORTS))),
+                                 label="prompts at the step (sd = posterior standard deviation = uncertainty)",
+                                 interactive=False, elem_id="prompt-table")
         stamp0 = _stamp(data)
 
         def on_sampler(run_v, s):
@@ -628,11 +743,12 @@ def _build(data: Difficulty):
         def views(run_v, s, st, ps):
             d = get(run_v)
             if s is None or st is None or s not in d.samplers:
-                return (gr.skip(),) * 7
+                return (gr.skip(),) * 9
             ps = list(ps or [])
             return (stats_markdown(d, s, int(st)), posterior_figure(d, s, int(st), ps),
                     trajectory_figure(d, s, ps, int(st)), selection_figure(d, s), zero_variance_figure(d),
-                    infogain_figure(d, s, int(st)), effective_ratio_figure(d))
+                    infogain_figure(d, s, int(st)), effective_ratio_figure(d), decision_markdown(d, s, int(st)),
+                    effective_table(d))
 
         def tab(run_v, s, st, srt):
             d = get(run_v)
@@ -669,16 +785,16 @@ def _build(data: Difficulty):
                 found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack))
             except C.BadQuery as e:
                 return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
-            return (search_markdown(found, len(d.ro)), results_table(found),
-                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-difficulty-rollouts")), _keys(found))
+            return C.results_update(search_markdown(found, len(d.ro)), results_table(found), csv_frame(found),
+                                    CSV_NAME, C.result_keys(found))
 
         def on_pick(run_v, s, keys, evt: gr.SelectData):
             """A results row -> that rollout's step, prompt and sample."""
             d = get(run_v)
-            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            if r is None or not keys or not 0 <= int(r) < len(keys):
+            key = C.picked(evt, keys)
+            if key is None:
                 return gr.skip(), gr.skip(), gr.skip()
-            st, pid, smp = keys[int(r)]
+            st, pid, smp = key
             steps = d.steps(s)
             return (gr.Dropdown(choices=steps, value=int(st) if int(st) in steps else steps[-1]),
                     gr.Dropdown(value=str(pid)), gr.Dropdown(value=int(smp)))
@@ -715,7 +831,8 @@ def _build(data: Difficulty):
             msg = msg or f"Reloaded at {time.strftime('%H:%M:%S')}: {len(d.df)} rows, newest step {st[-1]}."
             return gr.Dropdown(choices=d.samplers, value=s), gr.Dropdown(choices=st, value=st[-1]), msg, _header(d)
 
-        view_in, view_out = [run_state, sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff]
+        view_in, view_out = [run_state, sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff,
+                                                                      decision_md, eff_table]
         focus_in = [run_state, sampler, step, focus, sample, token_mode]
         focus_out = [focus_md, prompt_code, responses, sample, tokens_html, token_info, focus_rows, share]
         plot_in = [run_state, sampler, step, focus]
@@ -741,12 +858,6 @@ def _build(data: Difficulty):
          .then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot)
          .then(on_search, q_in, search_out))
     return demo
-
-
-def _keys(found: pd.DataFrame) -> list[tuple[int, str, int]]:
-    """(step, prompt, sample) of the listed results, for a row pick."""
-    shown = found.head(SHOWN)
-    return list(zip(shown["step"].astype(int).tolist(), shown["pid"].tolist(), shown["sample_idx"].astype(int).tolist()))
 
 
 def _stamp(data: Difficulty) -> tuple:

@@ -35,10 +35,10 @@ PASS_AT = 1.0 - 1e-9  # a sample "passes" when all its unit tests pass (score is
 FIELDS = {"prompt and response": ("prompt", "response"), "prompt only": ("prompt",), "response only": ("response",)}
 KEPT, DROPPED, PASSED, FAILED, FLAGGED, CLEAN = "kept", "dropped", "passed", "failed", "flagged", "clean"
 TOKEN_MODES = ("log-prob (policy)", "policy − reference")
-SHOWN = 200  # search results listed on the page; the CSV has them all
 MAX_CARDS = 32  # response cards side by side (a larger group's other samples are in the table below them)
 CSV_COLUMNS = ["step", "prompt_id", "sample_idx", "prompt", "response", "reward", "score", "passed", "kept",
                "advantage", "hack"]
+CSV_NAME = "pfkit-filtration-samples"
 
 
 def _r2(rewards: np.ndarray, scores: np.ndarray, bins: int | None = None) -> float:
@@ -158,35 +158,24 @@ class Query:
     hack: str = C.ANY
 
 
-def results_table(found: pd.DataFrame, limit: int = SHOWN) -> pd.DataFrame:
+def results_table(found: pd.DataFrame, limit: int = C.SHOWN) -> pd.DataFrame:
     """The search results as listed on the page (first ``limit``): one row per sample, a response excerpt."""
-    t = found.head(limit)
-    out = pd.DataFrame({
-        "step": t["step"].astype(int).to_numpy(), "prompt": t["pid"].to_numpy(),
-        "sample": t["sample_idx"].astype(int).to_numpy(), "reward": t["reward"].round(4).to_numpy(),
-        "score": t["score"].round(4).to_numpy(), "passed": t["passed"].to_numpy(), "kept": t["kept"].to_numpy(),
-    })
-    if "hack" in t.columns:
-        out["hack"] = t["hack"].to_numpy()
-    out["response"] = [" ".join(str(r).split())[:80] for r in t["response"]]
-    return out
+    return C.results_table(found, extra=("kept",), limit=limit)
 
 
 def csv_frame(found: pd.DataFrame) -> pd.DataFrame:
     """What "download as CSV" writes: every matching sample with its text and numbers (no token lists)."""
-    return found[[c for c in CSV_COLUMNS if c in found.columns]].reset_index(drop=True)
+    return C.csv_frame(found, CSV_COLUMNS)
+
+
+def _search_parts(found: pd.DataFrame) -> list[str]:
+    return [f"{found['step'].nunique()} steps, {found[['step', 'pid']].drop_duplicates().shape[0]} prompt groups",
+            f"pass rate **{C.fmt(found['passed'].mean())}**", f"mean reward **{C.fmt(found['reward'].mean())}**",
+            f"kept **{int(found['kept'].sum())}**"]
 
 
 def search_markdown(found: pd.DataFrame, total: int) -> str:
-    if found.empty:
-        return f"**0** of {total} samples match."
-    shown = min(len(found), SHOWN)
-    return (f"**{len(found)}** of {total} samples match · {found['step'].nunique()} steps, "
-            f"{found[['step', 'pid']].drop_duplicates().shape[0]} prompt groups · pass rate "
-            f"**{C.fmt(found['passed'].mean())}** · mean reward **{C.fmt(found['reward'].mean())}** · "
-            f"kept **{int(found['kept'].sum())}**" + (f" · listing the first {shown} (the CSV has all)"
-                                                     if shown < len(found) else "")
-            + ". Select a row to open that sample.")
+    return C.search_markdown(found, total, "samples", _search_parts, "Select a row to open that sample.")
 
 
 # ------------------------------------------------------------------------------------------ per token
@@ -409,20 +398,18 @@ def sample_table(data: Rollouts, step: int, prompt_id: str, strategy: str, seed:
 
 
 def scatter_figure(data: Rollouts, step: int, strategy: str, seed: int, bins: int | None):
-    import seaborn as sns
-
+    # plain matplotlib, not seaborn: importing seaborn (and pyplot with it) cost seconds of server start
     g = data.step(step)
     k = data.kept(step, strategy, seed)
     st = data.step_stats(step, strategy, seed, bins)
     fig, ax = C.figure(6.0, 4.2)
     name = "logged" if strategy == "logged" else strategy
-    frame = pd.DataFrame({"reward": g["reward"].to_numpy(), "test score": g["score"].to_numpy(),
-                          "sample": np.where(k, f"kept ({name})", "dropped")})
-    sns.scatterplot(data=frame, x="reward", y="test score", hue="sample", hue_order=[f"kept ({name})", "dropped"],
-                    palette=["tab:blue", "lightgray"], style="sample", markers={f"kept ({name})": "o", "dropped": "X"},
-                    alpha=0.8, ax=ax, s=30)
+    reward, score = g["reward"].to_numpy(), g["score"].to_numpy()
+    ax.scatter(reward[k], score[k], s=30, alpha=0.8, color="tab:blue", marker="o", label=f"kept ({name})")
+    ax.scatter(reward[~k], score[~k], s=30, alpha=0.8, color="lightgray", marker="X", label="dropped")
+    ax.set(xlabel="reward", ylabel="test score")
     for flags, colour, lab in ((np.ones(len(g), bool), "gray", "all"), (k, "tab:blue", "kept")):
-        r, s = frame["reward"].to_numpy()[flags], frame["test score"].to_numpy()[flags]
+        r, s = reward[flags], score[flags]
         if len(r) >= 2 and np.ptp(r) > 0:
             slope, icpt = np.polyfit(r, s, 1)
             xs = np.linspace(r.min(), r.max(), 2)
@@ -483,10 +470,8 @@ def build_app(run_dir):
 
 
 def _warm_imports() -> None:
-    """seaborn, scipy.stats and torch (pfkit.rl.filtration) take seconds to import; the views need them."""
-    import scipy.stats  # noqa: F401
-    import seaborn  # noqa: F401
-
+    """torch (pfkit.rl.filtration) takes seconds to import and the default view's R² needs it. scipy.stats
+    (the reliability intervals) is left to the reliability view's first run, after the page is usable."""
     import pfkit.commands.analyze  # noqa: F401
     import pfkit.rl.filtration  # noqa: F401
 
@@ -531,8 +516,7 @@ def _build(data: Rollouts):
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
             status = gr.Markdown(elem_id="status")
-            share = gr.Markdown(f"[Link to this view]({C.share_query(step=first, prompt=pid0, sample=ids0[0])}) "
-                                f"`{C.share_query(step=first, prompt=pid0, sample=ids0[0])}`", elem_id="share")
+            share = gr.Markdown(runs.link(home, step=first, prompt=pid0, sample=ids0[0]), elem_id="share")
         summary = gr.Markdown(summary_markdown(data, first, pid0, "logged", 0, None), elem_id="summary")
         prompt_code = gr.Code(str(data.row(first, pid0, ids0[0])["prompt"]), language="python", label="prompt",
                               interactive=False, elem_id="prompt-code", wrap_lines=True, max_lines=20)
@@ -568,35 +552,24 @@ def _build(data: Rollouts):
         curves = gr.Plot(label="R² and pass rate over steps", elem_id="curves")
 
         with gr.Accordion("Search all samples of the run", open=True):
+            q_text, q_regex, q_fields = C.text_query_row(FIELDS)
             with gr.Row():
-                q_text = gr.Textbox(label="text contains", elem_id="q-text", scale=3,
-                                    placeholder="e.g. return x + 4   (regex: tick the box)")
-                q_regex = gr.Checkbox(label="regex", value=False, elem_id="q-regex", scale=0, min_width=90)
-                q_fields = gr.Radio(choices=list(FIELDS), value="prompt and response", label="search in",
-                                    elem_id="q-fields", scale=2)
-            with gr.Row():
-                # text boxes, not gr.Number: an emptied number box sends 0, and empty must mean "no bound"
-                q_rmin = gr.Textbox(label="reward min", placeholder="no bound", elem_id="q-rmin")
-                q_rmax = gr.Textbox(label="reward max", placeholder="no bound", elem_id="q-rmax")
-                q_smin = gr.Textbox(label="score min", placeholder="no bound", elem_id="q-smin")
-                q_smax = gr.Textbox(label="score max", placeholder="no bound", elem_id="q-smax")
+                q_rmin, q_rmax = C.bound_boxes("reward", "r")
+                q_smin, q_smax = C.bound_boxes("score", "s")
             with gr.Row():
                 q_kept = gr.Radio(choices=[C.ANY, KEPT, DROPPED], value=C.ANY, label="kept (logged)", elem_id="q-kept")
                 q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests",
                                     elem_id="q-passed")
-                q_hack = gr.Radio(choices=[C.ANY, FLAGGED, CLEAN], value=C.ANY, label="reward hack (sandbox)",
-                                  elem_id="q-hack", visible=data.has_hack,
-                                  info="flagged = the sandbox's hack column is non-empty")
-            with gr.Row():
-                search_btn = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="search")
-                download = gr.DownloadButton("Download this view as CSV", size="sm", scale=0, min_width=220,
-                                             elem_id="download",
-                                             value=C.csv_file(csv_frame(data.df), "pfkit-filtration-samples"))
-            found_md = gr.Markdown(search_markdown(data.df, len(data.df)), elem_id="found")
-            results = gr.Dataframe(results_table(data.df), label="matching samples (select a row to open it)",
-                                   interactive=False, elem_id="results", max_height=360)
+                q_hack = C.hack_radio(data.has_hack, FLAGGED, CLEAN)
+            search_btn, download, found_md, results, result_keys = C.results_block(
+                "Search", "search", C.csv_file(csv_frame(data.df), CSV_NAME), search_markdown(data.df, len(data.df)),
+                results_table(data.df), C.result_keys(data.df), table_id="results",
+                label="matching samples (select a row to open it)")
 
-        with gr.Accordion("Reliability of the reward (paper Figure 1) and the strategy to train with", open=True):
+        # closed at first (computed on load all the same): a closed accordion is drawn when opened, which
+        # took ~2 s off a usable page on the shared 2-core machine (issue #20)
+        with gr.Accordion("Reliability of the reward (paper Figure 1) and the strategy to train with", open=False,
+                          elem_id="rel-section"):
             with gr.Row():
                 rel_first = gr.Number(label="from step", value=data.steps[0], precision=0, elem_id="rel-first")
                 rel_last = gr.Number(label="to step", value=data.steps[0], precision=0, elem_id="rel-last")
@@ -642,18 +615,13 @@ def _build(data: Rollouts):
             return (summary_markdown(d, int(step_v), str(prompt_v), strategy_v, seed_i, b), str(text),
                     sample_table(d, int(step_v), str(prompt_v), strategy_v, seed_i),
                     gr.Dropdown(choices=ids, value=sample_i), html_v, info,
-                    link_md(run_v, step_v, prompt_v, sample_i), *card_updates(d, step_v, prompt_v, strategy_v, seed_i))
-
-        def link_md(run_v, step_v, prompt_v, sample_v) -> str:
-            link = C.share_query(run=None if run_v == home else run_v, step=int(step_v), prompt=prompt_v,
-                                 sample=sample_v)
-            return f"[Link to this view]({link}) `{link}`"
+                    runs.link(run_v, step=int(step_v), prompt=prompt_v, sample=sample_i), *card_updates(d, step_v, prompt_v, strategy_v, seed_i))
 
         def on_tokens(run_v, step_v, prompt_v, sample_v, mode_v):
             if step_v is None or prompt_v is None or sample_v is None:
                 return gr.skip(), gr.skip(), gr.skip()
             return (*token_view(get(run_v), int(step_v), str(prompt_v), int(sample_v), mode_v),
-                    link_md(run_v, step_v, prompt_v, int(sample_v)))
+                    runs.link(run_v, step=int(step_v), prompt=prompt_v, sample=int(sample_v)))
 
         def refresh_scatter(run_v, step_v, strategy_v, seed_v, bins_v):
             # its own event after the sample panels: drawing a figure is the slow part of a refresh
@@ -674,8 +642,8 @@ def _build(data: Rollouts):
                 found = d.search(query(*q))
             except C.BadQuery as e:
                 return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
-            return (search_markdown(found, len(d.df)), results_table(found),
-                    gr.DownloadButton(value=C.csv_file(csv_frame(found), "pfkit-filtration-samples")), _keys(found))
+            return C.results_update(search_markdown(found, len(d.df)), results_table(found), csv_frame(found),
+                                    CSV_NAME, C.result_keys(found))
 
         def search_on_load(run_v, *q):  # the page holds the served run's unfiltered list already
             d = get(run_v)
@@ -686,10 +654,10 @@ def _build(data: Rollouts):
         def on_pick(run_v, keys, evt: gr.SelectData):
             """A results row -> that sample's step, prompt and sample (the rows listed by the last search)."""
             d = get(run_v)
-            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            if r is None or not keys or not 0 <= int(r) < len(keys):
+            key = C.picked(evt, keys)
+            if key is None:
                 return gr.skip(), gr.skip(), gr.skip()
-            st, pid, smp = keys[int(r)]
+            st, pid, smp = key
             st, smp = int(st), int(smp)
             return (gr.Dropdown(choices=d.steps, value=st), gr.Dropdown(choices=d.prompts(st), value=str(pid)),
                     gr.Dropdown(choices=d.samples(st, pid), value=smp))
@@ -756,7 +724,6 @@ def _build(data: Rollouts):
         outs = [summary, prompt_code, table, sample, tokens_html, token_info, share, *cards]
         scatter_inputs = [run_state, step, strategy, seed, bins]
         q_inputs = [q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_kept, q_passed, q_hack]
-        result_keys = gr.State(_keys(data.df))
         search_outs = [found_md, results, download, result_keys]
         rel_inputs = [run_state, rel_first, rel_last, rel_bins, rel_file]
         rel_outs = [rel_md, rel_plot, rel_strat, rel_curve]
@@ -784,12 +751,6 @@ def _build(data: Rollouts):
          .then(on_step, [run_state, step, prompt], prompt).then(refresh, inputs, outs)
          .then(refresh_scatter, scatter_inputs, scatter).then(refresh_curves, curve_inputs, curves))
     return demo
-
-
-def _keys(found: pd.DataFrame) -> list[tuple[int, str, int]]:
-    """(step, prompt, sample) of the listed results, for a row pick."""
-    shown = found.head(SHOWN)
-    return list(zip(shown["step"].astype(int).tolist(), shown["pid"].tolist(), shown["sample_idx"].astype(int).tolist()))
 
 
 def add_arguments(parser):

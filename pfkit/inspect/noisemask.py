@@ -492,15 +492,10 @@ def _build(data: NoiseMasks):
                 f_mmax = gr.Textbox(label="mean mask max", placeholder="no bound", elem_id="f-mmax")
                 f_smin = gr.Textbox(label="mask sd min", placeholder="no bound", elem_id="f-smin")
                 f_smax = gr.Textbox(label="mask sd max", placeholder="no bound", elem_id="f-smax")
-            with gr.Row():
-                find_btn = gr.Button("Find", variant="primary", scale=0, min_width=120, elem_id="find")
-                download = gr.DownloadButton("Download this view as CSV", size="sm", scale=0, min_width=220,
-                                             elem_id="download",
-                                             value=C.csv_file(found0, f"pfkit-noisemask-epoch{e0}"))
-            found_md = gr.Markdown(found_markdown(found0, len(p0), e0), elem_id="found")
-            found_df = gr.Dataframe(found_table(found0), interactive=False, max_height=320, elem_id="found-table",
-                                    label="matching images (select a row to open it)")
-            found_ids = gr.State(found0["image"].astype(int).tolist()[:SHOWN])
+            find_btn, download, found_md, found_df, found_ids = C.results_block(
+                "Find", "find", C.csv_file(found0, f"pfkit-noisemask-epoch{e0}"), found_markdown(found0, len(p0), e0),
+                found_table(found0), found0["image"].astype(int).tolist()[:SHOWN], table_id="found-table",
+                label="matching images (select a row to open it)", max_height=320)
 
         classes = gr.Plot(label="per-class average masks", elem_id="classes")
         acc = gr.Plot(label="accuracy over epochs", elem_id="accuracy")
@@ -557,16 +552,14 @@ def _build(data: NoiseMasks):
                 found = d.find(int(e), ImageQuery(label, pred, correct, (mmin, mmax), (smin, smax)))
             except C.BadQuery as err:
                 return f"**Not found:** {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return (found_markdown(found, len(d.panel(e)), int(e)), found_table(found),
-                    gr.DownloadButton(value=C.csv_file(found, f"pfkit-noisemask-epoch{int(e)}")),
-                    found["image"].astype(int).tolist()[:SHOWN], gr.Dropdown(choices=labels, value=label),
+            return (*C.results_update(found_markdown(found, len(d.panel(e)), int(e)), found_table(found), found,
+                                      f"pfkit-noisemask-epoch{int(e)}", found["image"].astype(int).tolist()[:SHOWN]),
+                    gr.Dropdown(choices=labels, value=label),
                     gr.Dropdown(choices=preds, value=pred))
 
         def on_pick(ids, evt: gr.SelectData):
-            r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            if r is None or not ids or not 0 <= int(r) < len(ids):
-                return gr.skip()
-            return int(ids[int(r)])
+            key = C.picked(evt, ids)
+            return gr.skip() if key is None else int(key)
 
         def first_view(request: gr.Request):
             """The view the URL names; nothing to send for the default view (the page already holds it)."""

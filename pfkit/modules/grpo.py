@@ -30,7 +30,7 @@ from lightning.pytorch import LightningModule
 from pfkit import distributed as dist
 from pfkit.data.samplers import PromptSampler, difficulty_rows, make_sampler
 from pfkit.rl import grpo
-from pfkit.rollout import sample_and_check
+from pfkit.rollout import sample_and_check, sequence_logprobs
 
 
 class GRPOModule(LightningModule):
@@ -59,6 +59,16 @@ class GRPOModule(LightningModule):
             always takes the full pass (``pfkit.rollout.vlm.sequence_logprobs``).
         chat_template: VLM only: wrap each prompt in the processor's chat template (instruction-tuned
             checkpoints such as Qwen2.5-VL-Instruct).
+        rollout_batch_prompts: sample the step's prompts in chunks of this many (None = all at once);
+        overlap_verify: with chunks (and in ``evaluate``, which samples in chunks of ``batch_size``), verify
+            chunk i (sandbox processes) while chunk i+1 is sampled. Same rewards, order and generator draws
+            either way (``pfkit.rollout.sample_and_check``).
+        engine: rollout engine: ``hf`` (``pfkit.rollout.generate`` on the trained model) or ``vllm``
+            (:class:`pfkit.rollout.vllm.VLLMEngine`, colocated in this process, weights pushed after every
+            optimizer step; ``pip install pfkit[vllm]``). engine_options: ``VLLMEngine`` arguments, e.g.
+            ``{"gpu_memory_utilization": 0.3, "kv_cache_gb": 1, "sleep": true}``.
+        is_cap: with ``engine: vllm``, truncated importance-sampling cap C (token loss x min(pi_train /
+            pi_vllm, C), :func:`pfkit.rl.grpo.truncated_is_weights`); None = no correction. Ignored by ``hf``.
     """
 
     def __init__(self, policy: str = "embedded", sampler: str = "vade", sampler_options: dict | None = None,
@@ -69,11 +79,14 @@ class GRPOModule(LightningModule):
                  kl_estimator: str = "k3", ppo_epochs: int = 1, minibatch_size: int | None = None,
                  max_grad_norm: float | None = 1.0, rollout_budget: int | None = None,
                  eval_temperature: float = 0.0, eval_samples: int = 1, log_rollouts: bool = True,
-                 log_difficulty: str = "all", shared_prefix: bool = True, seed: int = 0,
-                 chat_template: bool = False):
+                 log_difficulty: str = "all", shared_prefix: bool = True, rollout_batch_prompts: int | None = None,
+                 overlap_verify: bool = True, seed: int = 0, engine: str = "hf", engine_options: dict | None = None,
+                 is_cap: float | None = 2.0, chat_template: bool = False):
         super().__init__()
         if log_difficulty not in ("all", "touched", "none"):
             raise ValueError(f"log_difficulty must be 'all', 'touched' or 'none', got {log_difficulty!r}")
+        if engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
         if ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {ppo_epochs}")
         self.save_hyperparameters()
@@ -99,6 +112,7 @@ class GRPOModule(LightningModule):
         self.step_times: list[float] = []
         self.step_cpu_times: list[float] = []
         self.history: list[dict] = []
+        self.engine = None  # the vLLM engine, built on first use (engine="vllm")
 
     # ------------------------------------------------------------------------------------------ setup
     def set_policy(self, model, tokenizer, processor=None) -> GRPOModule:
@@ -139,6 +153,10 @@ class GRPOModule(LightningModule):
         if self.sampler is None:
             self._build_sampler()
 
+    def on_fit_start(self) -> None:
+        if self.hparams.engine == "vllm":  # build now (after configure_model), not inside the first step's timing
+            self._engine()
+
     def configure_model(self) -> None:
         # FSDP (ModelParallelStrategy): shard the policy; the frozen reference stays replicated
         if self.device_mesh is not None:
@@ -149,7 +167,41 @@ class GRPOModule(LightningModule):
 
     @property
     def config(self) -> grpo.GRPOConfig:
-        return grpo.GRPOConfig.from_dict(self.hparams)
+        cfg = grpo.GRPOConfig.from_dict(self.hparams)
+        if self.hparams.engine == "hf":  # same sampler as trainer: nothing to correct
+            cfg.is_cap = None
+        return cfg
+
+    def _engine(self):
+        """The vLLM engine holding the current weights (built from the policy's folder on first use)."""
+        if self.engine is None:
+            if self.device_mesh is not None:
+                raise ValueError("engine='vllm' does not support FSDP (ModelParallelStrategy) yet; use DDP or "
+                                 "engine='hf'")
+            from pfkit.rollout.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(self.model, self.tokenizer, path=self.hparams.policy,
+                                     max_new_tokens=self.hparams.max_new_tokens, **(self.hparams.engine_options or {}))
+        return self.engine
+
+    def _sample_and_check(self, ids, prompts, group_size, *, temperature, generator, check, stop, images=None,
+                          **kw):
+        """``sample_and_check`` through the configured engine (same table and rollout)."""
+        h = self.hparams
+        if self.processor is not None:  # a VLM: each prompt's image goes through its processor
+            from pfkit.rollout import vlm
+
+            return vlm.sample_and_check(self.model, self.processor, ids, group_size, prompts=prompts, images=images,
+                                        check=check, max_new_tokens=h.max_new_tokens, temperature=temperature,
+                                        top_p=h.top_p, stop=stop, generator=generator,
+                                        chat_template=h.get("chat_template", False), **kw)
+        if h.engine == "hf":
+            return sample_and_check(self.model, self.tokenizer, ids, group_size, prompts=prompts, check=check,
+                                    max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p,
+                                    stop=stop, generator=generator, overlap=h.get("overlap_verify", True), **kw)
+        return self._engine().sample_and_check(ids, group_size, prompts=prompts, check=check,
+                                               max_new_tokens=h.max_new_tokens, temperature=temperature,
+                                               top_p=h.top_p, stop=stop, generator=generator, **kw)
 
     # ---------------------------------------------------------------------------------------- rollout
     def rollout(self, ids: list[int]) -> tuple[torch.Tensor, list]:
@@ -157,24 +209,17 @@ class GRPOModule(LightningModule):
         prompt j is its group's :class:`~pfkit.rollout.Rollout`."""
         h = self.hparams
         ps = self.prompt_set
-        table, ro = self._sample(ps, ids, h.group_size, temperature=h.temperature, generator=self.gen,
-                                 return_rollout=True)
+        table, ro = self._sample_and_check(ids, [ps.prompts[i] for i in ids], h.group_size, check=ps.score,
+                                           temperature=h.temperature, stop=ps.stop, generator=self.gen,
+                                           images=self._images(ps, ids), return_rollout=True,
+                                           batch_prompts=h.get("rollout_batch_prompts"))
         rewards = torch.tensor(table["score"].tolist(), dtype=torch.float32)
         return rewards.view(len(ids), h.group_size), ro.groups(h.group_size)
 
-    def _sample(self, ps, ids, n, *, temperature, generator, batch_prompts=None, return_rollout=False):
-        """``sample_and_check`` on prompts ``ids`` of ``ps``: the text one, or the VLM one with their images."""
-        h = self.hparams
-        kw = dict(prompts=[ps.prompts[i] for i in ids], check=ps.score, max_new_tokens=h.max_new_tokens,
-                  temperature=temperature, top_p=h.top_p, stop=ps.stop, generator=generator,
-                  batch_prompts=batch_prompts, return_rollout=return_rollout)
-        if self.processor is None:
-            return sample_and_check(self.model, self.tokenizer, ids, n, **kw)
-        from pfkit.rollout import vlm
-
-        images = [ps.images[i] for i in ids] if ps.images is not None else None
-        return vlm.sample_and_check(self.model, self.processor, ids, n, images=images,
-                                    chat_template=h.chat_template, **kw)
+    @staticmethod
+    def _images(ps, ids):
+        """The images of prompts ``ids`` of a prompt set (None for a text-only set)."""
+        return [ps.images[i] for i in ids] if ps.images is not None else None
 
     # ------------------------------------------------------------------------------------------- step
     def training_step(self, batch: Any, batch_idx: int):
@@ -182,10 +227,13 @@ class GRPOModule(LightningModule):
         if h.rollout_budget is not None and self.sampler.rollouts_spent >= h.rollout_budget:
             self.trainer.should_stop = True
             return None
-        res = grpo.step(self.model, self.optimizers(), self.sampler, self.rollout, self.config,
+        sampler = self.sampler if self.engine is None else _EngineSleeps(self.sampler, self.engine)
+        res = grpo.step(self.model, self.optimizers(), sampler, self.rollout, self.config,
                         ref_policy=self.ref_model, generator=self.gen, backward=self.manual_backward,
                         device=self.device)
         stats = res.stats
+        if self.engine is not None:  # the next rollouts sample from the updated weights
+            stats["engine_push_time"] = self.engine.push(self.model)
         self._last_batch, self._last_adv = res.batch, res.advantages
         if res.batch.payload:
             self.effective_total += int(stats["effective_samples"])
@@ -220,6 +268,11 @@ class GRPOModule(LightningModule):
             tested = self.prompt_set.problems is not None  # the code task: the reward is the unit-test score
             for j, (pid, group) in enumerate(zip(batch.prompt_ids, batch.payload)):
                 on = group.response_mask.bool() if group is not None else None
+                ref = None  # with a KL term, the reference's per-token log-probs too (the inspectors' view)
+                if group is not None and self.ref_model is not None:
+                    with torch.no_grad():
+                        ref = sequence_logprobs(self.ref_model, group.sequences, group.attention_mask,
+                                                group.response_len).float()
                 for g, text in enumerate(group.texts if group is not None else []):  # None: another rank's
                     r = float(batch.rewards[j, g])
                     ids = group.response_ids[g][on[g]].tolist()
@@ -232,7 +285,8 @@ class GRPOModule(LightningModule):
                                  "advantage": adv[j * h.group_size + g],
                                  # per-token view (the inspectors): each response token and its policy log-prob
                                  "tokens": [self.tokenizer.decode([t]) for t in ids],
-                                 "token_logprobs": group.logprobs[g][on[g]].float().tolist()})
+                                 "token_logprobs": group.logprobs[g][on[g]].float().tolist(),
+                                 **({} if ref is None else {"ref_token_logprobs": ref[g][on[g]].tolist()})})
             run.append("rollouts", rows, step=step, rank=dist.rank())
         if h.log_difficulty != "none" and dist.rank() == 0:  # the tracker is identical on every rank
             ids = None if h.log_difficulty == "all" else sorted(set(batch.generated_ids))
@@ -254,7 +308,9 @@ class GRPOModule(LightningModule):
         total, count = 0.0, 0
         if mine:
             with dist.gathered_params(self.model):  # FSDP: ranks may run different numbers of batches
-                table = self._sample(ps, mine, n, temperature=temperature, generator=g, batch_prompts=batch_size)
+                table = self._sample_and_check(mine, [ps.prompts[i] for i in mine], n, check=ps.score,
+                                               temperature=temperature, stop=ps.stop, generator=g,
+                                               batch_prompts=batch_size, images=self._images(ps, mine))
             total, count = float(table["score"].sum()), len(table)
         total, count = dist.all_reduce(float(total)), dist.all_reduce(float(count))
         return total / max(count, 1)
@@ -290,3 +346,20 @@ class GRPOModule(LightningModule):
         if "grpo_rng" in state:
             self.gen.set_state(state["grpo_rng"])
         self.effective_total = int(state.get("grpo_effective_total", 0))
+
+
+class _EngineSleeps:
+    """The sampler, with the vLLM engine put to sleep once a step's rollouts are collected, so the update has
+    its device memory (a no-op where vLLM has no sleep mode, e.g. CPU); the weight push after the step wakes it."""
+
+    def __init__(self, sampler, engine):
+        self._sampler, self._engine = sampler, engine
+
+    def collect(self, *args, **kwargs):
+        try:
+            return self._sampler.collect(*args, **kwargs)
+        finally:
+            self._engine.sleep()
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)

@@ -242,5 +242,8 @@ class PFPPOModule(LightningModule):
             out = run_dir_of(self.trainer).path / "policy"  # collective under DDP: every rank calls it
             state = dist.full_state_dict(self.policy)  # FSDP: gathered to rank 0 (collective: every rank)
             if self.trainer.is_global_zero:
-                self.policy.save_pretrained(out, state_dict=state)
-                self.tokenizer.save_pretrained(out)
+                from pfkit.models import save_policy
+
+                save_policy(self.policy, self.tokenizer, out, state_dict=state, started_from=str(self.hparams.policy),
+                            reward_model=str(self.hparams.reward_model),
+                            recipe={"module": type(self).__name__, **self.hparams})

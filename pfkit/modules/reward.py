@@ -7,7 +7,7 @@ the pairs are policy samples labelled by unit tests (``pfkit.data.preference``).
 it outputs one scalar per position, the reward is the one at the last token.
 
 ``pfkit fit -c configs/reward_codegen.yaml`` trains the embedded default; the run folder gets
-``reward_model/`` (loadable with :meth:`ScalarHeadModel.load`) and ``val/acc`` (held-out pairwise accuracy)
+``reward_model/`` (Hugging Face layout: ``AutoModelForSequenceClassification`` or :meth:`ScalarHeadModel.load`) and ``val/acc`` (held-out pairwise accuracy)
 in metrics.csv. Rewards are normalised with a fixed mean/std of the training responses' scores stored with
 the model (the authors' "normalize_reward" with fixed statistics).
 """
@@ -169,4 +169,5 @@ class RewardModule(LightningModule):
         # run_dir_of is collective under DDP (log_dir is broadcast): every rank calls it, rank 0 writes
         target = self.hparams.save_to or (run_dir_of(self.trainer).path / "reward_model")
         if self.trainer.is_global_zero:
-            self.rm.save(target, self.tokenizer)
+            recipe = {"module": type(self).__name__, **{k: v for k, v in self.hparams.items() if k != "save_to"}}
+            self.rm.save(target, self.tokenizer, policy=str(self.hparams.policy), recipe=recipe)

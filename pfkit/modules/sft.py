@@ -140,8 +140,10 @@ class SFTModule(LightningModule):
     # ------------------------------------------------------------------ artifacts
     def save_policy_to(self, path, state_dict: dict | None = None) -> None:
         """Hugging Face format (safetensors + tokenizer + config), loadable with ``load_policy(path)``."""
-        self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
-        self.tokenizer.save_pretrained(path)
+        from pfkit.models import save_policy
+
+        save_policy(self.model, self.tokenizer, path, state_dict=state_dict, started_from=str(self.hparams.policy),
+                    recipe={"module": type(self).__name__, **self.hparams})
 
     def on_fit_end(self):
         if self.hparams.save_policy:

@@ -55,6 +55,10 @@ class GRPOConfig:
     minibatch_size: int | None = None
     max_grad_norm: float | None = 1.0
     shared_prefix: bool = True
+    #: truncated importance-sampling cap C for rollouts from another engine (vLLM): each token's loss is
+    #: weighted by min(pi_train / pi_engine, C) (:func:`truncated_is_weights`); None = off (the HF engine,
+    #: whose log-probs equal the trainer's)
+    is_cap: float | None = None
 
     @classmethod
     def from_dict(cls, d) -> GRPOConfig:
@@ -68,6 +72,31 @@ class StepResult:
     stats: dict[str, float]
     batch: Any                      # pfkit.data.samplers.GroupBatch: payload[j] = group j's Rollout (or None)
     advantages: torch.Tensor        # [len(batch.prompt_ids) * G]
+
+
+def truncated_is_weights(train_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token truncated importance weights ``min(exp(train_logp - engine_logp), cap)`` (0 where masked).
+
+    The rollout engine (vLLM) samples from pi_engine, which differs slightly from the trainer's pi_train for
+    the same weights (other kernels, precision); the policy gradient wants samples from pi_train. TRL
+    (``vllm_importance_sampling_mode="token_truncate"``, cap 3) and verl (``rollout_is: token``, truncate,
+    threshold 2) multiply each token's loss by this ratio, truncated at C to bound the variance (Yao et al.
+    2025, "Your efficient RL framework secretly brings you off-policy RL training"). No gradient flows
+    through it. Stats: the untruncated ratio's mean/max over real tokens, the share of tokens capped and the
+    mean absolute log-prob gap between the engines.
+    """
+    if cap <= 0:
+        raise ValueError(f"is_cap must be > 0 (or None for no correction), got {cap}")
+    m = mask.to(train_logp.dtype)
+    diff = (train_logp.detach() - engine_logp.to(train_logp.dtype)) * m
+    ratio = torch.exp(diff)
+    n = m.sum().clamp_min(1.0)
+    stats = {"is_ratio_mean": float((ratio * m).sum() / n),
+             "is_ratio_max": float((ratio * m).max()) if m.sum() > 0 else 1.0,
+             "is_frac_capped": float(((ratio > cap).to(m.dtype) * m).sum() / n),
+             "engine_logp_gap": float(diff.abs().sum() / n)}
+    return ratio.clamp(max=cap) * m, stats
 
 
 def _placeholder(pad_id: int) -> Rollout:
@@ -160,6 +189,11 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
             ref_logp = logprobs(ref_policy, torch.arange(rows.numel(), device=device))
 
     # 3. ppo_epochs passes over minibatches; every rank makes the same number of backward passes
+    train_old = None  # with several epochs and another engine: pi_train of the sampled tokens, before updating
+    if cfg.is_cap is not None and cfg.ppo_epochs > 1 and rows.numel():
+        with torch.no_grad():
+            train_old = logprobs(policy, torch.arange(rows.numel(), device=device))
+
     mb = cfg.minibatch_size or max(dist.all_reduce(int(rows.numel()), op="max"), 1)
     n_chunks = dist.all_reduce(-(-int(rows.numel()) // mb), op="max")
     logs: dict[str, list[float]] = {}
@@ -176,7 +210,16 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
             m = rmask[idx]
             logp, ent = logprobs(policy, idx, entropy=True)
             old = logp.detach() if cfg.ppo_epochs == 1 else data.logprobs[idx]
-            loss, st = policy_loss(logp, old, A[idx], m, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+            adv_i = A[idx]
+            if cfg.is_cap is not None:
+                # w * max(-A rho, -A clip(rho)) = max(-(wA) rho, -(wA) clip(rho)) for w >= 0: weighting
+                # the advantage per token is weighting each token's clipped surrogate
+                old = old if train_old is None else train_old[idx]
+                w, is_st = truncated_is_weights(old, data.logprobs[idx], m, cfg.is_cap)
+                adv_i = adv_i[:, None] * w
+                for k, v in is_st.items():
+                    logs.setdefault(k, []).append(v)
+            loss, st = policy_loss(logp, old, adv_i, m, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                    ratio_level=cfg.ratio_level, agg=cfg.agg)
             # renormalise: the chunk's share of the normaliser the whole step batch (zero-advantage
             # samples included) would have had; exact full-batch gradient when there is one chunk

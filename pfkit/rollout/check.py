@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -36,13 +37,20 @@ def verdict_columns(verdict: Any) -> dict[str, Any]:
     return row
 
 
+def _no_grad(fn, *args):
+    """``fn(*args)`` without autograd: grad mode is per thread, and a checker (a reward model) run in the
+    verification thread must not build graphs any more than it would in the caller's ``no_grad``."""
+    with torch.no_grad():
+        return fn(*args)
+
+
 @torch.no_grad()
 def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, max_new_tokens: int = 96,
                      temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
                      generator: torch.Generator | None = None, batch_prompts: int | None = None,
                      stop: Sequence = CODE_STOPS, timeout: float = 3.0,
                      check: Callable[[list, list[str]], Sequence] | None = None, prompts: Sequence[str] | None = None,
-                     progress: str | None = None, return_rollout: bool = False):
+                     progress: str | None = None, return_rollout: bool = False, overlap: bool = False):
     """``group_size`` sampled responses per problem (rows problem-major), each checked.
 
     Returns a ``DataFrame`` with columns ``prompt_id, sample_idx, prompt, response, score`` (1.0 = the tests
@@ -54,6 +62,11 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     ``pfkit.sandbox.check_completions(..., timeout=timeout)``. Sampling runs in chunks of ``batch_prompts``
     problems (all at once when None), chunk ``i`` (starting at problem ``s``) seeded ``seed + s`` unless a
     ``generator`` is given; ``progress`` names a tqdm bar.
+
+    ``overlap``: check chunk ``i`` in a background thread while chunk ``i + 1`` is sampled. The sandbox runs
+    the programs in its own processes, so both cores work at once; the verdicts are collected in chunk order
+    and verification draws nothing from the sampling generator, so the table and rollout are identical
+    with ``overlap`` on or off (tested). A ``check`` that is pure Python holds the GIL and gains nothing.
     """
     problems = list(problems)
     texts = list(prompts) if prompts is not None else [p.prompt for p in problems]
@@ -69,20 +82,29 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=progress, unit="batch")
-    rows, rollouts = [], []
-    for s in starts:
-        chunk = problems[s:s + step]
-        ro = generate(policy, tokenizer, texts[s:s + step], group_size=group_size, max_new_tokens=max_new_tokens,
-                      temperature=temperature, top_p=top_p, stop=stop, generator=generator,
-                      seed=None if (seed is None or generator is not None) else seed + s)
-        flat = [p for p in chunk for _ in range(group_size)]
-        verdicts = check(flat, ro.texts)
-        for j, (p, text, v) in enumerate(zip(flat, ro.texts, verdicts)):
-            rows.append({"prompt_id": getattr(p, "task_id", p), "sample_idx": j % group_size,
-                         "prompt": texts[s + j // group_size],
-                         "response": text, **verdict_columns(v)})
-        if return_rollout:
-            rollouts.append(ro)
+    rows, rollouts, pending = [], [], []
+    n_chunks = -(-len(problems) // step)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pfkit-verify") if overlap and n_chunks > 1 else None
+    try:
+        for s in starts:
+            chunk = problems[s:s + step]
+            ro = generate(policy, tokenizer, texts[s:s + step], group_size=group_size,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                          generator=generator, seed=None if (seed is None or generator is not None) else seed + s)
+            flat = [p for p in chunk for _ in range(group_size)]
+            verdicts = pool.submit(_no_grad, check, flat, ro.texts) if pool is not None else check(flat, ro.texts)
+            pending.append((s, flat, ro, verdicts))
+            if return_rollout:
+                rollouts.append(ro)
+        for s, flat, ro, verdicts in pending:  # chunk order, whatever order the checks finished in
+            verdicts = verdicts.result() if pool is not None else verdicts
+            for j, (p, text, v) in enumerate(zip(flat, ro.texts, verdicts)):
+                rows.append({"prompt_id": getattr(p, "task_id", p), "sample_idx": j % group_size,
+                             "prompt": texts[s + j // group_size],
+                             "response": text, **verdict_columns(v)})
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     table = pd.DataFrame(rows)
     if not return_rollout:
         return table

@@ -28,9 +28,11 @@ logits processors): rows are sorted by prompt length and split into groups, each
 pre-allocated KV cache trimmed to its longest prompt (prefill and attention skip most padding); the dense
 layers of a step run over the whole batch; single-query attention is matmul-softmax-matmul; sampling
 inverts the CDF with one uniform per row, and top-p uses a partial sort. Finished rows are dropped from the
-batch (caches compacted once a quarter of the rows are done) and the loop exits when all are done. Any
-other causal LM runs through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
-``benchmarks/rollout.py`` compares against ``model.generate``.
+batch (caches compacted once a quarter of the rows are done) and the loop exits when all are done. Other
+``transformers`` causal LMs (Llama, Qwen2, ...) run their own modules over a pre-allocated ``StaticCache``
+with a single-query attention kernel for the decoding steps (:class:`~pfkit.rollout.runners._StaticRunner`);
+anything else through its own ``forward`` with a ``DynamicCache`` (same results, less speed).
+``benchmarks/rollout.py`` compares against ``model.generate`` and prints the FLOP floor.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pfkit.rollout.runners import _GPT2Runner, _HFRunner, cache_kwarg
+from pfkit.rollout.runners import _GPT2Runner, _HFRunner, _StaticRunner, cache_kwarg
 from pfkit.rollout.stops import _kept_tokens, _piece_table, _stop_end_tokens, find_stop
 
 
@@ -326,7 +328,9 @@ def generate(
       including the one that completes the stop match (the text is cut the same way).
     * Determinism: all randomness comes from one ``torch.Generator`` seeded with ``seed`` (or the given
       ``generator``); same seed, same model and inputs -> same tokens. ``seed=None`` draws a fresh seed.
-    * ``backend``: ``"auto"`` (fast GPT-2 path when possible), ``"gpt2"`` or ``"hf"`` (the model's forward).
+    * ``backend``: ``"auto"`` (the GPT-2 decoder for GPT-2, else ``"static"`` when the model supports it,
+      else ``"hf"``), ``"gpt2"``, ``"static"`` (the model's forward over a pre-allocated ``StaticCache``) or
+      ``"hf"`` (the model's forward with a ``DynamicCache``).
 
     Runs under ``torch.inference_mode`` with the model in eval mode (restored afterwards).
     """
@@ -347,10 +351,13 @@ def generate(
     if isinstance(stop, (str, re.Pattern)):
         stop = (stop,)
     stop = tuple(stop)
-    if backend not in ("auto", "gpt2", "hf"):
-        raise ValueError(f"backend must be 'auto', 'gpt2' or 'hf', got {backend!r}")
+    if backend not in ("auto", "gpt2", "static", "hf"):
+        raise ValueError(f"backend must be 'auto', 'gpt2', 'static' or 'hf', got {backend!r}")
     if backend == "gpt2" and not _GPT2Runner.supports(model):
         raise ValueError("backend='gpt2' needs a transformers GPT2LMHeadModel; use backend='auto' or 'hf'")
+    if backend == "static" and not _StaticRunner.supports(model):
+        raise ValueError("backend='static' needs a transformers causal LM with static-cache support; "
+                         "use backend='auto' or 'hf'")
 
     device = next(model.parameters()).device
     eos = _eos_ids(tokenizer, model, eos_token_id)
@@ -386,13 +393,14 @@ def generate(
 
     with torch.inference_mode(), _eval_mode(model):
         use_fast = backend == "gpt2" or (backend == "auto" and _GPT2Runner.supports(model))
-        runner = _GPT2Runner(model) if use_fast else _HFRunner(model)
+        use_static = not use_fast and (backend == "static" or (backend == "auto" and _StaticRunner.supports(model)))
+        runner = _GPT2Runner(model) if use_fast else _StaticRunner(model) if use_static else _HFRunner(model)
         B = len(prompts) * n
         ids_u, pmask_u = ids, pmask
         if n > 1:
             ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
         prompt_lens = pmask.sum(-1)
-        if n > 1 and use_fast:  # prefill each distinct prompt once, then share its cache
+        if n > 1 and (use_fast or use_static):  # prefill each distinct prompt once, then share its cache
             logits = runner.prefill(ids_u, pmask_u, _positions(pmask_u), max_new_tokens)
             runner.expand(n)
             logits = logits.repeat_interleave(n, 0)

@@ -2,8 +2,9 @@
 
 The GPT-2 runner is a hand-rolled decode loop over the model's own weights (pre-allocated KV cache per
 group of similar prompt lengths, single-query matmul attention, dropped finished rows); it is kept because
-``benchmarks/rollout.py`` measures it faster than ``model.generate``. Any other causal LM runs through
-:class:`HFRunner` (its own forward with a ``DynamicCache``; same results, less speed).
+``benchmarks/rollout.py`` measures it faster than ``model.generate``. Other ``transformers`` causal LMs run
+:class:`_StaticRunner` (their own modules, a ``StaticCache``, pfkit's single-query attention kernel); anything
+else :class:`_HFRunner` (its own forward with a ``DynamicCache``; same results, less speed).
 """
 
 from __future__ import annotations
@@ -56,12 +57,26 @@ class _HFRunner:
         return False
 
 
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh_sigmoid(x):
+    """GELU (tanh approximation) as ``x * sigmoid(2k(x + 0.044715 x^3))``: the same function
+    (``(1 + tanh z) / 2 = sigmoid(2z)``, equal to 5e-7), in place after one allocation; the built-in
+    tanh-GELU kernel was measured 2x slower on this CPU."""
+    y = x * x
+    return y.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_().mul_(x)
+
+
 class _GPT2Runner:
     """GPT-2 forward written out over the model's weights, with a pre-allocated KV cache.
 
     Mirrors ``GPT2LMHeadModel`` in eval mode (no dropout): pre-LN blocks, Conv1D projections
     (``x @ W + b``), scaled dot-product attention, tied LM head.
     """
+
+    SIGMOID_GELU = True  # kept: measured faster (the A/B in benchmarks/rollout.py --ab)
+    GROUPS = 4  # KV-cache groups of similar prompt length; 2 and 8 measured no faster
 
     @staticmethod
     def supports(model) -> bool:
@@ -88,7 +103,7 @@ class _GPT2Runner:
         act = cfg.activation_function
         # one fused kernel instead of the formula's tanh/pow/mul chain (same function)
         if act in ("gelu_new", "gelu_pytorch_tanh"):
-            self.act = lambda x: F.gelu(x, approximate="tanh")
+            self.act = _gelu_tanh_sigmoid if self.SIGMOID_GELU else (lambda x: F.gelu(x, approximate="tanh"))
         elif act == "gelu":
             self.act = F.gelu
         else:
@@ -118,7 +133,7 @@ class _GPT2Runner:
         """
         b = ids.shape[0]
         lens = mask.sum(-1).tolist()
-        size = max(8, -(-b // 4))
+        size = max(8, -(-b // self.GROUPS))
         self.groups, logits = [], []
         for start in range(0, b, size):
             end = min(b, start + size)
@@ -211,3 +226,112 @@ class _GPT2Runner:
             g.bias = g.bias.repeat_interleave(repeats, 0)
             g.n *= repeats
         return True
+
+
+class _StaticRunner:
+    """Any ``transformers`` causal LM that supports a static cache (Llama, Qwen2, Mistral, Gemma, ...): the
+    model's own forward over a pre-allocated :class:`transformers.StaticCache` sized ``prompt + max_new``.
+
+    Compared with :class:`_HFRunner` (a ``DynamicCache`` that concatenates every layer's keys/values at every
+    step) the cache is written in place, and the attention mask is built once as a 4-D boolean tensor that
+    the model takes as-is (SDPA), so no per-step mask construction and no ``generate`` machinery (logits
+    processors, stopping criteria, ``prepare_inputs_for_generation``) runs per step.
+    """
+
+    @staticmethod
+    def supports(model) -> bool:
+        from transformers import PreTrainedModel
+
+        return (isinstance(model, PreTrainedModel) and bool(getattr(model, "_can_compile_fullgraph", False))
+                and not getattr(model.config, "is_encoder_decoder", False)
+                and not getattr(model.config, "sub_configs", None)  # text-only LMs (no vision/audio towers)
+                and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+    def __init__(self, model):
+        self.model = model
+        self.cache_kw = cache_kwarg(model)
+        cfg = model.config
+        self.bool_mask = getattr(cfg, "_attn_implementation", None) == "sdpa"
+        # decoding steps use pfkit's single-query kernel (below) when the model's attention is plain softmax
+        # attention: no sliding window, no logit soft-capping, no attention sinks
+        self.own_kernel = self.bool_mask and self.DECODE_KERNEL and not any(
+            getattr(cfg, k, None) for k in ("use_sliding_window", "attn_logit_softcapping", "sliding_window_pattern",
+                                             "layer_types_sliding", "sinks")) and not (
+            getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
+
+    DECODE_KERNEL = True  # kept: measured faster than the model's SDPA for one query (benchmarks/rollout.py)
+
+    def prefill(self, ids, mask, pos, max_new):
+        from transformers import StaticCache
+
+        b, P = ids.shape
+        self.P, self.t, self.max_len = P, 0, P + max_new
+        self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        self.keys = torch.zeros(b, self.max_len, dtype=torch.bool, device=ids.device)
+        self.keys[:, :P] = mask.bool()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         cache_position=torch.arange(P, device=ids.device), **{self.cache_kw: self.cache})
+        return out.logits[:, -1]
+
+    def _mask(self):
+        if self.bool_mask:  # [b, 1, 1, max_len]: the model's SDPA attention takes a 4-D boolean mask as-is
+            return self.keys[:, None, None, :]
+        return self.keys[:, : self.P + self.t + 1].long()
+
+    def step(self, tokens, pos):
+        c = self.P + self.t
+        self.keys[:, c] = True
+        cfg = self.model.config
+        mask = self._mask()
+        if self.own_kernel:  # attend over the filled c + 1 cache slots only, not the whole static cache
+            mask, impl = mask[..., : c + 1], cfg._attn_implementation
+            cfg._attn_implementation = _register_decode_kernel()
+        try:
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                             cache_position=torch.tensor([c], device=tokens.device), use_cache=True,
+                             **{self.cache_kw: self.cache})
+        finally:
+            if self.own_kernel:
+                cfg._attn_implementation = impl
+        self.t += 1
+        return out.logits[:, -1]
+
+    def _rows(self, pick):
+        # StaticLayer has no batch_select_indices / batch_repeat_interleave of its own (transformers 5.24)
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys, layer.values = pick(layer.keys), pick(layer.values)
+                layer.batch_size = layer.keys.shape[0]
+        self.keys = pick(self.keys)
+        return True
+
+    def select(self, rows):
+        return self._rows(lambda t: t[rows])
+
+    def expand(self, repeats):
+        return self._rows(lambda t: t.repeat_interleave(repeats, 0))
+
+
+def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query per row over the first ``n`` cache slots (``n`` = the boolean mask's width): matmul, masked
+    softmax, matmul. Grouped-query heads are handled by viewing the query heads as ``[kv_heads, group]``
+    (query head h reads kv head h // group, as ``repeat_kv``), so keys/values are never repeated."""
+    b, H, q, dh = query.shape
+    n = attention_mask.shape[-1]
+    kv = key.shape[1]
+    qq = query.reshape(b, kv, (H // kv) * q, dh)
+    s = torch.matmul(qq, key[:, :, :n].transpose(-1, -2)).mul_(dh ** -0.5 if scaling is None else scaling)
+    s.masked_fill_(~attention_mask.reshape(b, 1, 1, n), float("-inf"))
+    out = torch.matmul(s.softmax(-1), value[:, :, :n]).reshape(b, H, q, value.shape[-1])
+    return out.transpose(1, 2), None
+
+
+_KERNEL_NAME = "pfkit_decode"
+
+
+def _register_decode_kernel() -> str:
+    from transformers import AttentionInterface
+
+    if _KERNEL_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(_KERNEL_NAME, _decode_attention)
+    return _KERNEL_NAME
