@@ -50,7 +50,8 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
                      generator: torch.Generator | None = None, batch_prompts: int | None = None,
                      stop: Sequence = CODE_STOPS, timeout: float = 3.0,
                      check: Callable[[list, list[str]], Sequence] | None = None, prompts: Sequence[str] | None = None,
-                     progress: str | None = None, return_rollout: bool = False, overlap: bool = False):
+                     progress: str | None = None, return_rollout: bool = False, overlap: bool = False,
+                     sample: Callable[..., Rollout] | None = None):
     """``group_size`` sampled responses per problem (rows problem-major), each checked.
 
     Returns a ``DataFrame`` with columns ``prompt_id, sample_idx, prompt, response, score`` (1.0 = the tests
@@ -67,6 +68,11 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     the programs in its own processes, so both cores work at once; the verdicts are collected in chunk order
     and verification draws nothing from the sampling generator, so the table and rollout are identical
     with ``overlap`` on or off (tested). A ``check`` that is pure Python holds the GIL and gains nothing.
+
+    ``sample(texts, start, **kw)``: the engine that samples one chunk (prompts ``texts``, the first at index
+    ``start``; ``kw`` = group_size, max_new_tokens, temperature, top_p, stop, generator, seed) and returns a
+    :class:`~pfkit.rollout.Rollout` (or subclass); default :func:`pfkit.rollout.generate` on ``policy``.
+    The vLLM engine and the VLM path use it, so every engine shares this loop.
     """
     problems = list(problems)
     texts = list(prompts) if prompts is not None else [p.prompt for p in problems]
@@ -75,6 +81,10 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
 
         def check(flat, completions):
             return check_completions(flat, completions, timeout=timeout)
+
+    if sample is None:
+        def sample(chunk_texts, start, **kw):
+            return generate(policy, tokenizer, chunk_texts, **kw)
 
     step = batch_prompts or max(1, len(problems))
     starts = range(0, len(problems), step)
@@ -88,9 +98,9 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     try:
         for s in starts:
             chunk = problems[s:s + step]
-            ro = generate(policy, tokenizer, texts[s:s + step], group_size=group_size,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                          generator=generator, seed=None if (seed is None or generator is not None) else seed + s)
+            ro = sample(texts[s:s + step], s, group_size=group_size, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, stop=stop, generator=generator,
+                        seed=None if (seed is None or generator is not None) else seed + s)
             flat = [p for p in chunk for _ in range(group_size)]
             verdicts = pool.submit(_no_grad, check, flat, ro.texts) if pool is not None else check(flat, ro.texts)
             pending.append((s, flat, ro, verdicts))
@@ -108,4 +118,4 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     table = pd.DataFrame(rows)
     if not return_rollout:
         return table
-    return table, (rollouts[0] if len(rollouts) == 1 else Rollout.cat(rollouts))
+    return table, (rollouts[0] if len(rollouts) == 1 else type(rollouts[0]).cat(rollouts))

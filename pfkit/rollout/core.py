@@ -292,6 +292,24 @@ def _eos_ids(tokenizer, model, eos_token_id) -> list[int]:
     return [int(e) for e in eos_token_id] if isinstance(eos_token_id, (list, tuple)) else [int(eos_token_id)]
 
 
+def check_sampling_args(prompts, max_new_tokens: int, temperature: float, top_p: float, group_size: int) -> list:
+    """The checks every rollout engine makes on its arguments (one message each); returns ``list(prompts)``."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if group_size < 1:
+        raise ValueError(f"group_size (samples per prompt) must be >= 1, got {group_size}")
+    return prompts
+
+
 def generate(
     model,
     tokenizer,
@@ -334,20 +352,8 @@ def generate(
 
     Runs under ``torch.inference_mode`` with the model in eval mode (restored afterwards).
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts is empty; pass at least one prompt")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     n = group_size if n is None else n
-    if n < 1:
-        raise ValueError(f"group_size (samples per prompt) must be >= 1, got {n}")
+    prompts = check_sampling_args(prompts, max_new_tokens, temperature, top_p, n)
     if isinstance(stop, (str, re.Pattern)):
         stop = (stop,)
     stop = tuple(stop)

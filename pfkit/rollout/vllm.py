@@ -40,13 +40,13 @@ import secrets
 import string
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from pfkit.rollout.core import Rollout, left_pad
-from pfkit.rollout.stops import CODE_STOPS, DEDENT, _kept_tokens, _stop_end_tokens, find_stop
+from pfkit.rollout.stops import DEDENT, _kept_tokens, _stop_end_tokens, find_stop
 
 __all__ = ["VLLMEngine", "available", "vllm_stop_strings"]
 
@@ -173,19 +173,9 @@ class VLLMEngine:
         """:func:`pfkit.rollout.generate` on the engine (same arguments, same :class:`Rollout`)."""
         from vllm import SamplingParams
 
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("prompts is empty; pass at least one prompt")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if group_size < 1:
-            raise ValueError(f"group_size (samples per prompt) must be >= 1, got {group_size}")
+        from pfkit.rollout.core import check_sampling_args
+
+        prompts = check_sampling_args(prompts, max_new_tokens, temperature, top_p, group_size)
         if isinstance(stop, (str, re.Pattern)):
             stop = (stop,)
         stop = tuple(stop)
@@ -251,41 +241,12 @@ class VLLMEngine:
                        logprobs=logprobs * rmask, texts=texts, sample_logprobs=None, finish_reasons=reasons,
                        prompt_index=torch.tensor([i for i, _ in rows]), pad_id=self.pad_id)
 
-    def sample_and_check(self, problems: Sequence, group_size: int, *, max_new_tokens: int = 96,
-                         temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
-                         generator: torch.Generator | None = None, batch_prompts: int | None = None,
-                         stop: Sequence = CODE_STOPS, timeout: float = 3.0,
-                         check: Callable[[list, list[str]], Sequence] | None = None,
-                         prompts: Sequence[str] | None = None, return_rollout: bool = False, progress=None):
+    def sample_and_check(self, problems: Sequence, group_size: int, **kw):
         """:func:`pfkit.rollout.sample_and_check` with this engine's :meth:`generate` (same table)."""
-        import pandas as pd
+        from pfkit.rollout.check import sample_and_check
 
-        from pfkit.rollout.check import verdict_columns
-
-        problems = list(problems)
-        texts = list(prompts) if prompts is not None else [p.prompt for p in problems]
-        if check is None:
-            from pfkit.sandbox import check_completions
-
-            def check(flat, completions):
-                return check_completions(flat, completions, timeout=timeout)
-
-        step = batch_prompts or max(1, len(problems))
-        rows, rollouts = [], []
-        for s in range(0, len(problems), step):
-            chunk = problems[s:s + step]
-            ro = self.generate(texts[s:s + step], group_size=group_size, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, stop=stop, generator=generator,
-                               seed=None if (seed is None or generator is not None) else seed + s)
-            flat = [p for p in chunk for _ in range(group_size)]
-            for j, (p, text, v) in enumerate(zip(flat, ro.texts, check(flat, ro.texts))):
-                rows.append({"prompt_id": getattr(p, "task_id", p), "sample_idx": j % group_size,
-                             "prompt": texts[s + j // group_size], "response": text, **verdict_columns(v)})
-            rollouts.append(ro)
-        table = pd.DataFrame(rows)
-        if not return_rollout:
-            return table
-        return table, (rollouts[0] if len(rollouts) == 1 else Rollout.cat(rollouts))
+        return sample_and_check(None, None, problems, group_size, sample=lambda texts, start, **g: self.generate(texts, **g),
+                                **kw)
 
     def close(self) -> None:
         """Drop the engine (its memory goes with the last reference) and any temporary folder."""

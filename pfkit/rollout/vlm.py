@@ -31,11 +31,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pfkit.rollout.core import Rollout, _eos_ids, _eval_mode, _positions, _sample, _token_logprobs, left_pad
+from pfkit.rollout.core import (
+    Rollout,
+    _eos_ids,
+    _eval_mode,
+    _positions,
+    _sample,
+    _token_logprobs,
+    check_sampling_args,
+    left_pad,
+)
 from pfkit.rollout.runners import cache_kwarg
 from pfkit.rollout.stops import _kept_tokens, _stop_end_tokens, find_stop
 
@@ -191,17 +199,7 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence | None =
     EOS handling, determinism (one ``torch.Generator``) and the returned fields are those of the text
     :func:`~pfkit.rollout.generate`; the rollout also carries each row's image inputs.
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts is empty; pass at least one prompt")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if group_size < 1:
-        raise ValueError(f"group_size (samples per prompt) must be >= 1, got {group_size}")
+    prompts = check_sampling_args(prompts, max_new_tokens, temperature, top_p, group_size)
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -329,28 +327,16 @@ def rollout_logprobs(model, rollout: Rollout, rows: torch.Tensor | None = None, 
 @torch.no_grad()
 def sample_and_check(policy, processor, problems: Sequence, group_size: int, *, prompts: Sequence[str],
                      images: Sequence | None, check: Callable[[list, list[str]], Sequence],
-                     max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
-                     generator: torch.Generator | None = None, batch_prompts: int | None = None, stop: Sequence = (),
-                     chat_template: bool = False, return_rollout: bool = False):
+                     max_new_tokens: int = 32, stop: Sequence = (), chat_template: bool = False, **kw):
     """:func:`pfkit.rollout.sample_and_check` for a VLM: ``group_size`` responses per (prompt, image),
-    each scored by ``check(flat_problems, texts)`` (rewards in [0, 1]); a table ``prompt_id, sample_idx,
-    prompt, response, score`` and, with ``return_rollout``, the :class:`VLMRollout`."""
-    problems = list(problems)
-    prompts = list(prompts)
+    each scored by ``check(flat_problems, texts)``; the same table and, with ``return_rollout``, a
+    :class:`VLMRollout`. ``kw``: that function's sampling/chunking arguments."""
+    from pfkit.rollout.check import sample_and_check as sample_chunks
+
     images = list(images) if images is not None else [None] * len(problems)
-    step = batch_prompts or max(1, len(problems))
-    rows, parts = [], []
-    for s in range(0, len(problems), step):
-        ro = generate(policy, processor, prompts[s:s + step], images[s:s + step], group_size=group_size,
-                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      generator=generator, seed=None if (seed is None or generator is not None) else seed + s,
-                      chat_template=chat_template)
-        flat = [p for p in problems[s:s + step] for _ in range(group_size)]
-        for j, (p, text, v) in enumerate(zip(flat, ro.texts, check(flat, ro.texts))):
-            rows.append({"prompt_id": getattr(p, "task_id", p), "sample_idx": j % group_size,
-                         "prompt": prompts[s + j // group_size], "response": text, "score": float(v)})
-        parts.append(ro)
-    table = pd.DataFrame(rows)
-    if not return_rollout:
-        return table
-    return table, (parts[0] if len(parts) == 1 else VLMRollout.cat(parts))
+
+    def sample(texts, start, **g):
+        return generate(policy, processor, texts, images[start:start + len(texts)], chat_template=chat_template, **g)
+
+    return sample_chunks(policy, processor.tokenizer, problems, group_size, prompts=prompts, check=check,
+                         max_new_tokens=max_new_tokens, stop=stop, sample=sample, **kw)
