@@ -310,6 +310,43 @@ def check_sampling_args(prompts, max_new_tokens: int, temperature: float, top_p:
     return prompts
 
 
+def _make_generator(generator: torch.Generator | None, seed: int | None, device) -> torch.Generator:
+    """The given generator, else a new one on ``device`` seeded with ``seed`` (a fresh seed when None)."""
+    if generator is not None:
+        return generator
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
+
+
+def _cut_responses(tokenizer, rows: list[list[int]], eos: list[int], stop, newline_before: list[bool],
+                   stop_in_mask: bool) -> tuple[list[int], list[str], list[str]]:
+    """Each sampled row's exact end on the real decode: the first EOS (kept in the mask), else the first stop
+    pattern (cut from the text; its tokens in the mask only with ``stop_in_mask``), else its length.
+    Returns (kept tokens, texts, finish reasons ``eos | stop | length``) per row."""
+    keep_len, texts, reasons = [], [], []
+    for row, toks in enumerate(rows):
+        end, reason = len(toks), "length"
+        for j, tk in enumerate(toks):
+            if tk in eos:
+                end, reason = j + 1, "eos"
+                break
+        body = toks[: end - 1] if reason == "eos" else toks
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        cut = find_stop(text, stop, newline_before[row]) if stop else None
+        if cut is not None:
+            end = (_stop_end_tokens(tokenizer, body, text, stop, newline_before[row]) if stop_in_mask
+                   else _kept_tokens(tokenizer, body, cut))
+            text, reason = text[:cut], "stop"
+        keep_len.append(end)
+        texts.append(text)
+        reasons.append(reason)
+    return keep_len, texts, reasons
+
+
 def generate(
     model,
     tokenizer,
@@ -389,12 +426,7 @@ def generate(
     pmask = left_pad([torch.ones(len(encoded[i]), dtype=torch.long) for i in order])
     ids, pmask = ids.to(device), pmask.to(device)
 
-    if generator is None:
-        generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
+    generator = _make_generator(generator, seed, device)
     banned = torch.tensor(eos, device=device) if (eos and min_new_tokens > 0) else None
 
     with torch.inference_mode(), _eval_mode(model):
@@ -474,31 +506,8 @@ def generate(
 
     # --- exact ends: EOS, stop patterns (on the real decode), length
     resp, raw_lp, samp_lp = resp[:, :steps], raw_lp[:, :steps], samp_lp[:, :steps]
-    resp_list = resp.tolist()
-    keep_len = []
-    texts = []
-    reasons = []
-    for row, (toks, n_gen) in enumerate(zip(resp_list, gen_len.tolist())):
-        toks = toks[:n_gen]  # a row dropped from the batch early holds padding after its end
-        end = len(toks)
-        reason = "length"
-        for j, tk in enumerate(toks):
-            if tk in eos:
-                end, reason = j + 1, "eos"
-                break
-        body = toks[: end - 1] if reason == "eos" else toks
-        text = tokenizer.decode(body, skip_special_tokens=True)
-        cut = find_stop(text, stop, newline_before[row]) if stop else None
-        if cut is not None:
-            text_cut = text[:cut]
-            if stop_in_mask:
-                end = _stop_end_tokens(tokenizer, body, text, stop, newline_before[row])
-            else:
-                end = _kept_tokens(tokenizer, body, cut)
-            text, reason = text_cut, "stop"
-        keep_len.append(end)
-        texts.append(text)
-        reasons.append(reason)
+    keep_len, texts, reasons = _cut_responses(tokenizer, [t[:g] for t, g in zip(resp.tolist(), gen_len.tolist())],
+                                              eos, stop, newline_before, stop_in_mask)
     T = max(1, max(keep_len))  # at least one (masked) column, so shapes stay usable if every row is empty
     lens = torch.tensor(keep_len, device=device)
     rmask = (torch.arange(T, device=device)[None, :] < lens[:, None]).long()

@@ -36,8 +36,10 @@ import torch.nn.functional as F
 
 from pfkit.rollout.core import (
     Rollout,
+    _cut_responses,
     _eos_ids,
     _eval_mode,
+    _make_generator,
     _positions,
     _sample,
     _token_logprobs,
@@ -45,7 +47,7 @@ from pfkit.rollout.core import (
     left_pad,
 )
 from pfkit.rollout.runners import cache_kwarg
-from pfkit.rollout.stops import _kept_tokens, _stop_end_tokens, find_stop
+from pfkit.rollout.stops import find_stop
 
 __all__ = ["VLMRollout", "encode_prompts", "generate", "load_image", "rollout_logprobs", "sample_and_check",
            "sequence_logprobs"]
@@ -214,12 +216,7 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence | None =
                          f"the model's {n_pos} positions; shorten the prompts or lower max_new_tokens")
     ids = left_pad([torch.tensor(e) for e in encoded], value=pad_id).to(device)
     pmask = left_pad([torch.ones(len(e), dtype=torch.long) for e in encoded]).to(device)
-    if generator is None:
-        generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
+    generator = _make_generator(generator, seed, device)
     banned = torch.tensor(eos, device=device) if (eos and min_new_tokens > 0) else None
     n = group_size
     B = len(prompts) * n
@@ -265,24 +262,8 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence | None =
 
     ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
     resp, raw_lp, samp_lp = resp[:, :steps].clone(), raw_lp[:, :steps].clone(), samp_lp[:, :steps].clone()
-    keep_len, texts, reasons = [], [], []
-    for row, toks in enumerate(resp.tolist()):
-        newline = prompts[row // n].endswith("\n")
-        end, reason = len(toks), "length"
-        for j, tk in enumerate(toks):
-            if tk in eos:
-                end, reason = j + 1, "eos"
-                break
-        body = toks[: end - 1] if reason == "eos" else toks
-        text = tokenizer.decode(body, skip_special_tokens=True)
-        cut = find_stop(text, stop, newline) if stop else None
-        if cut is not None:
-            end = (_stop_end_tokens(tokenizer, body, text, stop, newline) if stop_in_mask
-                   else _kept_tokens(tokenizer, body, cut))
-            text, reason = text[:cut], "stop"
-        keep_len.append(end)
-        texts.append(text)
-        reasons.append(reason)
+    keep_len, texts, reasons = _cut_responses(tokenizer, resp.tolist(), eos, stop,
+                                              [prompts[row // n].endswith("\n") for row in range(B)], stop_in_mask)
     T = max(1, max(keep_len))
     lens = torch.tensor(keep_len, device=device)
     rmask = (torch.arange(T, device=device)[None, :] < lens[:, None]).long()
