@@ -282,6 +282,9 @@ def _write_json_atomic(path: Path, data) -> None:
 
 def execute(spec: dict, job: str, threads: int | None = None) -> dict:
     """Run one (arm, seed) in this process and write its ``result.json``; the unit a launcher runs."""
+    from pfkit.cli import quiet
+
+    quiet()  # a worker is a fresh process: without this, jobs that build their own Trainer print its chatter
     if threads:
         import torch
 

@@ -81,7 +81,7 @@ def grpo_config(tiny: Path, path: Path, *, sampler="vade", steps=3, callbacks=()
     return path
 
 
-def pfkit_fit(config: Path, run: Path, *extra: str, devices: int = 1, timeout: int = 240):
+def pfkit_fit(config: Path, run: Path, *extra: str, devices: int = 1, timeout: int = 600):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "pfkit.cli", "fit", "-c", str(config), "--run_dir", str(run), *extra]

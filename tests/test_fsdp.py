@@ -111,6 +111,7 @@ def test_grpo_vade_fsdp_resumes_exactly(tiny, grpo_fsdp):  # noqa: F811
     res = pfkit_fit(grpo_config(tiny, grpo_fsdp / "r.yaml", steps=2), resumed, *FSDP,
                     "--ckpt_path", str(grpo_fsdp / "run" / "checkpoints" / "epoch=0-step=1.ckpt"))
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "not resumable" not in res.stderr  # the prompt loader's state is in the checkpoint
     cols = ["step", "prompt_id", "sample_idx", "response", "reward"]
     ra = RunDir(grpo_fsdp / "run").read("rollouts")[cols]
     rb = RunDir(resumed).read("rollouts")[cols]
@@ -184,6 +185,7 @@ def test_pfppo_fsdp_resumes_exactly(pfppo_fsdp):
     res = pfkit_fit(pfppo_config(pfppo_fsdp / "r.yaml", pfppo_fsdp / "dump_r"), resumed, *FSDP,
                     "--ckpt_path", str(first[0]))
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "not resumable" not in res.stderr  # PF-PPO's ResumableLoader state is in the checkpoint
     cols = ["step", "prompt_id", "sample_idx", "response", "reward", "kept"]
     ra, rb = RunDir(pfppo_fsdp / "run").read("rollouts")[cols], RunDir(resumed).read("rollouts")[cols]
     assert sorted(set(rb["step"])) == [1]

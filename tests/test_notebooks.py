@@ -125,6 +125,10 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, stand_in_model
     elapsed = time.time() - t0
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # a quiet notebook (issue #19): no red stderr block from the libraries or the study's worker processes
+    stderr = [(i, o.text[:200]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, stderr
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images, f"{path.name} produced no figure"

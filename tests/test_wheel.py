@@ -115,6 +115,12 @@ def test_wheel_in_a_fresh_venv_runs_the_quick_demo_outside_the_checkout(wheel, t
     stray = [ln for ln in re.split(r"[\r\n]", res.stdout + res.stderr)
              if ("Warning" in ln or "site-packages" in ln or "warn(" in ln) and "site-packages/pfkit/" not in ln]
     assert not stray, stray[:10]
+    # the VADE demo's default config (configs/grpo_codegen.yaml) resolves inside the installed package
+    res = _run([venv / "bin" / "pfkit", "demo", "vade", "--quick", "--samplers", "uniform,vade", "--out", "vade",
+                "--threads", "1"], cwd=work, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    assert "smoke-test" in res.stdout + res.stderr and "Traceback" not in res.stderr
+    assert {"uniform", "vade"} <= set(res.stdout.split())
     # the noise-mask demo reads studies/noisemask.yaml, package data now (two arms keep the test short)
     res = _run([venv / "bin" / "pfkit", "demo", "noisemask", "--quick", "--arms", "baseline,faithful", "--out", "nm",
                 "--threads", "1"], cwd=work, timeout=1500)
