@@ -20,6 +20,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +105,11 @@ def test_wheel_in_a_fresh_venv_runs_the_quick_demo_outside_the_checkout(wheel, t
     assert res.returncode == 0 and res.stdout.startswith("pfkit ")
     res = _run([venv / "bin" / "pfkit", "fit", "-c", "grpo_codegen", "--print_config"], cwd=work, timeout=600)
     assert res.returncode == 0 and "GRPOModule" in res.stdout, res.stderr[-3000:]  # a shipped config by name
+    res = _run([venv / "bin" / "pfkit", "fit", "-c", "grpo_codegen", "--run_dir", "fit_run", "--trainer.max_steps", "1",
+                "--model.init_args.prompts_per_step", "2", "--model.init_args.group_size", "2",
+                "--model.init_args.max_new_tokens", "16", "--trainer.limit_val_batches", "0"], cwd=work, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]  # and it trains, from outside the checkout
+    assert len(pd.read_csv(work / "fit_run" / "metrics.csv")) >= 1 and (work / "fit_run" / "config.yaml").is_file()
     res = _run([venv / "bin" / "pfkit", "demo", "pfppo", "--quick", "--strategies", "none,bw", "--out", "demo"],
                cwd=work, timeout=1500)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
@@ -126,6 +132,4 @@ def test_wheel_in_a_fresh_venv_runs_the_quick_demo_outside_the_checkout(wheel, t
                 "--threads", "1"], cwd=work, timeout=1500)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
     assert "a demonstration, not a result" in res.stdout and "Traceback" not in res.stderr
-    import pandas as pd
-
     assert sorted(pd.read_csv(work / "nm" / "results.csv")["arm"]) == ["baseline", "faithful"]
