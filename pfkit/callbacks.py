@@ -142,7 +142,10 @@ class RunHistory(Callback):
 class RunSummary(Callback):
     """pfkit's own lines for a training phase, in place of Lightning's model-summary table: what is trained
     (trainable / total parameters) and into which run folder when it starts, how many steps it took and
-    what it wrote when it ends. Rank 0 only."""
+    what it wrote when it ends. Rank 0 only. Off inside a study job (``pfkit.study.execute``): the study
+    prints one line per run instead, and a worker's print would break the study's progress bar."""
+
+    silenced = False  # class-wide: set by the study runner around a job
 
     def __init__(self):
         self._t0 = 0.0
@@ -157,7 +160,7 @@ class RunSummary(Callback):
         import time
 
         self._t0 = time.perf_counter()
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or RunSummary.silenced:
             return
         params = list(pl_module.parameters())
         total = sum(p.numel() for p in params)
@@ -170,7 +173,7 @@ class RunSummary(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         import time
 
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or RunSummary.silenced:
             return
         path = self.run.path
         wrote = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()

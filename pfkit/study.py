@@ -293,11 +293,16 @@ def execute(spec: dict, job: str, threads: int | None = None) -> dict:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
     start = time.time()
+    from pfkit.callbacks import RunSummary
+
+    RunSummary.silenced = True  # the study's own per-run line says it
     try:
         metrics = resolve_job(job)(run)
     except BaseException:
         (run.run_dir / "error.txt").write_text(traceback.format_exc())
         raise
+    finally:
+        RunSummary.silenced = False
     if not isinstance(metrics, Mapping):
         raise TypeError(f"study job {job} returned {type(metrics).__name__}, expected a dict of metrics")
     bad = {k: type(v).__name__ for k, v in metrics.items() if not isinstance(v, int | float | str | type(None))}

@@ -278,3 +278,34 @@ def test_a_terminal_shows_a_bar_over_the_runs_and_a_pipe_does_not(tmp_path):
     assert "study toy: [6/6]" in shown and "6/6 [" in shown and ("run/s" in shown or "s/run" in shown), shown[-2000:]
     piped = run_cli(tmp_path, "-c", str(path), "--out", str(tmp_path / "pipe"), "--workers", "2")
     assert piped.returncode == 0 and "s/run" not in piped.stderr + piped.stdout and "run/s" not in piped.stderr
+
+
+def test_a_study_job_runs_without_the_modules_own_run_lines(tmp_path, capsys, monkeypatch):
+    """Inside a study job the RunSummary callback is silent (the study prints one line per run, and a worker's
+    print would break the study's bar); outside it, it prints pfkit's own start and end lines."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pfkit.callbacks import RunSummary
+    from pfkit.study import execute
+
+    (tmp_path / "flagjob.py").write_text("from pfkit.callbacks import RunSummary\n\n"
+                                         "def job(run):\n    return {'silenced': int(RunSummary.silenced), 'n_eval': 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    row = execute({"arm": "a", "seed": 0, "run_dir": str(tmp_path / "r")}, "flagjob:job")
+    assert row["silenced"] == 1 and RunSummary.silenced is False  # restored after the job
+
+    trainer = SimpleNamespace(is_global_zero=True, max_steps=3, max_epochs=1, ckpt_path=None, global_step=3)
+    summary, module = RunSummary(), torch.nn.Linear(1000, 1000)
+    summary.run = SimpleNamespace(path=tmp_path / "r")
+    monkeypatch.setattr(RunSummary, "silenced", True)
+    summary.on_train_start(trainer, module)
+    summary.on_fit_end(trainer, module)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(RunSummary, "silenced", False)
+    summary.on_train_start(trainer, module)
+    summary.on_fit_end(trainer, module)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[pfkit] Linear: 1.00 M trainable of 1.00 M parameters, up to 3 steps -> ")
+    assert out[1].startswith("[pfkit] Linear: 3 steps in ") and "config.yaml" in out[1]  # execute wrote it
