@@ -305,3 +305,62 @@ def test_10k_rows_page_load_and_server_start(app, page, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _shown_image(page, selector: str) -> np.ndarray:
+    """The pixels of the image the page displays in ``selector`` (fetched from its src, decoded with PIL)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    loc = page.locator(f"{selector} img").first
+    loc.wait_for()
+    src = loc.get_attribute("src")
+    raw = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def test_difficulty_shows_the_prompts_image_next_to_its_posterior(page, tmp_path):
+    """Issue #22 item 4: an image-and-text run (rollouts carry GRPO's ``image`` column) shows each prompt's
+    image beside its posterior, pixel for pixel the file; a text run has no image panel at all."""
+    from PIL import Image
+
+    difficulty_run(tmp_path / "run", steps=4, prompts=6, samplers=("vade",), rollouts=True, texts=True, images=True)
+    ro = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
+    path_of = dict(zip(ro.prompt_id, ro.image))
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        focus = sorted(raw.loc[(raw.step == 3) & raw.selected, "prompt_id"])[0]
+        want = np.asarray(Image.open(path_of[focus]).convert("RGB"))
+        note = wait_text(page, "#focus-image-note", path_of[focus])
+        assert f"{want.shape[1]}×{want.shape[0]} px" in note
+        assert np.array_equal(_shown_image(page, "#focus-image"), want)
+        wait_text(page, "#focus-info", f"Prompt {focus} (vade) at step 3")
+        page.locator("#focus-plot img").first.wait_for()
+        shot(page, tmp_path / "difficulty-image.png")
+
+        # another prompt: its own image (the green bar's width is its index)
+        other = sorted(p for p in path_of if p != focus)[-1]
+        choose(page, "prompt", other)
+        wait_text(page, "#focus-image-note", path_of[other])
+        got = _shown_image(page, "#focus-image")
+        assert np.array_equal(got, np.asarray(Image.open(path_of[other]).convert("RGB")))
+        assert int((got[0, :, 1] == 200).sum()) == 2 + 3 * int(other.split("/")[1])
+
+        # a prompt whose image file went away says so (one line), and one never rolled out has none logged
+        gone = sorted(p for p in path_of if p not in (focus, other))[0]
+        os.remove(path_of[gone])
+        choose(page, "prompt", gone)
+        wait_text(page, "#focus-image-note", f"the image of prompt {gone}, {path_of[gone]}, cannot be read")
+        never = sorted(set(raw.prompt_id) - set(path_of))
+        if never:
+            choose(page, "prompt", never[0])
+            wait_text(page, "#focus-image-note", f"No image logged for prompt {never[0]}")
+
+    difficulty_run(tmp_path / "text", steps=3, prompts=4, samplers=("vade",), rollouts=True, texts=True)
+    with serve(D.build_app(tmp_path / "text")) as url:
+        open_app(page, url)
+        wait_text(page, "#focus-info", "(vade) at step 2")
+        assert page.locator("#focus-image").count() == 0 and page.locator("#focus-image-note").count() == 0

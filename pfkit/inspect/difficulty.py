@@ -622,7 +622,8 @@ def prompt_image(data: Difficulty, pid):
     """(the prompt's image as a PIL image or None, a line saying which file it is or why it is not shown)."""
     path = data.images.get(str(pid))
     if path is None:
-        return None, f"Prompt {pid} has no image (text only)."
+        return None, (f"No image logged for prompt {pid}: its image path comes with its rollouts, and this run "
+                      "logged none of them (or the prompt is text only).")
     from pathlib import Path
 
     from PIL import Image, UnidentifiedImageError
@@ -730,7 +731,7 @@ def _build(data: Difficulty):
                 if images:  # the prompt's image next to its posterior (image-and-text prompts, issue #22)
                     img0, img_note0 = prompt_image(data, focus0)
                     with gr.Column(scale=1, min_width=200):
-                        image = gr.Image(img0, type="pil", label="the prompt's image", interactive=False,
+                        image = gr.Image(img0, type="pil", format="png", label="the prompt's image", interactive=False,
                                          elem_id="focus-image", height=260)
                         image_note = gr.Markdown(img_note0, elem_id="focus-image-note")
                 focus_plot = gr.Plot(_plot(data, "focus", s0, focus0, st0) if focus0 else None, scale=3,
