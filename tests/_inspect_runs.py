@@ -66,7 +66,8 @@ def big_filtration_run(path, rows: int = 10_000, n: int = 5, **kw) -> RunDir:
 
 def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group: int = 4, seed: int = 0,
                    samplers=("vade", "uniform"), rollouts: bool = False, texts: bool = False, tokens: bool = False,
-                   hack: bool = False, images: bool = False) -> RunDir:
+                   hack: bool = False, images: bool = False, ref: bool = False, graded: bool = False,
+                   long_lines: bool = False) -> RunDir:
     """difficulty.parquet for each sampler (one row per prompt per step, as samplers.difficulty_rows).
 
     Binary rewards from fixed true success rates; "vade" picks the k prompts whose posterior mean is
@@ -75,7 +76,10 @@ def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group:
     (``return <j>  # s<step> t<prompt> j<sample>``), ``tokens`` adds ``tokens`` / ``token_logprobs`` as GRPO
     logs them, ``hack`` the sandbox's hack label; ``images`` gives each prompt a PNG (``images/task<i>.png``
     beside the run, 24×32 RGB, prompt i's own colours) and the rollouts an ``image`` column with its absolute
-    path, as GRPO writes it for a prompt set with images (pfkit.modules.grpo).
+    path, as GRPO writes it for a prompt set with images (pfkit.modules.grpo); ``ref`` adds
+    ``ref_token_logprobs`` (GRPO with kl_coef > 0); ``graded`` gives each rollout a unit-test score in
+    [0, 1] (two decimals) apart from its 0/1 reward; ``long_lines`` appends a 300-character line to each
+    response (the panels must wrap it).
     """
     import re
 
@@ -117,10 +121,17 @@ def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group:
                     if texts:
                         row["prompt"] = f"def task{i}():\n    \"\"\"Return {i}.\"\"\"\n"
                         row["response"] = f"    return {j}  # s{step} t{i} j{j}\n"
+                    if long_lines:
+                        row["response"] += "    # " + " ".join(f"word{w}" for w in range(50)) + f" END{j}\n"
+                    if graded:
+                        row["score"] = float(np.round(rng.uniform(), 2))
                     if tokens:
                         toks = re.findall(r"\s+|\w+|[^\w\s]", row["response"])
                         row["tokens"] = toks
                         row["token_logprobs"] = (-rng.exponential(1.0, len(toks))).tolist()
+                        if ref:
+                            row["ref_token_logprobs"] = (np.asarray(row["token_logprobs"])
+                                                         + rng.normal(0, 0.5, len(toks))).tolist()
                     if hack:
                         row["hack"] = HACKS[int(rng.integers(len(HACKS)))]
                     if images:

@@ -364,3 +364,70 @@ def test_difficulty_shows_the_prompts_image_next_to_its_posterior(page, tmp_path
         open_app(page, url)
         wait_text(page, "#focus-info", "(vade) at step 2")
         assert page.locator("#focus-image").count() == 0 and page.locator("#focus-image-note").count() == 0
+
+
+def test_difficulty_score_range_reference_tokens_wrap_and_run_link(page, tmp_path):
+    """The rest of #20 in the difficulty app: a score range in the search, hover values and the
+    policy − reference shading of the per-token view, wrapped response panels, and ?run= to a sibling run."""
+    difficulty_run(tmp_path / "run", steps=4, prompts=6, samplers=("vade",), rollouts=True, texts=True, tokens=True,
+                   ref=True, graded=True, long_lines=True)
+    difficulty_run(tmp_path / "other", steps=3, prompts=5, samplers=("uniform",), rollouts=True, texts=True)
+    ro = by_view(pd.read_parquet(tmp_path / "run" / "rollouts.parquet"))
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#found", f"{len(ro)} of {len(ro)} rollouts match")
+        fill(page, "q-smin", "0.25")
+        fill(page, "q-smax", "0.6")
+        page.locator("#search").click()
+        want = ro[(ro.score >= 0.25) & (ro.score <= 0.6)]
+        assert 0 < len(want) < len(ro)
+        text = wait_text(page, "#found", f"{len(want)} of {len(ro)} rollouts match")
+        assert f"mean reward {f3(want.reward.mean())}" in text
+        got = download(page)
+        assert list(zip(got.step, got.prompt_id, got.sample_idx)) == list(zip(want.step, want.prompt_id,
+                                                                                 want.sample_idx))
+        assert np.allclose(got.score, want.score)
+        fill(page, "q-smax", "0.1")
+        page.locator("#search").click()
+        wait_text(page, "#found", "Search not run: score range: min 0.25 is above max 0.1")
+
+        # open a result: its per-token view, hover values against the logged columns
+        fill(page, "q-smin", "")
+        fill(page, "q-smax", "")
+        page.locator("#search").click()
+        wait_text(page, "#found", f"{len(ro)} of {len(ro)} rollouts match")
+        target = ro.iloc[2]
+        page.locator('#results [data-testid="cell-2-0"]').click()
+        wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
+        lp, ref = np.asarray(target.token_logprobs), np.asarray(target.ref_token_logprobs)
+        spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, e.title])")
+        assert "".join(t for t, _ in spans) == target.response and len(spans) == len(lp)
+        for (_tok, title), x, y in zip(spans, lp, ref):
+            assert f"log p = {x:.4f} · log p_ref = {y:.4f} · policy − ref = {x - y:+.4f}" in title
+        page.get_by_label("policy − reference", exact=True).check()
+        d = lp - ref
+        info = wait_text(page, "#token-info", "the k1 KL estimate")
+        assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
+        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
+        shot(page, tmp_path / "difficulty-tokens.png")
+
+        # no cut lines: the 300-character line is in the panel, which wraps it (scroller no wider than it)
+        wait_text(page, "#focus-responses", f"END{target.sample_idx}")
+        widths = page.eval_on_selector_all(
+            ".pfkit-response .cm-scroller",
+            "els => els.map(e => [e.scrollWidth, e.clientWidth, !!e.querySelector('.cm-lineWrapping')])")
+        assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
+
+        # a link to the sibling run opens it in this session (its own sampler, steps and rollouts)
+        oro = pd.read_parquet(tmp_path / "other" / "rollouts.parquet")
+        other = page.context.new_page()
+        open_app(other, url + f"?run={tmp_path / 'other'}&step=1")
+        wait_text(other, "#header", f"{tmp_path / 'other'}")
+        wait_text(other, "#stats", "uniform: 5 prompts, 3 steps")
+        wait_text(other, "#focus-info", "(uniform) at step 1")
+        wait_text(other, "#share", f"run={str(tmp_path / 'other').replace('/', '%2F')}")
+        fill(other, "q-text", "# s1 ")
+        other.locator("#search").click()
+        n = int(oro.response.str.contains("# s1 ", regex=False).sum())
+        wait_text(other, "#found", f"{n} of {len(oro)} rollouts match")

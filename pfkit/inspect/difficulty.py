@@ -79,6 +79,7 @@ class Query:
     reward: tuple = (None, None)
     passed: str = C.ANY
     hack: str = C.ANY
+    score: tuple = (None, None)  # the unit-test score (NaN where the task has none: no row matches a bound)
 
 
 def results_table(found: pd.DataFrame, limit: int = C.SHOWN) -> pd.DataFrame:
@@ -219,6 +220,7 @@ class Difficulty:
             raise C.BadQuery(f"search field must be one of {', '.join(FIELDS)}, got {q.fields!r}")
         m = C.text_mask(df, FIELDS[q.fields], q.text, regex=q.regex)
         m &= C.range_mask(df["reward"], *q.reward, name="reward")
+        m &= C.range_mask(df["score"], *q.score, name="score")
         m &= C.flag_mask(df["passed"], q.passed, PASSED, FAILED)
         if q.hack not in (None, "", C.ANY):
             if not self.has_hack:
@@ -754,6 +756,7 @@ def _build(data: Difficulty):
             q_text, q_regex, q_fields = C.text_query_row(FIELDS)
             with gr.Row():
                 q_rmin, q_rmax = C.bound_boxes("reward", "r")
+                q_smin, q_smax = C.bound_boxes("score", "s")
                 q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests (score = 1)",
                                     elem_id="q-passed")
                 q_hack = C.hack_radio(data.has_hack, FLAGGED, CLEAN)
@@ -851,10 +854,10 @@ def _build(data: Difficulty):
             return (*focus_tokens(get(run_v), s, int(st), str(pid), smp, mode),
                     runs.link(run_v, sampler=s, step=int(st), prompt=pid, sample=smp))
 
-        def on_search(run_v, text, regex, fields, rmin, rmax, passed, hack):
+        def on_search(run_v, text, regex, fields, rmin, rmax, smin, smax, passed, hack):
             d = get(run_v)
             try:
-                found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack))
+                found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack, (smin, smax)))
             except C.BadQuery as e:
                 return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
             return C.results_update(search_markdown(found, len(d.ro)), results_table(found), csv_frame(found),
@@ -913,7 +916,7 @@ def _build(data: Difficulty):
             focus_out += [image, image_note]
         plot_in = [run_state, sampler, step, focus]
         tab_in = [run_state, sampler, step, sort]
-        q_in = [run_state, q_text, q_regex, q_fields, q_rmin, q_rmax, q_passed, q_hack]
+        q_in = [run_state, q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_passed, q_hack]
         search_out = [found_md, results, download, result_keys]
 
         sampler.change(on_sampler, [run_state, sampler], [step, prompts, focus])
