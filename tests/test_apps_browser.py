@@ -223,6 +223,22 @@ def test_filtration_search_results_csv_and_jump(page, tmp_path):
         assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
         shot(page, tmp_path / "filtration-search.png")
 
+        # a unit-test score range (with dropped samples only), counted with pandas
+        page.locator("#q-text textarea, #q-text input").first.fill("")
+        page.locator("#q-regex input").uncheck()
+        page.locator("#q-passed").get_by_label("any", exact=True).check()
+        page.locator("#q-hack").get_by_label("any", exact=True).check()
+        page.locator("#q-kept").get_by_label("dropped", exact=True).check()
+        for box, v in (("#q-smin", "0.3"), ("#q-smax", "0.7")):
+            b = page.locator(f"{box} textarea, {box} input").first
+            b.fill(v)
+            b.press("Tab")
+        page.locator("#search").click()
+        want = raw[(raw.score >= 0.3) & (raw.score <= 0.7) & ~raw.kept]
+        assert 0 < len(want) < len(raw)
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+
 
 def test_filtration_url_and_per_token_view(page, tmp_path):
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, tokens=True)
