@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import TIMEOUT_MS, choose, open_app, open_section, serve, shot, wait_text
+from _browser import TIMEOUT_MS, choose, open_app, open_section, serve, shot, token_values, wait_text
 from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
@@ -263,7 +263,7 @@ def test_filtration_url_and_per_token_view(page, tmp_path):
         info = wait_text(page, "#token-info", "the k1 KL estimate")
         assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
         assert f"largest |difference| at token #{int(np.argmax(np.abs(d)))}" in info
-        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        vals = token_values(page, d)  # the HTML may render a moment after the info line
         assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
         top = page.locator("#tokens .pfkit-tok").nth(int(np.argmax(np.abs(d)))).get_attribute("style")
         assert ",1.000)" in top  # the largest difference is shaded fully

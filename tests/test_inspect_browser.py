@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import choose, open_app, open_section, serve, settle, shot, wait_text
+from _browser import choose, open_app, open_section, serve, settle, shot, token_values, wait_text
 from _inspect_runs import big_filtration_run, difficulty_run, noisemask_run, sampler_run
 
 from pfkit.inspect import difficulty as D
@@ -95,6 +95,7 @@ def test_difficulty_search_prompt_view_tokens_link_csv(page, tmp_path):
         wait_text(page, "#focus-responses", f"# s{target.step} t{target.prompt_id.split('/')[1]} j")
         lp = np.asarray(target.token_logprobs)
         info = wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
+        token_values(page, lp)  # wait for the token HTML of that sample too
         assert f"{len(lp)} tokens · sum log p = {f3(lp.sum())} · mean log p = {f3(lp.mean())}" in info
         spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, +e.dataset.value])")
         assert "".join(t for t, _ in spans) == target.response
@@ -400,6 +401,7 @@ def test_difficulty_score_range_reference_tokens_wrap_and_run_link(page, tmp_pat
         page.locator('#results [data-testid="cell-2-0"]').click()
         wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
         lp, ref = np.asarray(target.token_logprobs), np.asarray(target.ref_token_logprobs)
+        token_values(page, lp)  # wait for the token HTML of that sample too
         spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, e.title])")
         assert "".join(t for t, _ in spans) == target.response and len(spans) == len(lp)
         for (_tok, title), x, y in zip(spans, lp, ref):
@@ -408,7 +410,7 @@ def test_difficulty_score_range_reference_tokens_wrap_and_run_link(page, tmp_pat
         d = lp - ref
         info = wait_text(page, "#token-info", "the k1 KL estimate")
         assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
-        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        vals = token_values(page, d)  # the HTML may render a moment after the info line
         assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
         shot(page, tmp_path / "difficulty-tokens.png")
 
