@@ -130,3 +130,16 @@ def shot(page, path) -> None:
     if os.environ.get("PFKIT_SHOTS"):
         os.makedirs(os.environ["PFKIT_SHOTS"], exist_ok=True)
         shutil.copy(path, os.path.join(os.environ["PFKIT_SHOTS"], Path(path).name))
+
+
+def token_values(page, want, timeout: int = TIMEOUT_MS) -> list[float]:
+    """The per-token view's shading values (``data-value`` of each token span), once they equal ``want``
+    or ``timeout`` ms passed (the token HTML and its info line are two components of one update)."""
+    import numpy as np
+
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        if (len(vals) == len(want) and np.allclose(vals, want, rtol=1e-5, atol=1e-6)) or time.monotonic() > deadline:
+            return vals
+        page.wait_for_timeout(200)

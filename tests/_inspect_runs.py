@@ -66,20 +66,41 @@ def big_filtration_run(path, rows: int = 10_000, n: int = 5, **kw) -> RunDir:
 
 def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group: int = 4, seed: int = 0,
                    samplers=("vade", "uniform"), rollouts: bool = False, texts: bool = False, tokens: bool = False,
-                   hack: bool = False) -> RunDir:
+                   hack: bool = False, images: bool = False, ref: bool = False, graded: bool = False,
+                   long_lines: bool = False) -> RunDir:
     """difficulty.parquet for each sampler (one row per prompt per step, as samplers.difficulty_rows).
 
     Binary rewards from fixed true success rates; "vade" picks the k prompts whose posterior mean is
     nearest 0.5, "uniform" a seeded random k. With ``rollouts`` (one sampler only) the groups are
     also logged to rollouts.parquet; ``texts`` gives each a distinct prompt and response
     (``return <j>  # s<step> t<prompt> j<sample>``), ``tokens`` adds ``tokens`` / ``token_logprobs`` as GRPO
-    logs them, ``hack`` the sandbox's hack label.
+    logs them, ``hack`` the sandbox's hack label; ``images`` gives each prompt a PNG (``images/task<i>.png``
+    beside the run, 24×32 RGB, prompt i's own colours) and the rollouts an ``image`` column with its absolute
+    path, as GRPO writes it for a prompt set with images (pfkit.modules.grpo); ``ref`` adds
+    ``ref_token_logprobs`` (GRPO with kl_coef > 0); ``graded`` gives each rollout a unit-test score in
+    [0, 1] (two decimals) apart from its 0/1 reward; ``long_lines`` appends a 300-character line to each
+    response (the panels must wrap it).
     """
     import re
 
     rng = np.random.default_rng(seed)
     true_p = np.linspace(0.0, 1.0, prompts)
     run = RunDir(path)
+    paths = {}
+    if images:
+        from pathlib import Path
+
+        from PIL import Image
+
+        folder = Path(path).parent / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(prompts):
+            px = np.zeros((24, 32, 3), np.uint8)
+            px[..., 0] = 20 * i
+            px[:, : 2 + 3 * i, 1] = 200  # a green bar whose width is the prompt's index
+            px[::2, :, 2] = rng.integers(0, 256, (12, 32))
+            paths[i] = str((folder / f"task{i}.png").resolve())
+            Image.fromarray(px).save(paths[i])
     for name in samplers:
         alpha, beta = np.ones(prompts), np.ones(prompts)
         for step in range(steps):
@@ -100,12 +121,21 @@ def difficulty_run(path, *, steps: int = 6, prompts: int = 8, k: int = 3, group:
                     if texts:
                         row["prompt"] = f"def task{i}():\n    \"\"\"Return {i}.\"\"\"\n"
                         row["response"] = f"    return {j}  # s{step} t{i} j{j}\n"
+                    if long_lines:
+                        row["response"] += "    # " + " ".join(f"word{w}" for w in range(50)) + f" END{j}\n"
+                    if graded:
+                        row["score"] = float(np.round(rng.uniform(), 2))
                     if tokens:
                         toks = re.findall(r"\s+|\w+|[^\w\s]", row["response"])
                         row["tokens"] = toks
                         row["token_logprobs"] = (-rng.exponential(1.0, len(toks))).tolist()
+                        if ref:
+                            row["ref_token_logprobs"] = (np.asarray(row["token_logprobs"])
+                                                         + rng.normal(0, 0.5, len(toks))).tolist()
                     if hack:
                         row["hack"] = HACKS[int(rng.integers(len(HACKS)))]
+                    if images:
+                        row["image"] = paths[i]
                     ro.append(row)
             alpha, beta = alpha + succ, beta + trials - succ
             run.append("difficulty", [

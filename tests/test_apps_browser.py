@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _browser import TIMEOUT_MS, choose, open_app, open_section, serve, shot, wait_text
+from _browser import TIMEOUT_MS, choose, open_app, open_section, serve, shot, token_values, wait_text
 from _inspect_runs import difficulty_run, filtration_run, noisemask_run
 
 from pfkit.inspect import difficulty as D
@@ -223,6 +223,22 @@ def test_filtration_search_results_csv_and_jump(page, tmp_path):
         assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
         shot(page, tmp_path / "filtration-search.png")
 
+        # a unit-test score range (with dropped samples only), counted with pandas
+        page.locator("#q-text textarea, #q-text input").first.fill("")
+        page.locator("#q-regex input").uncheck()
+        page.locator("#q-passed").get_by_label("any", exact=True).check()
+        page.locator("#q-hack").get_by_label("any", exact=True).check()
+        page.locator("#q-kept").get_by_label("dropped", exact=True).check()
+        for box, v in (("#q-smin", "0.3"), ("#q-smax", "0.7")):
+            b = page.locator(f"{box} textarea, {box} input").first
+            b.fill(v)
+            b.press("Tab")
+        page.locator("#search").click()
+        want = raw[(raw.score >= 0.3) & (raw.score <= 0.7) & ~raw.kept]
+        assert 0 < len(want) < len(raw)
+        text = wait_text(page, "#found", f"{len(want)} of {len(raw)} samples match")
+        assert _found_line(want, len(raw)) in text
+
 
 def test_filtration_url_and_per_token_view(page, tmp_path):
     filtration_run(tmp_path / "run", steps=3, prompts=4, n=5, tokens=True)
@@ -247,7 +263,7 @@ def test_filtration_url_and_per_token_view(page, tmp_path):
         info = wait_text(page, "#token-info", "the k1 KL estimate")
         assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
         assert f"largest |difference| at token #{int(np.argmax(np.abs(d)))}" in info
-        vals = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => +e.dataset.value)")
+        vals = token_values(page, d)  # the HTML may render a moment after the info line
         assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
         top = page.locator("#tokens .pfkit-tok").nth(int(np.argmax(np.abs(d)))).get_attribute("style")
         assert ",1.000)" in top  # the largest difference is shaded fully

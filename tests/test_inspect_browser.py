@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import choose, open_app, open_section, serve, settle, shot, wait_text
+from _browser import choose, open_app, open_section, serve, settle, shot, token_values, wait_text
 from _inspect_runs import big_filtration_run, difficulty_run, noisemask_run, sampler_run
 
 from pfkit.inspect import difficulty as D
@@ -95,6 +95,7 @@ def test_difficulty_search_prompt_view_tokens_link_csv(page, tmp_path):
         wait_text(page, "#focus-responses", f"# s{target.step} t{target.prompt_id.split('/')[1]} j")
         lp = np.asarray(target.token_logprobs)
         info = wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
+        token_values(page, lp)  # wait for the token HTML of that sample too
         assert f"{len(lp)} tokens · sum log p = {f3(lp.sum())} · mean log p = {f3(lp.mean())}" in info
         spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, +e.dataset.value])")
         assert "".join(t for t, _ in spans) == target.response
@@ -201,11 +202,12 @@ def test_difficulty_decision_and_effective_ratio(page, tmp_path):
 
     with serve(D.build_app(tmp_path / "run")) as url:
         open_app(page, url)
+        open_section(page, "decision-section")  # closed at first: drawn when opened
         text = wait_text(page, "#decision", "vade, step 4")
         for part in expected(4):
             assert part in text, (part, text)
         assert "Scoring curve: I(p) = p(1−p)² (VADE) (the sampler's default)" in text
-        page.locator("#infogain img, #infogain canvas, #infogain svg").first.wait_for()
+        page.locator("#infogain img").first.wait_for()
         # the ratio per step and sampler, cell by cell
         er = raw[raw.selected & (raw.trials > 0)].assign(mixed=lambda d: (d.successes > 0) & (d.successes < d.trials))
         wait_text(page, "#effective-table", "vade groups")
@@ -245,7 +247,7 @@ USABLE = {
                    ["#curves", "#scatter"], ("rel-section", "#rel-summary", "step 0: 100 samples")),
     "difficulty": ([("#stats", "vade: 100 prompts"), ("#focus-info", "at step 99"), ("#focus-responses", "# s99 t"),
                     ("#found", "6400 of 6400 rollouts match")],
-                   ["#posteriors", "#focus-plot", "#effective-ratio"], None),
+                   ["#posteriors", "#focus-plot"], ("decision-section", "#decision", "vade, step 99")),
     "noisemask": ([("#stats", "epoch 9, image 0"), ("#found", "1000 of 1000 images match")],
                   ["#panel", "#classes", "#compare"], None),
 }
@@ -288,7 +290,7 @@ def test_10k_rows_page_load_and_server_start(app, page, tmp_path):
                 wait_text(pg, sel, text)
             usable = time.perf_counter() - t1
             for sel in panels:
-                pg.locator(f"{sel} img, {sel} canvas, {sel} svg").first.wait_for()
+                pg.locator(f"{sel} img").first.wait_for()  # the figure itself (an empty plot shows an svg icon)
             if last:
                 open_section(pg, last[0])  # a closed accordion: computed on load, drawn when opened
                 wait_text(pg, *last[1:])
@@ -304,3 +306,130 @@ def test_10k_rows_page_load_and_server_start(app, page, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _shown_image(page, selector: str) -> np.ndarray:
+    """The pixels of the image the page displays in ``selector`` (fetched from its src, decoded with PIL)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    loc = page.locator(f"{selector} img").first
+    loc.wait_for()
+    src = loc.get_attribute("src")
+    raw = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def test_difficulty_shows_the_prompts_image_next_to_its_posterior(page, tmp_path):
+    """Issue #22 item 4: an image-and-text run (rollouts carry GRPO's ``image`` column) shows each prompt's
+    image beside its posterior, pixel for pixel the file; a text run has no image panel at all."""
+    from PIL import Image
+
+    difficulty_run(tmp_path / "run", steps=4, prompts=6, samplers=("vade",), rollouts=True, texts=True, images=True)
+    ro = pd.read_parquet(tmp_path / "run" / "rollouts.parquet")
+    raw = pd.read_parquet(tmp_path / "run" / "difficulty.parquet")
+    path_of = dict(zip(ro.prompt_id, ro.image))
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        focus = sorted(raw.loc[(raw.step == 3) & raw.selected, "prompt_id"])[0]
+        want = np.asarray(Image.open(path_of[focus]).convert("RGB"))
+        note = wait_text(page, "#focus-image-note", path_of[focus])
+        assert f"{want.shape[1]}×{want.shape[0]} px" in note
+        assert np.array_equal(_shown_image(page, "#focus-image"), want)
+        wait_text(page, "#focus-info", f"Prompt {focus} (vade) at step 3")
+        page.locator("#focus-plot img").first.wait_for()
+        shot(page, tmp_path / "difficulty-image.png")
+
+        # another prompt: its own image (the green bar's width is its index)
+        other = sorted(p for p in path_of if p != focus)[-1]
+        choose(page, "prompt", other)
+        wait_text(page, "#focus-image-note", path_of[other])
+        got = _shown_image(page, "#focus-image")
+        assert np.array_equal(got, np.asarray(Image.open(path_of[other]).convert("RGB")))
+        assert int((got[0, :, 1] == 200).sum()) == 2 + 3 * int(other.split("/")[1])
+
+        # a prompt whose image file went away says so (one line), and one never rolled out has none logged
+        gone = sorted(p for p in path_of if p not in (focus, other))[0]
+        os.remove(path_of[gone])
+        choose(page, "prompt", gone)
+        wait_text(page, "#focus-image-note", f"the image of prompt {gone}, {path_of[gone]}, cannot be read")
+        never = sorted(set(raw.prompt_id) - set(path_of))
+        if never:
+            choose(page, "prompt", never[0])
+            wait_text(page, "#focus-image-note", f"No image logged for prompt {never[0]}")
+
+    difficulty_run(tmp_path / "text", steps=3, prompts=4, samplers=("vade",), rollouts=True, texts=True)
+    with serve(D.build_app(tmp_path / "text")) as url:
+        open_app(page, url)
+        wait_text(page, "#focus-info", "(vade) at step 2")
+        assert page.locator("#focus-image").count() == 0 and page.locator("#focus-image-note").count() == 0
+
+
+def test_difficulty_score_range_reference_tokens_wrap_and_run_link(page, tmp_path):
+    """The rest of #20 in the difficulty app: a score range in the search, hover values and the
+    policy − reference shading of the per-token view, wrapped response panels, and ?run= to a sibling run."""
+    difficulty_run(tmp_path / "run", steps=4, prompts=6, samplers=("vade",), rollouts=True, texts=True, tokens=True,
+                   ref=True, graded=True, long_lines=True)
+    difficulty_run(tmp_path / "other", steps=3, prompts=5, samplers=("uniform",), rollouts=True, texts=True)
+    ro = by_view(pd.read_parquet(tmp_path / "run" / "rollouts.parquet"))
+    with serve(D.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#found", f"{len(ro)} of {len(ro)} rollouts match")
+        fill(page, "q-smin", "0.25")
+        fill(page, "q-smax", "0.6")
+        page.locator("#search").click()
+        want = ro[(ro.score >= 0.25) & (ro.score <= 0.6)]
+        assert 0 < len(want) < len(ro)
+        text = wait_text(page, "#found", f"{len(want)} of {len(ro)} rollouts match")
+        assert f"mean reward {f3(want.reward.mean())}" in text
+        got = download(page)
+        assert list(zip(got.step, got.prompt_id, got.sample_idx)) == list(zip(want.step, want.prompt_id,
+                                                                                 want.sample_idx))
+        assert np.allclose(got.score, want.score)
+        fill(page, "q-smax", "0.1")
+        page.locator("#search").click()
+        wait_text(page, "#found", "Search not run: score range: min 0.25 is above max 0.1")
+
+        # open a result: its per-token view, hover values against the logged columns
+        fill(page, "q-smin", "")
+        fill(page, "q-smax", "")
+        page.locator("#search").click()
+        wait_text(page, "#found", f"{len(ro)} of {len(ro)} rollouts match")
+        target = ro.iloc[2]
+        page.locator('#results [data-testid="cell-2-0"]').click()
+        wait_text(page, "#token-info", f"Sample {target.sample_idx} (step {target.step}, prompt {target.prompt_id})")
+        lp, ref = np.asarray(target.token_logprobs), np.asarray(target.ref_token_logprobs)
+        token_values(page, lp)  # wait for the token HTML of that sample too
+        spans = page.eval_on_selector_all("#tokens .pfkit-tok", "els => els.map(e => [e.textContent, e.title])")
+        assert "".join(t for t, _ in spans) == target.response and len(spans) == len(lp)
+        for (_tok, title), x, y in zip(spans, lp, ref):
+            assert f"log p = {x:.4f} · log p_ref = {y:.4f} · policy − ref = {x - y:+.4f}" in title
+        page.get_by_label("policy − reference", exact=True).check()
+        d = lp - ref
+        info = wait_text(page, "#token-info", "the k1 KL estimate")
+        assert f"mean (log p − log p_ref) = {f3(d.mean())}" in info
+        vals = token_values(page, d)  # the HTML may render a moment after the info line
+        assert np.allclose(vals, d, rtol=1e-5, atol=1e-6)
+        shot(page, tmp_path / "difficulty-tokens.png")
+
+        # no cut lines: the 300-character line is in the panel, which wraps it (scroller no wider than it)
+        wait_text(page, "#focus-responses", f"END{target.sample_idx}")
+        widths = page.eval_on_selector_all(
+            ".pfkit-response .cm-scroller",
+            "els => els.map(e => [e.scrollWidth, e.clientWidth, !!e.querySelector('.cm-lineWrapping')])")
+        assert widths and all(sw <= cw + 1 and wrapped for sw, cw, wrapped in widths), widths
+
+        # a link to the sibling run opens it in this session (its own sampler, steps and rollouts)
+        oro = pd.read_parquet(tmp_path / "other" / "rollouts.parquet")
+        other = page.context.new_page()
+        open_app(other, url + f"?run={tmp_path / 'other'}&step=1")
+        wait_text(other, "#header", f"{tmp_path / 'other'}")
+        wait_text(other, "#stats", "uniform: 5 prompts, 3 steps")
+        wait_text(other, "#focus-info", "(uniform) at step 1")
+        wait_text(other, "#share", f"run={str(tmp_path / 'other').replace('/', '%2F')}")
+        fill(other, "q-text", "# s1 ")
+        other.locator("#search").click()
+        n = int(oro.response.str.contains("# s1 ", regex=False).sum())
+        wait_text(other, "#found", f"{n} of {len(oro)} rollouts match")

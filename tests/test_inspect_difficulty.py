@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _inspect_runs import sampler_run
+from _inspect_runs import difficulty_run, sampler_run
 
+from pfkit.inspect import _common as C
 from pfkit.inspect import difficulty as D
 from pfkit.runs import RunDir
 
@@ -231,3 +232,28 @@ def test_grpo_with_kl_logs_reference_logprobs(tmp_path):
     html, info = D.focus_tokens(data, "uniform", 0, str(row.prompt_id), int(row.sample_idx), TOKEN_MODES[1])
     diff = np.asarray(row.token_logprobs) - np.asarray(row.ref_token_logprobs)
     assert f"mean (log p − log p_ref) = **{diff.mean():.3f}**" in info and html.count('class="pfkit-tok"') == len(diff)
+
+
+def test_figures_are_drawn_once_per_view_and_posteriors_match_scipy(tmp_path):
+    """The page-load fix (issue #20): a figure is drawn and encoded once per (figure, arguments) and sent
+    from the cache after; the posterior density drawn without scipy.stats equals scipy.stats.beta.pdf."""
+    from scipy import stats
+
+    difficulty_run(tmp_path, steps=4, prompts=6, samplers=("vade",))
+    data = D.Difficulty(tmp_path)
+    ps = data.default_prompts("vade", 3)
+    first = D._plot(data, "posterior", "vade", 3, ps)
+    assert first.plot.startswith("data:image/webp;base64,") and data.plots.misses == 1
+    assert D._plot(data, "posterior", "vade", 3, list(ps)) is first and data.plots.misses == 1
+    D._plot(data, "posterior", "vade", 2, ps)
+    assert data.plots.misses == 2
+    x = np.linspace(0.001, 0.999, 50)
+    for a, b in ((1.0, 1.0), (2.5, 7.0), (30.0, 3.0)):
+        assert np.allclose(D.beta_pdf(x, a, b), stats.beta.pdf(x, a, b), rtol=1e-10)
+    line = D.posterior_figure(data, "vade", 3, ps).axes[0].lines[0]
+    row = data.at("vade", 3).set_index("pid").loc[ps[0]]
+    assert np.allclose(line.get_ydata(), stats.beta.pdf(line.get_xdata(), row.alpha, row.beta), rtol=1e-10)
+    cache = C.PlotCache(size=2)
+    for k in range(3):
+        cache(k, lambda: C.empty_figure("x"))
+    assert cache.misses == 3 and list(cache._d) == [1, 2]  # the least recent went out

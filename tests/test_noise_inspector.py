@@ -116,3 +116,56 @@ def test_find_images_matches_numpy_and_rejects_bad_filters(tmp_path):
     with pytest.raises(C.BadQuery, match="no predictions"):
         N.NoiseMasks(tmp_path / "nopred").find(0, N.ImageQuery(correct=N.WRONG))
     assert "listing the first" not in N.found_markdown(got, 12, 0)
+
+
+def _expected_by_class(alpha, beta, labels, seed):
+    """Per class, independent of the app: torch's Beta draws under the two seeds, RMS distances."""
+    draws = []
+    for s in (seed, seed + 1):
+        torch.manual_seed(s)
+        draws.append(torch.distributions.Beta(torch.as_tensor(alpha), torch.as_tensor(beta)).sample()
+                     .clamp(1e-6, 1 - 1e-6).double().numpy())
+    a, b = draws
+    rms = lambda i, j: np.sqrt(np.mean((a[i] - b[j]) ** 2))  # noqa: E731
+    out = {}
+    for c in sorted(set(labels.tolist())):
+        mine = [i for i in range(len(a)) if labels[i] == c]
+        rest = [j for j in range(len(a)) if labels[j] != c]
+        out[c] = (len(mine), np.mean([rms(i, i) for i in mine]),
+                  np.mean([rms(i, j) for i in mine for j in mine if i != j]),
+                  np.mean([rms(i, j) for i in mine for j in rest]))
+    return out
+
+
+@pytest.mark.browser
+def test_distance_per_class_and_two_images_numbers_in_browser(page, tmp_path):
+    """#20 item 5 with numbers: the per-class draw-to-draw vs image-to-image distances, and the two compared
+    images' α, β, α/(α+β) and their RMS differences, against torch / numpy over the npz."""
+    _run(tmp_path)
+    z = np.load(tmp_path / "run" / "masks" / "epoch_002.npz")
+    al, be = z["alpha"].astype(np.float64), z["beta"].astype(np.float64)
+    with serve(N.build_app(tmp_path / "run")) as url:
+        open_app(page, url)
+        wait_text(page, "#dependence", "seeds 0 and 1")
+        exp = _expected_by_class(z["alpha"], z["beta"], z["label"], 0)
+        wait_text(page, "#dependence-table", "vs other classes")
+        for r, (c, (n, same, within, across)) in enumerate(exp.items()):
+            cells = [page.locator(f'#dependence-table [data-testid="cell-{r}-{k}"]').inner_text().strip()
+                     for k in range(5)]
+            assert int(cells[0]) == c and int(cells[1]) == n
+            assert [float(x) for x in cells[2:]] == pytest.approx([same, within, across], abs=5e-5), (c, cells)
+        box = page.locator("#img_b input")
+        box.fill("4")
+        box.press("Enter")
+        text = wait_text(page, "#compare-info", "Image 0 vs image 4 (epoch 2)")
+        m = al / (al + be)
+        for i in (0, 4):
+            assert (f"image {i} (label {z['label'][i]}): mean α {C.fmt(al[i].mean())}, mean β {C.fmt(be[i].mean())}, "
+                    f"mean α/(α+β) {C.fmt(m[i].mean())}") in text
+        rms = lambda x: np.sqrt(np.mean((x[0] - x[4]) ** 2))  # noqa: E731
+        assert f"RMS difference: α {C.fmt(rms(al))}, β {C.fmt(rms(be))}, α/(α+β) {C.fmt(rms(m))}" in text
+        page.locator("#compare img").first.wait_for()
+        import os
+
+        if os.environ.get("PFKIT_SHOTS"):
+            screenshot(page, os.path.join(os.environ["PFKIT_SHOTS"], "noisemask-dependence-compare.png"))

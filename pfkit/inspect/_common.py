@@ -421,3 +421,39 @@ def hack_radio(visible: bool, flagged: str, clean: str):
 
     return gr.Radio(choices=[ANY, flagged, clean], value=ANY, label="reward hack (sandbox)", elem_id="q-hack",
                     visible=visible, info="flagged = the sandbox's hack column is non-empty")
+
+
+# ------------------------------------------------------------------ figures sent once (any app)
+class PlotCache:
+    """Figures as a ``gr.Plot`` sends them (its PlotData: the webp encoded once), keyed by what drew them.
+
+    Drawing and encoding a matplotlib figure costs ~0.3-2 s of CPU; without a cache every page load and
+    every revisited step pays it again, and on a 2-core machine that work overlaps the next page's load
+    (issue #20: the difficulty app's second load was the slow one). One cache per run's data object, so a
+    reload (which swaps in a fresh object) starts empty; at most ``size`` figures are kept (least recent out).
+    """
+
+    def __init__(self, size: int = 96):
+        import threading
+        from collections import OrderedDict
+
+        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
+        self.misses = 0
+
+    def __call__(self, key, draw: Callable[[], object]):
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+                return hit
+        from gradio import processing_utils
+        from gradio.components.plot import PlotData
+
+        fig = draw()
+        hit = PlotData(type="matplotlib", plot=processing_utils.encode_plot_to_base64(fig, "webp"))
+        with self._lock:
+            self.misses += 1
+            self._d[key] = hit
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return hit

@@ -79,6 +79,7 @@ class Query:
     reward: tuple = (None, None)
     passed: str = C.ANY
     hack: str = C.ANY
+    score: tuple = (None, None)  # the unit-test score (NaN where the task has none: no row matches a bound)
 
 
 def results_table(found: pd.DataFrame, limit: int = C.SHOWN) -> pd.DataFrame:
@@ -131,6 +132,9 @@ class Difficulty:
         self.has_tokens = self.ro is not None and {"tokens", "token_logprobs"} <= set(self.ro.columns)
         self.has_ref = self.has_tokens and "ref_token_logprobs" in self.ro.columns
         self.config = _read_config(self.run.config_path)
+        self.images = _image_paths(self.raw, self.ro)  # prompt id -> its image path (image-and-text prompts)
+        self.has_images = bool(self.images)
+        self.plots = C.PlotCache()  # figures as sent, per (figure, arguments); a reload starts a fresh one
 
     def of(self, sampler: str) -> pd.DataFrame:
         return self.df[self.df["sampler"] == sampler]
@@ -216,6 +220,7 @@ class Difficulty:
             raise C.BadQuery(f"search field must be one of {', '.join(FIELDS)}, got {q.fields!r}")
         m = C.text_mask(df, FIELDS[q.fields], q.text, regex=q.regex)
         m &= C.range_mask(df["reward"], *q.reward, name="reward")
+        m &= C.range_mask(df["score"], *q.score, name="score")
         m &= C.flag_mask(df["passed"], q.passed, PASSED, FAILED)
         if q.hack not in (None, "", C.ANY):
             if not self.has_hack:
@@ -380,9 +385,16 @@ def effective_table(data: Difficulty) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- figures
-def posterior_figure(data: Difficulty, sampler: str, step: int, prompts: list[str]):
-    from scipy.stats import beta as beta_dist
+def beta_pdf(x, a, b) -> np.ndarray:
+    """The Beta(a, b) density, what ``scipy.stats.beta.pdf`` computes, through scipy.special (scipy.stats
+    takes seconds to import and the default view's posteriors are drawn when the server starts)."""
+    from scipy.special import betaln, xlog1py, xlogy
 
+    x = np.asarray(x, dtype=np.float64)
+    return np.exp(xlogy(a - 1, x) + xlog1py(b - 1, -x) - betaln(a, b))
+
+
+def posterior_figure(data: Difficulty, sampler: str, step: int, prompts: list[str]):
     d = data.at(sampler, step).set_index("pid")
     prompts = [p for p in prompts if p in d.index][:MAX_PROMPTS_PLOTTED]
     if not prompts:
@@ -391,7 +403,7 @@ def posterior_figure(data: Difficulty, sampler: str, step: int, prompts: list[st
     x = np.linspace(0.001, 0.999, 400)
     for p in prompts:
         a, b = d.at[p, "alpha"], d.at[p, "beta"]
-        ax.plot(x, beta_dist.pdf(x, a, b), label=f"{p}: Beta({a:.2f}, {b:.2f})")
+        ax.plot(x, beta_pdf(x, a, b), label=f"{p}: Beta({a:.2f}, {b:.2f})")
     ax.axvline(0.5, color="k", lw=0.7, ls=":")
     ax.set(xlabel="success probability p", ylabel="posterior density", title=f"{sampler}, step {step}")
     ax.legend(fontsize=7)
@@ -597,6 +609,39 @@ def focus_tokens(data: Difficulty, sampler: str, step: int, pid: str, sample, mo
     return row_token_view(hit.iloc[0], f"Sample {int(sample)} (step {int(step)}, prompt {pid})", mode, data.has_ref)
 
 
+def _image_paths(df: pd.DataFrame, ro: pd.DataFrame | None) -> dict[str, str]:
+    """Prompt id -> image path, from an ``image`` column of rollouts.parquet (GRPO writes it for a prompt
+    set with images) or of difficulty.parquet; {} for a text run (the page then has no image panel)."""
+    out: dict[str, str] = {}
+    for t in (df, ro):
+        if t is not None and "image" in t.columns:
+            has = t[t["image"].notna() & (t["image"].astype(str) != "")]
+            out.update(zip(has["pid"], has["image"].astype(str)))
+    return out
+
+
+def prompt_image(data: Difficulty, pid):
+    """(the prompt's image as a PIL image or None, a line saying which file it is or why it is not shown)."""
+    path = data.images.get(str(pid))
+    if path is None:
+        return None, (f"No image logged for prompt {pid}: its image path comes with its rollouts, and this run "
+                      "logged none of them (or the prompt is text only).")
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    f = Path(path).expanduser()
+    if not f.is_absolute():  # a path relative to the run folder or to where the run was started
+        f = next((c for c in (data.run.path / f, Path.cwd() / f) if c.exists()), data.run.path / f)
+    try:
+        with Image.open(f) as im:
+            img = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        return None, C.warning(f"the image of prompt {pid}, {f}, cannot be read ({type(e).__name__}); "
+                               "was the data folder moved? The run logged the path it trained on.")
+    return img, f"`{html.escape(str(f))}` · {img.width}×{img.height} px, the image the prompt was asked about."
+
+
 def focus_figure(data: Difficulty, sampler: str, pid: str, current: int | None):
     """The prompt's posterior over steps: mean with its 95% credible band, selected steps, the observed
     mean reward of each logged group."""
@@ -640,18 +685,22 @@ def _header(data: Difficulty) -> str:
 
 def _build(data: Difficulty):
     import gradio as gr
-    import scipy.special  # noqa: F401  (the credible interval of the default view; scipy.stats waits for the plots)
+    import scipy.special  # noqa: F401  (the credible interval and the posteriors of the default view)
 
     runs = C.Runs(data, Difficulty)
     home, get = runs.home, runs.get
     s0 = _first_sampler(data)
     steps0 = data.steps(s0)
     st0 = steps0[-1]
-    focus0 = (data.default_prompts(s0, st0) or [None])[0]
-    # The default view's text is in the page itself (no event round trip before the page is usable); the
-    # load event fills it only when the URL names another view or the run has grown since the server started.
+    ps0 = data.default_prompts(s0, st0)
+    focus0 = (ps0 or [None])[0]
+    # The default view (texts and its two figures) is in the page itself: no event round trip, and no
+    # figure drawn per page load, before the page is usable. The load event fills it only when the URL names
+    # another view or the run has grown since the server started. The decision and over-the-run figures
+    # sit in closed sections, drawn when opened (issue #20: the page load budget).
     prompt0, texts0, ids0 = focus_texts(data, s0, st0, focus0)
     found0 = data.ro if data.ro is not None else None
+    images = data.has_images  # the prompt's image panel exists only for runs that logged images
     with gr.Blocks(title=TITLE) as demo:
         run_state = gr.State(home)
         header = gr.Markdown(_header(data), elem_id="header")
@@ -663,8 +712,7 @@ def _build(data: Difficulty):
         with gr.Row():
             sampler = gr.Dropdown(choices=data.samplers, value=s0, label="sampler", elem_id="sampler")
             step = gr.Dropdown(choices=steps0, value=st0, label="step", elem_id="step")
-            prompts = gr.Dropdown(choices=sorted(data.of(s0)["pid"].unique()),
-                                  value=data.default_prompts(s0, st0), multiselect=True,
+            prompts = gr.Dropdown(choices=sorted(data.of(s0)["pid"].unique()), value=ps0, multiselect=True,
                                   label=f"prompts to plot (≤ {MAX_PROMPTS_PLOTTED})", elem_id="prompts")
         with gr.Row():
             reload_btn = gr.Button("Reload run", size="sm", scale=0, min_width=120, elem_id="reload")
@@ -681,7 +729,15 @@ def _build(data: Difficulty):
                 token_mode = gr.Radio(choices=list(TOKEN_MODES), value=TOKEN_MODES[0], label="shade tokens by",
                                       elem_id="token-mode")
             focus_md = gr.Markdown(focus_markdown(data, s0, st0, focus0) if focus0 else "", elem_id="focus-info")
-            focus_plot = gr.Plot(label="posterior over steps (band: 95% credible interval)", elem_id="focus-plot")
+            with gr.Row():
+                if images:  # the prompt's image next to its posterior (image-and-text prompts, issue #22)
+                    img0, img_note0 = prompt_image(data, focus0)
+                    with gr.Column(scale=1, min_width=200):
+                        image = gr.Image(img0, type="pil", format="png", label="the prompt's image", interactive=False,
+                                         elem_id="focus-image", height=260)
+                        image_note = gr.Markdown(img_note0, elem_id="focus-image-note")
+                focus_plot = gr.Plot(_plot(data, "focus", s0, focus0, st0) if focus0 else None, scale=3,
+                                     label="posterior over steps (band: 95% credible interval)", elem_id="focus-plot")
             with gr.Row():
                 # wrapped and scrolled: no line is cut in a narrow column
                 prompt_code = gr.Code(prompt0, language="python", label="prompt", interactive=False, wrap_lines=True,
@@ -700,6 +756,7 @@ def _build(data: Difficulty):
             q_text, q_regex, q_fields = C.text_query_row(FIELDS)
             with gr.Row():
                 q_rmin, q_rmax = C.bound_boxes("reward", "r")
+                q_smin, q_smax = C.bound_boxes("score", "s")
                 q_passed = gr.Radio(choices=[C.ANY, PASSED, FAILED], value=C.ANY, label="unit tests (score = 1)",
                                     elem_id="q-passed")
                 q_hack = C.hack_radio(data.has_hack, FLAGGED, CLEAN)
@@ -710,20 +767,25 @@ def _build(data: Difficulty):
                 C.result_keys(found0) if has else [], table_id="results",
                 label="matching rollouts (select a row to open it)")
 
-        with gr.Row():
-            post = gr.Plot(label="Beta posteriors at the step", elem_id="posteriors")
+        post = gr.Plot(_plot(data, "posterior", s0, st0, ps0), label="Beta posteriors at the step",
+                       elem_id="posteriors")
+        dec_open, run_open = gr.State(False), gr.State(False)
+        with gr.Accordion("What the sampler decided at the step: its scoring curve, the candidates' draws, the "
+                          "selected set; the effective-gradient ratio per sampler", open=False,
+                          elem_id="decision-section") as dec_section:
+            with gr.Row():
+                gain = gr.Plot(label="the sampler's scoring curve with the step's candidates", elem_id="infogain")
+                eff = gr.Plot(label="effective-gradient ratio", elem_id="effective-ratio")
+            with gr.Row():
+                decision_md = gr.Markdown(elem_id="decision")
+                eff_table = gr.Dataframe(label="effective-gradient ratio per step (share of trained groups with "
+                                         "mixed rewards; groups = how many were trained)", interactive=False,
+                                         elem_id="effective-table", max_height=300)
+        with gr.Accordion("Over the run: zero-variance groups, α / β / mean of the plotted prompts, selection vs "
+                          "estimated p", open=False, elem_id="run-section") as run_section:
             zero = gr.Plot(label="zero-variance groups", elem_id="zero-variance")
-        with gr.Row():
-            gain = gr.Plot(label="the sampler's scoring curve with the step's candidates", elem_id="infogain")
-            eff = gr.Plot(label="effective-gradient ratio", elem_id="effective-ratio")
-        with gr.Row():
-            decision_md = gr.Markdown(elem_id="decision")
-            eff_table = gr.Dataframe(label="effective-gradient ratio per step (share of trained groups with mixed "
-                                     "rewards; groups = how many were trained)", interactive=False,
-                                     elem_id="effective-table", max_height=300)
-        traj = gr.Plot(label="α / β / mean over steps", elem_id="trajectories")
-        sel = gr.Plot(label="selection vs estimated p", elem_id="selection")
-        # closed at first: a closed accordion is drawn when opened, and the page is usable sooner (issue #20)
+            traj = gr.Plot(label="α / β / mean over steps", elem_id="trajectories")
+            sel = gr.Plot(label="selection vs estimated p", elem_id="selection")
         with gr.Accordion("All prompts at the step, sortable by difficulty and uncertainty", open=False,
                           elem_id="prompt-section"):
             sort = gr.Radio(choices=list(SORTS), value=next(iter(SORTS)), label="sort prompts", elem_id="sort")
@@ -740,38 +802,51 @@ def _build(data: Difficulty):
             return (gr.Dropdown(choices=st, value=st[-1]), gr.Dropdown(choices=pids, value=dflt),
                     gr.Dropdown(choices=pids, value=(dflt or pids)[0]))
 
+        def ok(d, s, st):
+            return s is not None and st is not None and s in d.samplers
+
         def views(run_v, s, st, ps):
             d = get(run_v)
-            if s is None or st is None or s not in d.samplers:
-                return (gr.skip(),) * 9
-            ps = list(ps or [])
-            return (stats_markdown(d, s, int(st)), posterior_figure(d, s, int(st), ps),
-                    trajectory_figure(d, s, ps, int(st)), selection_figure(d, s), zero_variance_figure(d),
-                    infogain_figure(d, s, int(st)), effective_ratio_figure(d), decision_markdown(d, s, int(st)),
+            if not ok(d, s, st):
+                return gr.skip(), gr.skip()
+            return stats_markdown(d, s, int(st)), _plot(d, "posterior", s, int(st), list(ps or []))
+
+        def decision_views(run_v, s, st, is_open):
+            d = get(run_v)
+            if not is_open or not ok(d, s, st):
+                return (gr.skip(),) * 4
+            return (_plot(d, "infogain", s, int(st)), _plot(d, "effective"), decision_markdown(d, s, int(st)),
                     effective_table(d))
+
+        def run_views(run_v, s, st, ps, is_open):
+            d = get(run_v)
+            if not is_open or not ok(d, s, st):
+                return (gr.skip(),) * 3
+            return (_plot(d, "zero"), _plot(d, "trajectory", s, list(ps or []), int(st)), _plot(d, "selection", s))
 
         def tab(run_v, s, st, srt):
             d = get(run_v)
-            if s is None or st is None or s not in d.samplers:
+            if not ok(d, s, st):
                 return gr.skip()
             return d.prompt_table(s, int(st), srt)
 
         def on_focus(run_v, s, st, pid, smp, mode):
             d = get(run_v)
-            if s is None or st is None or pid is None or s not in d.samplers:
-                return (gr.skip(),) * 8
+            if pid is None or not ok(d, s, st):
+                return (gr.skip(),) * len(focus_out)
             prompt, texts, ids = focus_texts(d, s, int(st), str(pid))
             smp = int(smp) if smp is not None and int(smp) in ids else (ids[0] if ids else None)
             html_v, info = focus_tokens(d, s, int(st), str(pid), smp, mode)
-            return (focus_markdown(d, s, int(st), str(pid)), prompt, texts, gr.Dropdown(choices=ids, value=smp),
-                    html_v, info, focus_table(d, s, str(pid)), runs.link(run_v, sampler=s, step=int(st), prompt=pid,
-                                                                         sample=smp))
+            out = (focus_markdown(d, s, int(st), str(pid)), prompt, texts, gr.Dropdown(choices=ids, value=smp),
+                   html_v, info, focus_table(d, s, str(pid)), runs.link(run_v, sampler=s, step=int(st), prompt=pid,
+                                                                        sample=smp))
+            return out + (prompt_image(d, str(pid)) if images else ())
 
         def on_focus_plot(run_v, s, st, pid):
             d = get(run_v)
             if s is None or pid is None or s not in d.samplers:
                 return gr.skip()
-            return focus_figure(d, s, str(pid), None if st is None else int(st))
+            return _plot(d, "focus", s, str(pid), None if st is None else int(st))
 
         def on_tokens(run_v, s, st, pid, smp, mode):
             if s is None or st is None or pid is None or smp is None:
@@ -779,10 +854,10 @@ def _build(data: Difficulty):
             return (*focus_tokens(get(run_v), s, int(st), str(pid), smp, mode),
                     runs.link(run_v, sampler=s, step=int(st), prompt=pid, sample=smp))
 
-        def on_search(run_v, text, regex, fields, rmin, rmax, passed, hack):
+        def on_search(run_v, text, regex, fields, rmin, rmax, smin, smax, passed, hack):
             d = get(run_v)
             try:
-                found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack))
+                found = d.search(Query(str(text or ""), bool(regex), fields, (rmin, rmax), passed, hack, (smin, smax)))
             except C.BadQuery as e:
                 return f"**Search not run:** {e}", gr.skip(), gr.skip(), gr.skip()
             return C.results_update(search_markdown(found, len(d.ro)), results_table(found), csv_frame(found),
@@ -800,14 +875,14 @@ def _build(data: Difficulty):
                     gr.Dropdown(value=str(pid)), gr.Dropdown(value=int(smp)))
 
         def first_view(mode_v, request: gr.Request):
-            """The view the URL names (?run=&sampler=&step=&prompt=&sample=); nothing to send when it is the
-            default view of an unchanged run (the page already holds it)."""
+            """The view the URL names (?run=&sampler=&step=&prompt=&sample=) with its figures; nothing to send
+            when it is the default view of an unchanged run (the page already holds it)."""
             p = C.query_params(request)
             run_v, msg = runs.open(p.get("run", ""))
             d = get(run_v)
             if run_v == home and not msg and not ({"sampler", "step", "prompt", "sample"} & set(p)) \
                     and _stamp(d) == stamp0:
-                return (gr.skip(),) * 15
+                return (gr.skip(),) * len(load_out)
             s = p.get("sampler") if p.get("sampler") in d.samplers else _first_sampler(d)
             steps = d.steps(s)
             st = C.int_param(p, "step", steps, steps[-1])
@@ -818,7 +893,8 @@ def _build(data: Difficulty):
             smp = C.int_param(p, "sample", ids, ids[0] if ids else None)
             return (run_v, _header(d), msg, gr.Dropdown(choices=d.samplers, value=s), gr.Dropdown(choices=steps, value=st),
                     gr.Dropdown(choices=pids, value=dflt), gr.Dropdown(choices=pids, value=pid),
-                    *on_focus(run_v, s, st, pid, smp, mode_v))
+                    *on_focus(run_v, s, st, pid, smp, mode_v), on_focus_plot(run_v, s, st, pid),
+                    *views(run_v, s, st, dflt))
 
         first_view.__annotations__["request"] = gr.Request  # see filtration: string annotations
         on_pick.__annotations__["evt"] = gr.SelectData
@@ -831,17 +907,27 @@ def _build(data: Difficulty):
             msg = msg or f"Reloaded at {time.strftime('%H:%M:%S')}: {len(d.df)} rows, newest step {st[-1]}."
             return gr.Dropdown(choices=d.samplers, value=s), gr.Dropdown(choices=st, value=st[-1]), msg, _header(d)
 
-        view_in, view_out = [run_state, sampler, step, prompts], [stats, post, traj, sel, zero, gain, eff,
-                                                                      decision_md, eff_table]
+        view_in, view_out = [run_state, sampler, step, prompts], [stats, post]
+        dec_in, dec_out = [run_state, sampler, step, dec_open], [gain, eff, decision_md, eff_table]
+        run_in, run_out = [run_state, sampler, step, prompts, run_open], [zero, traj, sel]
         focus_in = [run_state, sampler, step, focus, sample, token_mode]
         focus_out = [focus_md, prompt_code, responses, sample, tokens_html, token_info, focus_rows, share]
+        if images:
+            focus_out += [image, image_note]
         plot_in = [run_state, sampler, step, focus]
         tab_in = [run_state, sampler, step, sort]
-        q_in = [run_state, q_text, q_regex, q_fields, q_rmin, q_rmax, q_passed, q_hack]
+        q_in = [run_state, q_text, q_regex, q_fields, q_rmin, q_rmax, q_smin, q_smax, q_passed, q_hack]
         search_out = [found_md, results, download, result_keys]
 
         sampler.change(on_sampler, [run_state, sampler], [step, prompts, focus])
         gr.on([sampler.change, step.change, prompts.change], views, view_in, view_out, trigger_mode=C.LATEST)
+        gr.on([sampler.change, step.change], decision_views, dec_in, dec_out, trigger_mode=C.LATEST)
+        gr.on([sampler.change, step.change, prompts.change], run_views, run_in, run_out, trigger_mode=C.LATEST)
+        # a closed section computes nothing; opening it draws it for the current view (cached figures)
+        dec_section.expand(lambda: True, None, dec_open).then(decision_views, dec_in, dec_out)
+        dec_section.collapse(lambda: False, None, dec_open)
+        run_section.expand(lambda: True, None, run_open).then(run_views, run_in, run_out)
+        run_section.collapse(lambda: False, None, run_open)
         gr.on([sampler.change, step.change, sort.change], tab, tab_in, table, trigger_mode=C.LATEST)
         (gr.on([step.change, focus.change], on_focus, focus_in, focus_out, trigger_mode=C.LATEST)
          .then(on_focus_plot, plot_in, focus_plot))
@@ -850,14 +936,24 @@ def _build(data: Difficulty):
         gr.on([search_btn.click, q_text.submit], on_search, q_in, search_out, trigger_mode=C.LATEST)
         (results.select(on_pick, [run_state, sampler, result_keys], [step, focus, sample])
          .then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot))
-        url_out = [run_state, header, status, sampler, step, prompts, focus]
-        (demo.load(first_view, [token_mode], url_out + focus_out)
-         .then(on_focus_plot, plot_in, focus_plot).then(views, view_in, view_out))
+        load_out = [run_state, header, status, sampler, step, prompts, focus, *focus_out, focus_plot, *view_out]
+        demo.load(first_view, [token_mode], load_out)
         (reload_btn.click(on_reload, [run_state, sampler], [sampler, step, status, header])
-         .then(views, view_in, view_out).then(tab, tab_in, table)
-         .then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot)
+         .then(views, view_in, view_out).then(decision_views, dec_in, dec_out).then(run_views, run_in, run_out)
+         .then(tab, tab_in, table).then(on_focus, focus_in, focus_out).then(on_focus_plot, plot_in, focus_plot)
          .then(on_search, q_in, search_out))
     return demo
+
+
+FIGURES = {"posterior": posterior_figure, "trajectory": trajectory_figure, "selection": selection_figure,
+           "zero": lambda d: zero_variance_figure(d), "effective": lambda d: effective_ratio_figure(d),
+           "infogain": infogain_figure, "focus": focus_figure}
+
+
+def _plot(data: Difficulty, name: str, *args):
+    """Figure ``name`` of ``data`` for ``args`` as the page receives it, drawn once (``Difficulty.plots``)."""
+    key = (name, *(tuple(a) if isinstance(a, list) else a for a in args))
+    return data.plots(key, lambda: FIGURES[name](data, *args))
 
 
 def _stamp(data: Difficulty) -> tuple:

@@ -221,24 +221,45 @@ class NoiseMasks:
             b = sample_mask(la, lb, seed=int(seed) + 1)[0]
         return a.double().numpy(), b.double().numpy()
 
-    def image_dependence(self, epoch: int, seed: int) -> dict[str, float]:
-        """RMS distance between grid masks: two draws for the same image vs draws for two different images
-        (all pairs, pairs of the same class, pairs of different classes). If the policy's masks depend on
-        the image, masks of different images are farther apart than two draws for one image."""
+    def _distances(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(d, labels): d[i, j] = RMS distance of draw 1 (seed) of image i's grid mask to draw 2 (seed + 1)
+        of image j's; the diagonal compares two draws for one image."""
         a, b = self.draws(epoch, seed)
         lab = self.panel(epoch).label
         k = len(a)
         a, b = a.reshape(k, -1), b.reshape(k, -1)
-        # d[i, j]: RMS distance of draw 1 of image i to draw 2 of image j, from |a|² + |b|² − 2 a·b (a [K, K, g²]
-        # difference array would be gigabytes for a large panel)
+        # from |a|² + |b|² − 2 a·b (a [K, K, g²] difference array would be gigabytes for a large panel)
         sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
-        d = np.sqrt(np.clip(sq, 0, None) / a.shape[1])
+        return np.sqrt(np.clip(sq, 0, None) / a.shape[1]), lab
+
+    def image_dependence(self, epoch: int, seed: int) -> dict[str, float]:
+        """RMS distance between grid masks: two draws for the same image vs draws for two different images
+        (all pairs, pairs of the same class, pairs of different classes). If the policy's masks depend on
+        the image, masks of different images are farther apart than two draws for one image."""
+        d, lab = self._distances(epoch, seed)
+        k = len(d)
         off = ~np.eye(k, dtype=bool)
         same = (lab[:, None] == lab[None]) & off
         other = lab[:, None] != lab[None]
         return {"same image": float(np.diag(d).mean()), "different images": float(d[off].mean()) if k > 1 else np.nan,
                 "same class": float(d[same].mean()) if same.any() else np.nan,
                 "different class": float(d[other].mean()) if other.any() else np.nan}
+
+    def image_dependence_by_class(self, epoch: int, seed: int) -> pd.DataFrame:
+        """The same distances per class c: two draws of one image of c; draws of two different images of c;
+        an image of c against one of another class. (The panel npz carries no modality, so no per-modality
+        rows; the module's mask_stats table has the modality η².)"""
+        d, lab = self._distances(epoch, seed)
+        off = ~np.eye(len(d), dtype=bool)
+        rows = []
+        for c in np.unique(lab):
+            mine = lab == c
+            within = off & mine[:, None] & mine[None]
+            across = mine[:, None] & ~mine[None]
+            rows.append({"class": c, "images": int(mine.sum()), "same image": float(np.diag(d)[mine].mean()),
+                         "different images, same class": float(d[within].mean()) if within.any() else np.nan,
+                         "vs other classes": float(d[across].mean()) if across.any() else np.nan})
+        return pd.DataFrame(rows).round(4)
 
     # ----------------------------------------------------------------- finding images
     def image_table(self, epoch: int) -> pd.DataFrame:
@@ -392,6 +413,20 @@ def dependence_markdown(data: NoiseMasks, epoch: int, seed: int) -> str:
             f"**{C.fmt(d['different class'])}** — {verdict}.")
 
 
+def compare_markdown(data: NoiseMasks, epoch: int, a: int, b: int) -> str:
+    """The two compared images' numbers: mean α, β and E[m] = α/(α+β) each, and how far apart their maps are."""
+    p = data.panel(epoch)
+
+    def rms(x, y) -> float:
+        return float(np.sqrt(np.mean((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)))
+
+    parts = [f"image {i} (label {p.label[i]}): mean α **{C.fmt(p.alpha[i].mean())}**, mean β "
+             f"**{C.fmt(p.beta[i].mean())}**, mean α/(α+β) **{C.fmt(p.mean[i].mean())}**" for i in (a, b)]
+    return (f"**Image {a} vs image {b}** (epoch {epoch}) · " + " · ".join(parts) + f" · RMS difference: α "
+            f"**{C.fmt(rms(p.alpha[a], p.alpha[b]))}**, β **{C.fmt(rms(p.beta[a], p.beta[b]))}**, α/(α+β) "
+            f"**{C.fmt(rms(p.mean[a], p.mean[b]))}** (0: the policy gave both images the same mask).")
+
+
 def compare_figure(data: NoiseMasks, epoch: int, a: int, b: int):
     """α, β and E[m] of two panel images side by side (shared colour scales)."""
     p = data.panel(epoch)
@@ -506,15 +541,19 @@ def _build(data: NoiseMasks):
             img_a = gr.Number(value=0, precision=0, minimum=0, label="compare image A", elem_id="img_a")
             img_b = gr.Number(value=min(1, len(p0) - 1), precision=0, minimum=0, label="with image B", elem_id="img_b")
         dependence = gr.Markdown(elem_id="dependence")
+        dependence_table = gr.Dataframe(label="RMS mask distance per class (same image: two draws for one image)",
+                                        interactive=False, elem_id="dependence-table", max_height=300)
+        compare_md = gr.Markdown(elem_id="compare-info")
         compare = gr.Plot(label="α/β maps of two images", elem_id="compare")
 
         def show_compare(run_v, e, a, b, s):
             d = get(run_v)
             if e is None or int(e) not in d.epochs:
-                return gr.skip(), gr.skip()
+                return (gr.skip(),) * len(cmp_out)
             n = len(d.panel(e))
             a, b = (min(max(int(v or 0), 0), n - 1) for v in (a, b))
-            return dependence_markdown(d, int(e), int(s or 0)), compare_figure(d, int(e), a, b)
+            return (dependence_markdown(d, int(e), int(s or 0)), d.image_dependence_by_class(int(e), int(s or 0)),
+                    compare_markdown(d, int(e), a, b), compare_figure(d, int(e), a, b))
 
         def show(run_v, e, i, m, s, sg, k):
             d = get(run_v)
@@ -593,19 +632,20 @@ def _build(data: NoiseMasks):
         f_in = [run_state, epoch, f_label, f_pred, f_correct, f_mmin, f_mmax, f_smin, f_smax]
         f_out = [found_md, found_df, download, found_ids, f_label, f_pred]
         cmp_in = [run_state, epoch, img_a, img_b, seed]
+        cmp_out = [dependence, dependence_table, compare_md, compare]
         gr.on([epoch.change, index.change, mode.input], show, inputs, shown, trigger_mode=C.LATEST)
         gr.on([seed.change, sigma.change, kernel.change], show_if_sampled, inputs, shown, trigger_mode=C.LATEST)
         gr.on([epoch.change], on_epoch, [run_state, epoch], [index, classes], trigger_mode=C.LATEST)
         gr.on([epoch.change, find_btn.click, f_label.input, f_pred.input, f_correct.input], on_find, f_in, f_out,
               trigger_mode=C.LATEST)
         found_df.select(on_pick, found_ids, index)
-        gr.on([epoch.change, img_a.change, img_b.change, seed.change], show_compare, cmp_in, [dependence, compare],
+        gr.on([epoch.change, img_a.change, img_b.change, seed.change], show_compare, cmp_in, cmp_out,
               trigger_mode=C.LATEST)
         # first view: what the URL names, then the image panel, then the rest (figures take longest)
         (demo.load(first_view, None, [run_state, header, status, epoch, index])
          .then(show_after_url, inputs, shown).then(on_epoch, [run_state, epoch], [index, classes])
          .then(run_wide, run_state, [acc, policy_md, policy_fig]).then(on_find, f_in, f_out)
-         .then(show_compare, cmp_in, [dependence, compare]))
+         .then(show_compare, cmp_in, cmp_out))
         (reload_btn.click(on_reload, run_state, [epoch, acc, status, policy_md, policy_fig])
          .then(on_epoch, [run_state, epoch], [index, classes]).then(show, inputs, shown))
         resample.click(lambda *v: (SAMPLED, *show(*v[:3], SAMPLED, *v[4:])), inputs, [mode, *shown])
