@@ -171,6 +171,47 @@ def check_logprobs(model, r) -> float:
     return err
 
 
+def generic_ceiling(model, tok, prompts, args) -> dict:
+    """What bounds any decode path that runs the model's own modules (``--arch qwen2|llama``), in CPU seconds
+    per batch: the model's ``nn.Linear`` layers alone over the decode steps' shapes (``[batch, 1, in]``,
+    ``new_tokens`` times; no attention, norms, RoPE or cache), and pfkit's sampling step alone on this model's
+    real next-token logits (with top-p < 1 a flat, untrained distribution needs a full sort each step, as in
+    HF's ``TopPLogitsWarper``), and the prefill (one forward of the model over the prompts). What is left of
+    pfkit's time after these three is the per-step rest: attention over the cache, norms, RoPE, cache writes
+    and Python dispatch through the model's modules."""
+    from pfkit.rollout.core import _sample
+
+    lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(args.batch, 1, m.in_features) for m in lins]
+
+    def linears():
+        for _ in range(args.new_tokens):
+            for m, x in zip(lins, xs):
+                m(x)
+
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    with torch.inference_mode():
+        logits = model(**enc).logits[:, -1].float()
+        gen = torch.Generator().manual_seed(0)
+
+        def sampling():
+            state: dict = {}
+            for _ in range(args.new_tokens):
+                _sample(logits, args.temperature, args.top_p, gen, None, state=state)
+
+        def prefill():
+            model(**enc, logits_to_keep=1)
+
+        out = {}
+        for name, fn in (("linear_s", linears), ("sampling_s", sampling), ("prefill_s", prefill)):
+            fn()
+            c0 = time.process_time()
+            for _ in range(3):
+                fn()
+            out[name] = (time.process_time() - c0) / 3
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -247,6 +288,17 @@ def main(argv=None) -> dict:
         result[label] = {"hf_tokens_per_s": n_tok / med["hf"], "hf_logp_tokens_per_s": n_tok / med["hf+logp"],
                          "pfkit_tokens_per_s": n_tok / med["pfkit"], "speedup_vs_hf": ratio,
                          "speedup_vs_hf_logp": ratio_lp}
+    if args.arch != "gpt2":
+        ceil = generic_ceiling(model, tok, prompts, args)
+        hf_cpu = statistics.median(cpu["hf"])
+        pf_cpu = statistics.median(cpu["pfkit"])
+        fixed = ceil["prefill_s"] + ceil["linear_s"] + ceil["sampling_s"]
+        print(f"where pfkit's {pf_cpu * 1e3:.0f} CPU-ms go: prefill (one forward over the padded prompts; pfkit's "
+              f"grouped one costs less) {ceil['prefill_s'] * 1e3:.0f}, the decode steps' "
+              f"Linear layers {ceil['linear_s'] * 1e3:.0f}, sampling {ceil['sampling_s'] * 1e3:.0f}, the per-step rest "
+              f"{(pf_cpu - fixed) * 1e3:.0f} (attention, norms, RoPE, cache, dispatch); with no rest at all pfkit "
+              f"would be {hf_cpu / fixed:.2f}x HF ({hf_cpu * 1e3:.0f} ms)")
+        result["ceiling"] = ceil
     return result
 
 

@@ -156,7 +156,7 @@ def assert_replay_matches(tiny: Path, out: Path, step: int, k: int = 4):
     m.sampler = make_sampler("vade", 12, 4)
     from pfkit.rl import grpo
 
-    stats, _ = grpo.update(m.model, m.configure_optimizers(), batch, m.config, generator=m.gen)
+    stats, _, _ = grpo.update(m.model, m.configure_optimizers(), batch, m.config, generator=m.gen)
     assert stats["effective_samples"] > 0
     for n, p in m.model.named_parameters():
         assert torch.allclose(p.grad, a["grads"][n], rtol=1e-4, atol=1e-7), n

@@ -145,6 +145,48 @@ def test_all_zero_variance_step_leaves_policy_unchanged(tiny_policy):
     assert all(torch.equal(a, b) for a, b in zip(before, m.model.parameters()))
 
 
+def test_kl_step_returns_the_reference_logprobs_it_used_and_the_table_logs_them(tiny_policy, tmp_path):
+    """With kl_coef > 0 the step hands back the reference's per-token log-probs its KL term used (equal to an
+    independent teacher-forced pass of the reference over each group), and the rollout table logs those
+    without running the reference again."""
+    from types import SimpleNamespace
+
+    from pfkit.rollout import sequence_logprobs
+    from pfkit.runs import RunDir
+
+    m = make_module(tiny_policy, sampler="uniform", kl_coef=0.1)
+    m.attach(verifier_prompt_set(PROMPTS, digit_share))
+    with torch.no_grad():  # a reference that differs from the policy
+        for q in m.ref_model.parameters():
+            q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    res = grpo.step(m.model, m.configure_optimizers(), m.sampler, m.rollout, m.config, ref_policy=m.ref_model,
+                    generator=m.gen)
+    assert res.ref_logprobs is not None and len(res.ref_logprobs) == len(res.batch.payload) == 4
+    for group, ref in zip(res.batch.payload, res.ref_logprobs):
+        with torch.no_grad():
+            want = sequence_logprobs(m.ref_model, group.sequences, group.attention_mask, group.response_len)
+        assert ref.shape == (4, group.response_len)
+        assert torch.allclose(ref * group.response_mask, want, atol=1e-5)
+    m._last_batch, m._last_adv, m._last_ref = res.batch, res.advantages, res.ref_logprobs
+    m._trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    calls = []
+    hook = m.ref_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        m._write_tables(0)
+    finally:
+        hook.remove()
+    assert calls == []  # the table reused the step's reference log-probs
+    ro = RunDir(tmp_path).read("rollouts")
+    g0 = res.batch.payload[0]
+    on = g0.response_mask[0].bool()
+    assert ro.ref_token_logprobs.iloc[0] == pytest.approx(res.ref_logprobs[0][0][on].tolist())
+    # no KL term: nothing to hand back
+    m2 = make_module(tiny_policy, sampler="uniform")
+    m2.attach(verifier_prompt_set(PROMPTS, digit_share))
+    assert grpo.step(m2.model, m2.configure_optimizers(), m2.sampler, m2.rollout, m2.config,
+                     generator=m2.gen).ref_logprobs is None
+
+
 def test_bad_config_is_reported(tiny_policy):
     m = make_module(tiny_policy)
     with pytest.raises(ValueError, match="prompts_per_step"):

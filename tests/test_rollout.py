@@ -383,6 +383,26 @@ def test_static_cache_path_matches_teacher_forcing_and_the_dynamic_path(bpe, arc
     assert model.config._attn_implementation == "sdpa"  # the decode kernel is switched back after each step
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_static_prefill_in_length_groups_changes_no_number(bpe, arch, monkeypatch):
+    """The static path's prefill runs groups of similar prompt length over their own columns only (less
+    padding); the tokens, log-probs and texts are those of one batch-wide prefill, and equal teacher forcing."""
+    from pfkit.rollout.runners import _StaticRunner
+
+    model = tiny_causal_lm(arch, bpe)
+    prompts = [p + " and more" * k for k, p in enumerate(PROMPTS * 3)]  # lengths that differ a lot
+    kw = dict(max_new_tokens=6, seed=3, eos_token_id=[], top_p=0.9, backend="static")
+    monkeypatch.setattr(_StaticRunner, "GROUP_MIN", 1)
+    monkeypatch.setattr(_StaticRunner, "GROUPS", 1)
+    one = generate(model, bpe, prompts, **kw)
+    monkeypatch.setattr(_StaticRunner, "GROUPS", 3)
+    grouped = generate(model, bpe, prompts, **kw)
+    assert torch.equal(one.response_ids, grouped.response_ids) and one.texts == grouped.texts
+    torch.testing.assert_close(grouped.logprobs, one.logprobs, atol=1e-5, rtol=0)
+    lp = sequence_logprobs(model, grouped.sequences, grouped.attention_mask, grouped.response_len)
+    torch.testing.assert_close(lp, grouped.logprobs, atol=1e-4, rtol=0)
+
+
 def test_static_backend_refuses_a_model_without_a_static_cache(gpt2, bpe):
     with pytest.raises(ValueError, match="backend='static'"):
         generate(ScriptedLM(bpe, [["a"]]), bpe, ["x"], max_new_tokens=1, backend="static")

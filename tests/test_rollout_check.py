@@ -207,3 +207,28 @@ def test_grpo_step_rewards_and_advantages_equal_with_overlap_on_and_off():
         assert a.stats["loss"] == b.stats["loss"]
     assert float(s0[0].batch.rewards.std()) > 0  # a step with something to learn from
     assert all(torch.equal(x, y) for x, y in zip(p0, p1))
+
+
+def test_progress_bar_draws_only_on_a_terminal(tiny, monkeypatch, capsys):
+    """``progress=`` draws a bar on a terminal and nothing into captured output (tests, CI logs, pipes)."""
+    import io
+    import sys
+
+    probs, tok, model = tiny
+    check = lambda flat, texts: [0.0] * len(texts)  # noqa: E731
+
+    def run():
+        sample_and_check(model, tok, probs[:2], 1, max_new_tokens=2, seed=0, batch_prompts=1, check=check,
+                         progress="sampling")
+
+    run()
+    assert "sampling" not in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    run()
+    assert "sampling:" in term.getvalue() and "/2 " in term.getvalue()  # the bar over the 2 chunks

@@ -186,22 +186,26 @@ class GRPOModule(LightningModule):
 
     def _sample_and_check(self, ids, prompts, group_size, *, temperature, generator, check, stop, images=None,
                           **kw):
-        """``sample_and_check`` through the configured engine (same table and rollout)."""
+        """``sample_and_check`` through the configured engine (same table and rollout): one loop, the engine
+        only decides how a chunk is sampled (``sample=``; None = :func:`pfkit.rollout.generate` on the model)."""
         h = self.hparams
+        sample = None
         if self.processor is not None:  # a VLM: each prompt's image goes through its processor
             from pfkit.rollout import vlm
 
-            return vlm.sample_and_check(self.model, self.processor, ids, group_size, prompts=prompts, images=images,
-                                        check=check, max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                        top_p=h.top_p, stop=stop, generator=generator,
-                                        chat_template=h.get("chat_template", False), **kw)
-        if h.engine == "hf":
-            return sample_and_check(self.model, self.tokenizer, ids, group_size, prompts=prompts, check=check,
-                                    max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p,
-                                    stop=stop, generator=generator, overlap=h.get("overlap_verify", True), **kw)
-        return self._engine().sample_and_check(ids, group_size, prompts=prompts, check=check,
-                                               max_new_tokens=h.max_new_tokens, temperature=temperature,
-                                               top_p=h.top_p, stop=stop, generator=generator, **kw)
+            images = list(images) if images is not None else [None] * len(ids)
+
+            def sample(texts, start, **g):
+                return vlm.generate(self.model, self.processor, texts, images[start:start + len(texts)],
+                                    chat_template=h.get("chat_template", False), **g)
+        elif h.engine == "vllm":
+            engine = self._engine()
+
+            def sample(texts, start, **g):
+                return engine.generate(texts, **g)
+        return sample_and_check(self.model, self.tokenizer, ids, group_size, prompts=prompts, check=check,
+                                max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p, stop=stop,
+                                generator=generator, overlap=h.get("overlap_verify", True), sample=sample, **kw)
 
     # ---------------------------------------------------------------------------------------- rollout
     def rollout(self, ids: list[int]) -> tuple[torch.Tensor, list]:
@@ -234,7 +238,7 @@ class GRPOModule(LightningModule):
         stats = res.stats
         if self.engine is not None:  # the next rollouts sample from the updated weights
             stats["engine_push_time"] = self.engine.push(self.model)
-        self._last_batch, self._last_adv = res.batch, res.advantages
+        self._last_batch, self._last_adv, self._last_ref = res.batch, res.advantages, res.ref_logprobs
         if res.batch.payload:
             self.effective_total += int(stats["effective_samples"])
             stats["effective_total"] = float(self.effective_total)
@@ -266,10 +270,13 @@ class GRPOModule(LightningModule):
             rows = []
             adv = self._last_adv.tolist()
             tested = self.prompt_set.problems is not None  # the code task: the reward is the unit-test score
+            last_ref = getattr(self, "_last_ref", None)
             for j, (pid, group) in enumerate(zip(batch.prompt_ids, batch.payload)):
                 on = group.response_mask.bool() if group is not None else None
-                ref = None  # with a KL term, the reference's per-token log-probs too (the inspectors' view)
-                if group is not None and self.ref_model is not None:
+                ref = None  # with a KL term, the reference's per-token log-probs too (the inspectors' view):
+                if group is not None and last_ref is not None:  # the ones the step's KL term used
+                    ref = last_ref[j]
+                elif group is not None and self.ref_model is not None:  # a batch not from training_step
                     with torch.no_grad():
                         ref = sequence_logprobs(self.ref_model, group.sequences, group.attention_mask,
                                                 group.response_len).float()

@@ -72,6 +72,9 @@ class StepResult:
     stats: dict[str, float]
     batch: Any                      # pfkit.data.samplers.GroupBatch: payload[j] = group j's Rollout (or None)
     advantages: torch.Tensor        # [len(batch.prompt_ids) * G]
+    #: with kl_coef > 0: the reference's per-token log-probs the KL term used, one ``[G, T_j]`` tensor per group
+    #: (T_j = that group's ``response_len``; None where another rank rolled it out); None without a KL term
+    ref_logprobs: list[torch.Tensor | None] | None = None
 
 
 def truncated_is_weights(train_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor,
@@ -118,21 +121,23 @@ def step(policy, optimizer, sampler, rollout_fn: Callable, cfg: GRPOConfig, *, r
             return dist.sharded_rollout(ids, rollout_fn, cfg.group_size)
     with dist.gathered_params(policy):  # FSDP: full weights for sampling (collective: all ranks)
         batch = sampler.collect(cfg.prompts_per_step, collect_fn)
-    stats, adv = update(policy, optimizer, batch, cfg, ref_policy=ref_policy, generator=generator,
-                        backward=backward, device=device)
+    stats, adv, ref = update(policy, optimizer, batch, cfg, ref_policy=ref_policy, generator=generator,
+                             backward=backward, device=device)
     stats = {"rollouts_spent": float(sampler.rollouts_spent), **stats,
              "step_time": time.perf_counter() - t0,
              "step_cpu_time": time.process_time() - c0}  # this process's CPU seconds (all threads)
-    return StepResult(stats, batch, adv)
+    return StepResult(stats, batch, adv, ref)
 
 
 def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, generator=None,
-           backward: Callable | None = None, device=None) -> tuple[dict[str, float], torch.Tensor]:
+           backward: Callable | None = None, device=None
+           ) -> tuple[dict[str, float], torch.Tensor, list[torch.Tensor | None] | None]:
     """2.-3.: advantages and ``ppo_epochs`` passes of the clipped surrogate over one collected batch.
 
     ``batch.payload[j]`` is group j's :class:`Rollout` (G rows), or None where another rank rolled it out.
     ``backward(loss)`` defaults to ``loss.backward()`` (Lightning passes ``manual_backward``).
-    Returns (stats, per-sample advantages).
+    Returns (stats, per-sample advantages, the reference's per-token log-probs per group as in
+    :attr:`StepResult.ref_logprobs`: computed once for the KL term, and logged from there).
     """
     backward = backward or torch.Tensor.backward
     device = device or next(policy.parameters()).device
@@ -149,7 +154,7 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
     if not groups:  # a filter sampler that found nothing useful this step (same on every rank)
         stats.update(reward_mean=0.0, effective_samples=0.0, loss=0.0)
         _noop(optimizer)
-        return stats, torch.zeros(0)
+        return stats, torch.zeros(0), None
 
     # 2. group-relative advantages over the whole batch (row b answers group b // G)
     rewards = batch.rewards.reshape(-1)
@@ -162,7 +167,7 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
     if dist.all_reduce(int(rows.numel())) == 0:
         stats["loss"] = 0.0
         _noop(optimizer)
-        return stats, adv
+        return stats, adv, None
     mine = [g for g in groups if g is not None]
     n_tokens = dist.all_reduce(float(sum(int(g.response_mask.sum()) for g in mine)))
     # normaliser of the whole step batch (all ranks); / world because DDP averages the ranks' gradients
@@ -229,14 +234,29 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
             if cfg.kl_coef > 0:
                 kl_term = aggregate(kl(logp, ref_logp[idx], cfg.kl_estimator), m, cfg.agg)
                 loss = loss + cfg.kl_coef * kl_term * scale
-                logs.setdefault("kl", []).append(float(kl_term))
+                logs.setdefault("kl", []).append(float(kl_term.detach()))
             _optimize(optimizer, loss, backward, policy, cfg.max_grad_norm)
             logs.setdefault("loss", []).append(float(loss.detach()))
             logs.setdefault("clip_frac", []).append(float(st["clip_frac"]))
             logs.setdefault("entropy", []).append(float((ent.detach() * m).sum() / m.sum().clamp_min(1)))
     policy.eval()
     stats.update({k: sum(v) / len(v) for k, v in logs.items()})
-    return stats, adv
+    return stats, adv, _per_group(ref_logp, groups, G)
+
+
+def _per_group(ref_logp, groups, G):
+    """The KL term's reference log-probs (rows = this rank's groups in order, since with a KL term no row is
+    left out) split back into one ``[G, T_j]`` tensor per group (None for another rank's groups)."""
+    if ref_logp is None:
+        return None
+    out, k = [], 0
+    for g in groups:
+        if g is None:
+            out.append(None)
+            continue
+        out.append(ref_logp[k * G:(k + 1) * G, :g.response_len].detach().float().cpu())
+        k += 1
+    return out
 
 
 def _optimize(optimizer, loss, backward, model, max_grad_norm) -> None:

@@ -62,7 +62,7 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     ``check(flat_problems, texts)``: verdicts or plain rewards in [0, 1]; default
     ``pfkit.sandbox.check_completions(..., timeout=timeout)``. Sampling runs in chunks of ``batch_prompts``
     problems (all at once when None), chunk ``i`` (starting at problem ``s``) seeded ``seed + s`` unless a
-    ``generator`` is given; ``progress`` names a tqdm bar.
+    ``generator`` is given; ``progress`` names a tqdm bar (drawn only on a terminal).
 
     ``overlap``: check chunk ``i`` in a background thread while chunk ``i + 1`` is sampled. The sandbox runs
     the programs in its own processes, so both cores work at once; the verdicts are collected in chunk order
@@ -89,9 +89,11 @@ def sample_and_check(policy, tokenizer, problems: Sequence, group_size: int, *, 
     step = batch_prompts or max(1, len(problems))
     starts = range(0, len(problems), step)
     if progress:
-        from tqdm.auto import tqdm
+        # as the study bar: plain tqdm with disable=None draws only when stderr is a terminal (not in captured
+        # output, tests or CI logs); tqdm.auto would draw anyway and warn in a notebook without ipywidgets
+        from tqdm import tqdm
 
-        starts = tqdm(starts, desc=progress, unit="batch")
+        starts = tqdm(starts, desc=progress, unit="batch", disable=None, leave=False)
     rows, rollouts, pending = [], [], []
     n_chunks = -(-len(problems) // step)
     pool = ThreadPoolExecutor(1, thread_name_prefix="pfkit-verify") if overlap and n_chunks > 1 else None
