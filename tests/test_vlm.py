@@ -95,6 +95,35 @@ def test_rollout_logprobs_equal_teacher_forced(which, request):
     assert torch.equal(ro.sequences, ro2.sequences)
 
 
+@pytest.mark.parametrize("which", ["llava", "qwen"])
+def test_image_placeholder_token_is_never_sampled(which, request):
+    """A policy that prefers the image token (its logit +100 here; a tiny policy at T=1 sampled it once
+    and the next log-prob pass failed: 897 image tokens, 896 image features) still never emits it, and
+    its rollout log-probs equal the teacher-forced ones (both exclude the placeholder)."""
+    model, proc = request.getfixturevalue(which)
+    ids = vlm.placeholder_ids(model)
+    assert ids and proc.tokenizer.convert_tokens_to_ids(proc.image_token) in ids
+
+    def favour(module, inputs, output):
+        output = output.clone()
+        output[..., ids[0]] += 100.0
+        return output
+
+    hook = model.get_output_embeddings().register_forward_hook(favour)
+    try:
+        ro = vlm.generate(model, proc, PROMPTS[:2], _images(2), max_new_tokens=4, group_size=2, seed=0)
+        assert not torch.isin(ro.response_ids[ro.response_mask.bool()], torch.tensor(ids)).any()
+        with torch.no_grad():
+            lp = vlm.rollout_logprobs(model, ro)
+        m = ro.response_mask.bool()
+        assert torch.allclose(lp[m], ro.logprobs[m], atol=1e-4)
+        with torch.no_grad():
+            _, ent = vlm.rollout_logprobs(model, ro, return_entropy=True)
+        assert torch.isfinite(ent).all()
+    finally:
+        hook.remove()
+
+
 def test_rollout_logprobs_with_gradient_and_prompt_padding(qwen):
     """Prompts of different lengths (left padding shifts the 3-D positions) and the pass under grad."""
     model, proc = qwen
@@ -256,25 +285,110 @@ def test_grpo_vade_ddp_with_image_prompts(vlm_run_files, tmp_path):
         assert torch.equal(w, dumps(out, 0, 2)["params"][n]), n
 
 
+def _train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_vlm", ROOT / "scripts" / "train_vlm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_success_summary_counts_prompts_by_successes():
+    """The report's figures from per-prompt success rates: accuracy, never/always solved and one histogram
+    bin per possible success count, overall and per kind (hand-computed)."""
+    from types import SimpleNamespace as P
+
+    probs = [P(kind="count", level=1), P(kind="count", level=2), P(kind="bar", level=1), P(kind="bar", level=1)]
+    out = _train_script().summarise(probs, np.array([0.0, 0.5, 1.0, 0.25]), samples=4)
+    assert out["accuracy"] == pytest.approx(0.4375) and out["n_prompts"] == 4
+    assert out["frac_prompts_never"] == 0.25 and out["frac_prompts_always"] == 0.25
+    assert out["success_histogram"] == {"0/4": 1, "1/4": 1, "2/4": 1, "3/4": 0, "4/4": 1}
+    assert out["by_kind"]["count"]["success_histogram"] == {"0/4": 1, "1/4": 0, "2/4": 1, "3/4": 0, "4/4": 0}
+    assert out["by_kind"]["bar"]["accuracy"] == pytest.approx(0.625)
+    assert out["by_kind_level"] == {"bar/1": 0.625, "count/1": 0.0, "count/2": 0.5}
+
+
 @pytest.mark.slow
 def test_train_vlm_script_writes_a_loadable_policy_and_its_report(tmp_path):
-    """`python scripts/train_vlm.py` (a few steps): the folder loads as a VLM and the report's histogram
-    counts every held-out prompt once."""
+    """`python scripts/train_vlm.py` (a few steps): the folder loads as a VLM and the report's histograms
+    count every validation and held-out prompt once; --test_only recomputes the held-out block."""
     import json
     import subprocess
     import sys
 
+    from pfkit.tasks import visual
+
+    out = tmp_path / "vlm"
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_vlm.py"), "--steps", "3", "--n_train", "64",
-                          "--eval_samples", "2", "--out", str(tmp_path / "vlm")], capture_output=True, text=True,
+                          "--eval_samples", "2", "--out", str(out)], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    report = json.loads((tmp_path / "vlm" / "train_report.json").read_text())
-    assert report["steps"] == 3 and report["n_eval"] == 120 * 2
-    assert sum(report["success_histogram"].values()) == 120 and 0.0 <= report["heldout_accuracy"] <= 1.0
-    model, proc = load_vlm(tmp_path / "vlm")
+    report = json.loads((out / "train_report.json").read_text())
+    sp = visual.splits(seed=0, n_train=1, n_val=120, n_test=240)
+    assert report["steps"] == 3 and report["heldout_split"] == "test"
+    assert report["n_eval"] == len(sp["test"]) * 2 and report["heldout"]["n_prompts"] == len(sp["test"])
+    for block, split in ((report["heldout"], sp["test"]), (report["val"], sp["val"])):
+        assert sum(block["success_histogram"].values()) == len(split) and 0.0 <= block["accuracy"] <= 1.0
+        assert sum(b["n_prompts"] for b in block["by_kind"].values()) == len(split)
+    model, proc = load_vlm(out)
     ro = vlm.generate(model, proc, ["How many red circles are there? Answer:"], _images(1, size=64), max_new_tokens=3,
                       seed=0)
     assert len(ro) == 1
+    before = report["heldout"]
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_vlm.py"), "--test_only", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads((out / "train_report.json").read_text())
+    assert again["heldout"]["n_prompts"] == before["n_prompts"] and again["steps"] == 3
+    assert abs(again["heldout_accuracy"] - report["heldout_accuracy"]) <= 0.01  # same seed, same draws
+
+
+def test_every_answer_of_the_visual_task_is_one_token_of_the_shipped_vlm():
+    """Why position questions once scored 0: a 256-entry byte-level vocabulary (no merges) made "left" 5
+    tokens + EOS, beyond the 4 new tokens sampled. Every answer is now one token, and the report's
+    max_new_tokens (what GRPO configs use) fits the longest answer and its EOS."""
+    import json
+
+    import yaml
+
+    from pfkit.models import EMBEDDED_VLM
+    from pfkit.tasks import visual
+
+    _, proc = load_vlm("embedded_vlm")
+    report = json.loads((EMBEDDED_VLM / "train_report.json").read_text())
+    answers = {p.answer for p in visual.generate(300, seed=9)}
+    assert {"left", "right", "above", "below", "purple", "7"} <= answers
+    lens = {a: len(proc.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers}
+    assert set(lens.values()) == {1}, lens
+    assert report["max_new_tokens"] == max(lens.values()) + 1
+    cfg = yaml.safe_load((ROOT / "configs" / "grpo_visual.yaml").read_text())
+    assert cfg["model"]["init_args"]["max_new_tokens"] >= report["max_new_tokens"]
+
+
+def test_embedded_vlm_report_is_what_its_evaluation_gives():
+    """The shipped VLM's held-out figures are recomputed here with the script's own evaluation (same split,
+    seed and sampling) rather than trusted; accuracy in the 20-60% band GRPO needs, success spread over
+    prompts (some never, most neither always nor never solved)."""
+    import json
+
+    from pfkit.models import EMBEDDED_VLM
+    from pfkit.tasks import visual
+
+    torch.set_num_threads(1)
+    script = _train_script()
+    report = json.loads((EMBEDDED_VLM / "train_report.json").read_text())
+    model, proc = load_vlm("embedded_vlm")
+    test = visual.splits(seed=0, n_train=1, n_val=120, n_test=240)["test"]
+    S = report["eval_samples_per_prompt"]
+    acc, per = script.evaluate(model, proc, test, S, seed=report["seed"] + 2, max_new_tokens=report["max_new_tokens"])
+    got = script.summarise(test, per, S)
+    assert abs(acc - report["heldout_accuracy"]) <= 0.01 and report["n_eval"] == len(test) * S
+    assert 0.2 <= acc <= 0.6
+    assert sum(abs(got["success_histogram"][k] - v) for k, v in report["heldout"]["success_histogram"].items()) <= 6
+    mixed = 1 - got["frac_prompts_never"] - got["frac_prompts_always"]
+    assert mixed >= 0.5, got
+    assert all(b["accuracy"] > 0 for b in got["by_kind"].values()), got["by_kind"]
 
 
 def test_embedded_vlm_loads_and_samples_the_visual_task():
@@ -287,8 +401,8 @@ def test_embedded_vlm_loads_and_samples_the_visual_task():
 
     model, proc = load_vlm("embedded_vlm")
     report = json.loads((EMBEDDED_VLM / "train_report.json").read_text())
-    assert report["n_eval"] == 120 * report["eval_samples_per_prompt"]
-    assert sum(report["success_histogram"].values()) == 120
+    assert report["n_eval"] == report["heldout"]["n_prompts"] * report["eval_samples_per_prompt"]
+    assert sum(report["heldout"]["success_histogram"].values()) == report["heldout"]["n_prompts"]
     p = visual.make_problem("count", 1, seed=5)
     ro = vlm.generate(model, proc, [p.question + " Answer:"], [p.image], max_new_tokens=4, temperature=0.0)
     assert ro.texts[0].strip() in {str(i) for i in range(1, 8)}  # a count, as trained

@@ -1,4 +1,5 @@
-"""``pfkit demo vade`` and the VADE study's job: GRPO on the embedded code task, one prompt sampler per run.
+"""``pfkit demo vade`` and the VADE studies' jobs: GRPO on the embedded code task (``run_arm``) or on the
+embedded visual task with the shipped VLM (``run_visual_arm``, ``--task visual``), one prompt sampler per run.
 
 ``run_arm(run)`` is the one path both use (``studies/vade.yaml`` names it as ``job``; the demo calls it once
 per sampler). A run is configs/grpo_codegen.yaml (merged with the study's/arm's overrides) trained until a
@@ -76,6 +77,13 @@ def pass_rates(module, prompt_set, samples: int, seed: int, batch_size: int = 64
 
     h = module.hparams
     g = torch.Generator().manual_seed(seed)
+    if module.processor is not None:  # a vision-language policy: each prompt's image goes with it
+        ids = list(range(len(prompt_set)))
+        table = module._sample_and_check(ids, list(prompt_set.prompts), samples, check=prompt_set.score,
+                                         temperature=1.0, stop=prompt_set.stop, generator=g,
+                                         images=module._images(prompt_set, ids), batch_prompts=batch_size)
+        per = table.groupby("prompt_id", sort=False)["score"].mean().reindex(ids)
+        return torch.tensor(per.to_numpy(), dtype=torch.float64)
     out = []
     for start in range(0, len(prompt_set), batch_size):
         ids = list(range(start, min(start + batch_size, len(prompt_set))))
@@ -254,19 +262,113 @@ def run_arm(run) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------- the embedded visual task
+VISUAL_STUDY = "vade_visual"      # studies/vade_visual.yaml: `pfkit demo vade --task visual` runs it
+# GRPO's prompts come from their own seed streams of pfkit.tasks.visual.generate: the shipped VLM was trained
+# on splits(seed=0)'s train stream (1), tuned on val (2) and reported on test (3); 4 and 5 are new images
+VISUAL_TRAIN_STREAM, VISUAL_HELDOUT_STREAM = 4, 5
+
+
+def visual_prompt_files(folder: str | Path, n_train: int, n_val: int, size: int = 64) -> tuple[Path, Path]:
+    """The visual task's GRPO prompt files (PNG + JSONL, :func:`pfkit.tasks.visual.write_prompt_file`):
+    ``n_train`` training prompts and ``n_val`` held-out ones, written once per size into ``folder``
+    (atomically: parallel runs of a study share them) and returned as (train.jsonl, heldout.jsonl)."""
+    import os
+    import shutil
+    import tempfile
+
+    from pfkit.tasks import visual
+
+    final = Path(folder) / f"train{n_train}_heldout{n_val}_px{size}"
+    if not (final / "heldout.jsonl").is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp_"))
+        visual.write_prompt_file(visual.generate(n_train, seed=VISUAL_TRAIN_STREAM, size=size), tmp, "train.jsonl")
+        visual.write_prompt_file(visual.generate(n_val, seed=VISUAL_HELDOUT_STREAM, size=size), tmp / "h")
+        (tmp / "h" / "prompts.jsonl").rename(tmp / "heldout.jsonl")
+        # the held-out images live under h/images: rewrite their paths relative to the folder
+        rows = [json.loads(line) for line in (tmp / "heldout.jsonl").read_text().splitlines()]
+        (tmp / "heldout.jsonl").write_text("".join(json.dumps({**r, "image": "h/" + r["image"]}) + "\n" for r in rows))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another run wrote it first: same bytes (a function of the seeds only)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / "train.jsonl", final / "heldout.jsonl"
+
+
+def run_visual_arm(run) -> dict:
+    """:func:`run_arm` on the embedded visual task (configs/grpo_visual.yaml): writes the prompt files into
+    the study folder's ``_visual_data/`` (shared by every run) and points the config's data at them."""
+    cfg = copy.deepcopy(run.config)
+    data = cfg.setdefault("data", {}).setdefault("init_args", {})
+    size = int((run.args or {}).get("image_px", 64))
+    train, held = visual_prompt_files(Path(run.run_dir).parent.parent / "_visual_data", int(data["n_train"]),
+                                      int(data["n_val"]), size)
+    data.update(task="file", prompts_file=str(train), val_file=str(held))
+    args = {k: v for k, v in (run.args or {}).items() if k != "image_px"}
+    return run_arm(Run(arm=run.arm, seed=run.seed, run_dir=run.run_dir, config=cfg, args=args,
+                       factors=dict(run.factors or {}), quick=run.quick))
+
+
+def main_visual(args) -> int:
+    """``pfkit demo vade --task visual``: the study studies/vade_visual.yaml (uniform vs VADE, paired seeds,
+    held-out evaluation, 95% intervals), through ``pfkit study``'s own command."""
+    from pfkit.cli import UserError, resolve_study
+    from pfkit.commands import study as study_cmd
+
+    given = [f"--{k}" for k in ("samplers", "variant", "budget", "config", "policy") if getattr(args, k) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} not used with --task visual (it runs studies/{VISUAL_STUDY}.yaml); "
+                        f"change that study or run `pfkit study -c studies/{VISUAL_STUDY}.yaml` with your own copy")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = resolve_study(VISUAL_STUDY)
+    if not Path(path).is_file():
+        raise UserError(f"study {VISUAL_STUDY}.yaml not found (looked for {path}); reinstall pfkit")
+    out = args.out or f"runs/demo_vade_visual{'_quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ns = argparse.Namespace(config=path, out=out, workers=args.workers, quick=args.quick, launcher="local",
+                            arms=None, summary=False)
+    rc = study_cmd.main(ns)
+    if not args.quick and rc == 0 and (ROOT / "studies" / "results").is_dir():  # a checkout, not a wheel
+        for path in store_visual(out):
+            print(f"stored {path}")
+    print(f"inspect a run's posteriors with: pfkit inspect difficulty {Path(out) / 'vade' / 'seed_0'}")
+    return rc
+
+
+def store_visual(out: str | Path, prefix: str | Path = ROOT / "studies" / "results" / "vade_visual") -> list[Path]:
+    """A finished visual study's curves and steps (:func:`store_curves`) and the VADE run's posteriors on
+    seed 0 (``<prefix>_posteriors.csv``: every prompt at every step, from its difficulty.parquet) next to
+    the study's table, for notebook 02 to read."""
+    from pfkit.runs import RunDir
+
+    paths = store_curves(out, prefix)
+    diff = RunDir(Path(out) / "vade" / "seed_0").read("difficulty")
+    cols = ["step", "prompt_id", "alpha", "beta", "p_mean", "selected", "successes", "trials"]
+    paths.append(Path(f"{prefix}_posteriors.csv"))
+    diff[cols].round(6).to_csv(paths[-1], index=False)
+    return paths
+
+
 # ------------------------------------------------------------------------------------------------ demo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (~1-2 min on CPU)")
+    parser.add_argument("--task", choices=("code", "visual"), default="code",
+                        help="code: the embedded code task (default); visual: the embedded image-question task "
+                             f"with the shipped VLM (runs studies/{VISUAL_STUDY}.yaml: uniform vs VADE, paired seeds)")
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes (~1-2 min on CPU), not a result")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo_vade-<time>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samplers", default=",".join(SAMPLERS),
-                        help="comma-separated: uniform, dapo_filter, greso, mopps, vade, vade_filter")
+    parser.add_argument("--seed", type=int, default=0, help="code task: the seed (visual: the study's seeds)")
+    parser.add_argument("--samplers", default=None,
+                        help="code task, comma-separated: uniform, dapo_filter, greso, mopps, vade, vade_filter "
+                             f"(default {','.join(SAMPLERS)})")
     parser.add_argument("--variant", default=None,
                         help="VADE tracker variant for the vade samplers: paper | p1p | greedy | last_update | kit")
     parser.add_argument("--budget", type=int, default=None, help="rollouts (completions) per sampler")
-    parser.add_argument("--config", default=str(CONFIG), help="base config (default configs/grpo_codegen.yaml)")
+    parser.add_argument("--config", default=None, help="base config (default configs/grpo_codegen.yaml)")
     parser.add_argument("--policy", default=None, help="policy checkpoint folder (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="visual task: parallel runs (default: the study's)")
 
 
 def demo_runs(out: Path, samplers, *, seed: int = 0, quick: bool = False, budget: int | None = None,
@@ -319,9 +421,12 @@ def main(args) -> int:
     from pfkit.rl.vade import VARIANTS
     from pfkit.runs import RunDir
 
+    if getattr(args, "task", "code") == "visual":
+        return main_visual(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    args.config = args.config or str(CONFIG)
+    samplers = [s.strip() for s in (args.samplers or ",".join(SAMPLERS)).split(",") if s.strip()]
     bad = [s for s in samplers if s not in KNOWN]
     if bad or not samplers:
         raise UserError(f"unknown sampler(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(KNOWN)}")

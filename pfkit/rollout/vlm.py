@@ -17,6 +17,8 @@ on exactly as it does on text:
   a decoding step at response position ``t`` uses ``prompt_len + t + rope_delta`` (what ``get_rope_index``
   assigns to that text token in the full sequence). Other models (LLaVA family) use
   ``cumsum(attention_mask) - 1`` as the text path does.
+* The image/video placeholder tokens are excluded from the policy's distribution (:func:`placeholder_ids`):
+  never sampled, and scored the same way, so a response never holds one.
 * ``logprobs`` are the raw (temperature-1) log-probs, and :func:`sequence_logprobs` scores the same rows in
   one teacher-forced pass with the same pixel inputs: equal to the rollout's within 1e-4 (tests/test_vlm.py).
 
@@ -186,6 +188,27 @@ def _step_positions(model, real_pos: torch.Tensor, delta: torch.Tensor) -> torch
     return pos[None].expand(3, -1, -1) if _mrope(model) is not None else pos
 
 
+def placeholder_ids(model) -> list[int]:
+    """Token ids that stand for image/video inputs (``image_token_id`` / ``image_token_index`` /
+    ``video_token_id``): the processor puts them in prompts; a response never holds one. A policy that
+    sampled one (a tiny policy at temperature 1 did: 897 image tokens for 896 image features) would make
+    the next teacher-forced pass fail, so generation and scoring both exclude them."""
+    cfg = model.config
+    ids = {getattr(cfg, k, None) for k in ("image_token_id", "image_token_index", "video_token_id")}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+_BANNED = -1e9  # not -inf: the entropy sums softmax * logits, and 0 * -inf is NaN
+
+
+def _ban(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    if not ids:
+        return logits
+    logits = logits.clone()
+    logits[..., ids] = _BANNED
+    return logits
+
+
 def _n_positions(model) -> int | None:
     cfg = getattr(model.config, "text_config", model.config)
     return getattr(cfg, "max_position_embeddings", None)
@@ -227,7 +250,8 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence | None =
         pos, delta = positions(model, ids, pmask, pixels)
         out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, logits_to_keep=1, **pixels)
         cache = getattr(out, "cache", None) or out.past_key_values
-        logits = out.logits[:, -1]
+        placeholders = placeholder_ids(model)
+        logits = _ban(out.logits[:, -1], placeholders)
         if n > 1:  # each distinct prompt was prefilled once; its samples share the cache
             cache.batch_repeat_interleave(n)
             logits, delta = logits.repeat_interleave(n, 0), delta.repeat_interleave(n, 0)
@@ -258,7 +282,7 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence | None =
             out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=step_pos, use_cache=True,
                         **{cache_kw: cache})
             cache = getattr(out, "cache", None) or out.past_key_values
-            logits = out.logits[:, -1]
+            logits = _ban(out.logits[:, -1], placeholders)
 
     ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
     resp, raw_lp, samp_lp = resp[:, :steps].clone(), raw_lp[:, :steps].clone(), samp_lp[:, :steps].clone()
@@ -292,7 +316,7 @@ def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     pos, _ = positions(model, sequences, attention_mask, pixels)
     out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
                 logits_to_keep=response_len + 1, **pixels)
-    logits = out.logits[:, -(response_len + 1):-1]
+    logits = _ban(out.logits[:, -(response_len + 1):-1], placeholder_ids(model))  # as generate samples them
     return _token_logprobs(logits, sequences[:, -response_len:], attention_mask[:, -response_len:], return_entropy)
 
 

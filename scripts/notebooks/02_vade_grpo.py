@@ -324,3 +324,86 @@ print(last.sort_values("p_mean")[["prompt_id", "alpha", "beta", "p_mean", "selec
 app = preview("difficulty", vade_run, launch=LAUNCH_INSPECTOR)  # a gradio.Blocks; served only with LAUNCH_INSPECTOR
 if LAUNCH_INSPECTOR:
     app.close()  # remove this line to keep it running while you explore
+
+# %% [markdown]
+# ## 8 · Image + question prompts (the paper's setting, in miniature)
+#
+# VADE was proposed for multimodal RL (Qwen2.5-VL on visual math and science). `pfkit demo vade --task visual`
+# runs `studies/vade_visual.yaml`: GRPO from the shipped tiny LLaVA (`pfkit/assets/vlm`, trained by
+# `python scripts/train_vlm.py`) on the embedded visual task (`pfkit.tasks.visual`: generated shapes, counts,
+# colours, positions and bar charts at three difficulty levels, answers checked exactly), uniform vs VADE,
+# paired seeds, held-out prompts (never selected from) evaluated at temperature 1. A few of GRPO's training
+# prompts, as the policy sees them (the image, then the question and " Answer:"):
+
+# %%
+import json
+
+from pfkit.demos.vade import VISUAL_TRAIN_STREAM
+from pfkit.models import EMBEDDED_VLM
+from pfkit.tasks import visual
+
+vstudy = load_study(ROOT / "studies" / "vade_visual.yaml")
+vis = visual.generate(int(vstudy.overrides["data.init_args.n_train"]), seed=VISUAL_TRAIN_STREAM)
+vis_by_id = {p.task_id: p for p in vis}
+fig, axes = viz.figure(5, 1, 2.1, 2.5)
+for ax, p in zip(axes, vis[:5]):
+    ax.imshow(p.image)
+    ax.set_title(f"{p.kind}/{p.level}: {p.question}\n→ {p.answer}", fontsize=6, wrap=True)
+    ax.axis("off")
+fig
+
+# %% [markdown]
+# The policy's own training report (`train_report.json`, written by the script): held-out accuracy under
+# T = 1 sampling and how success spreads over prompts — GRPO needs prompts that are neither always nor
+# never solved:
+
+# %%
+report = json.loads((EMBEDDED_VLM / "train_report.json").read_text())
+held = report.get("heldout", report)
+print(f"held-out ({report.get('heldout_split', 'val')}) accuracy {report['heldout_accuracy']:.3f} "
+      f"on {report['n_eval']} samples ({report['eval_samples_per_prompt']} per prompt)")
+pd.DataFrame({k: {"accuracy": b["accuracy"], "never": b["frac_prompts_never"], "always": b["frac_prompts_always"]}
+              for k, b in held.get("by_kind", {}).items()}).T
+
+# %% [markdown]
+# The study's stored table (`studies/results/vade_visual.csv`, one row per run), mean and 95% t-interval over
+# seeds, and the paired (by seed) differences against uniform:
+
+# %%
+vtable_path = ROOT / "studies" / "results" / "vade_visual.csv"
+vstored = pd.read_csv(vtable_path) if vtable_path.is_file() else pd.DataFrame()
+if vstored.empty:
+    print(f"{vtable_path} is not there yet: run `pfkit demo vade --task visual` first")
+else:
+    v_arm, v_paired = summarize(vstored, vstudy)
+    print(format_summary(vstudy, vstored, v_arm, v_paired))
+
+# %% [markdown]
+# One prompt's posterior in the VADE run (seed 0; `studies/results/vade_visual_posteriors.csv`, stored by the
+# demo from the run's `difficulty.parquet`): the prompt VADE selected most often, its image, its posterior
+# mean over the steps (dots: steps it was rolled out) and its final Beta(α, β). In the app:
+# `pfkit inspect difficulty RUN_DIR` shows the image next to the posterior.
+
+# %%
+post_path = ROOT / "studies" / "results" / "vade_visual_posteriors.csv"
+fig = None
+if post_path.is_file():
+    post = pd.read_csv(post_path)
+    pid = post.groupby("prompt_id")["selected"].sum().idxmax()
+    one = post[post.prompt_id == pid].sort_values("step")
+    p = vis_by_id[pid]
+    fig, axes = viz.figure(3, 1, 3.0, 2.8)
+    axes[0].imshow(p.image)
+    axes[0].set_title(f"{p.question}\n→ {p.answer}", fontsize=7)
+    axes[0].axis("off")
+    axes[1].plot(one.step, one.p_mean)
+    axes[1].scatter(one.step[one.selected], one.p_mean[one.selected], s=12)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("posterior mean")
+    axes[1].set_title(f"{pid}: rolled out {int(one.selected.sum())} times", fontsize=8)
+    last_row = one.iloc[-1]
+    viz.beta_densities({f"step {int(last_row.step)}: Beta({last_row.alpha:.2f}, {last_row.beta:.2f})":
+                        (last_row.alpha, last_row.beta)}, ax=axes[2])
+else:
+    print(f"{post_path} is not there yet: run `pfkit demo vade --task visual` first")
+fig
