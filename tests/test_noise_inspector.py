@@ -26,14 +26,19 @@ def _run(tmp_path, stats=True):
     return run
 
 
-def _expected_dependence(alpha, beta, labels, seed):
-    """Independent of the app: torch's Beta under the two seeds, RMS distances by pair type."""
+def _two_draws(alpha, beta, seed):
+    """torch's Beta draws of every image's mask under ``seed`` and ``seed + 1`` (as the app draws them)."""
     draws = []
     for s in (seed, seed + 1):
         torch.manual_seed(s)
         draws.append(torch.distributions.Beta(torch.as_tensor(alpha), torch.as_tensor(beta)).sample()
                      .clamp(1e-6, 1 - 1e-6).double().numpy())
-    a, b = draws
+    return draws
+
+
+def _expected_dependence(alpha, beta, labels, seed):
+    """Independent of the app: torch's Beta under the two seeds, RMS distances by pair type."""
+    a, b = _two_draws(alpha, beta, seed)
     k = len(a)
     same_img = np.mean([np.sqrt(np.mean((a[i] - b[i]) ** 2)) for i in range(k)])
     pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
@@ -120,12 +125,7 @@ def test_find_images_matches_numpy_and_rejects_bad_filters(tmp_path):
 
 def _expected_by_class(alpha, beta, labels, seed):
     """Per class, independent of the app: torch's Beta draws under the two seeds, RMS distances."""
-    draws = []
-    for s in (seed, seed + 1):
-        torch.manual_seed(s)
-        draws.append(torch.distributions.Beta(torch.as_tensor(alpha), torch.as_tensor(beta)).sample()
-                     .clamp(1e-6, 1 - 1e-6).double().numpy())
-    a, b = draws
+    a, b = _two_draws(alpha, beta, seed)
     rms = lambda i, j: np.sqrt(np.mean((a[i] - b[j]) ** 2))  # noqa: E731
     out = {}
     for c in sorted(set(labels.tolist())):
