@@ -311,10 +311,9 @@ def make_cli(argv: list[str], *, run: bool = True):
     ``cli.trainer`` (the run folder's CSV logger and ``config.yaml`` included), so demos and studies run
     ``configs/*.yaml`` with overrides exactly as ``pfkit fit`` would: ``cli.trainer.fit(cli.model,
     datamodule=cli.datamodule)``."""
-    quiet()  # also in a study's worker process, which builds its run here without going through main()
     argv = resolve_configs(argv)
     check_renamed(argv)
-    quiet()
+    quiet()  # demos and notebooks build runs here without going through main(); study workers call it too
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 

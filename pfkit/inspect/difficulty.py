@@ -946,7 +946,7 @@ def _build(data: Difficulty):
 
 
 FIGURES = {"posterior": posterior_figure, "trajectory": trajectory_figure, "selection": selection_figure,
-           "zero": lambda d: zero_variance_figure(d), "effective": lambda d: effective_ratio_figure(d),
+           "zero": zero_variance_figure, "effective": effective_ratio_figure,
            "infogain": infogain_figure, "focus": focus_figure}
 
 

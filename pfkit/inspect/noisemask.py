@@ -159,6 +159,7 @@ class NoiseMasks:
         self.run = C.open_run(run_dir, "masks")
         self.epochs = self.run.mask_epochs()
         self._panels: dict[int, Panel] = {}
+        self._distance_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # Beta sampling has no generator argument: a seeded draw re-seeds torch's global RNG. Gradio runs
         # event handlers in threads, so two draws at once would interleave and give the wrong masks.
         self._rng_lock = threading.Lock()
@@ -223,7 +224,14 @@ class NoiseMasks:
 
     def _distances(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(d, labels): d[i, j] = RMS distance of draw 1 (seed) of image i's grid mask to draw 2 (seed + 1)
-        of image j's; the diagonal compares two draws for one image."""
+        of image j's; the diagonal compares two draws for one image. Kept per (epoch, seed): a view shows
+        the all-pairs summary and the per-class table from the same matrix."""
+        key = (int(epoch), int(seed))
+        if key not in self._distance_cache:
+            self._distance_cache[key] = self._compute_distances(*key)
+        return self._distance_cache[key]
+
+    def _compute_distances(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.draws(epoch, seed)
         lab = self.panel(epoch).label
         k = len(a)

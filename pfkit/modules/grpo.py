@@ -193,16 +193,10 @@ class GRPOModule(LightningModule):
         if self.processor is not None:  # a VLM: each prompt's image goes through its processor
             from pfkit.rollout import vlm
 
-            images = list(images) if images is not None else [None] * len(ids)
-
-            def sample(texts, start, **g):
-                return vlm.generate(self.model, self.processor, texts, images[start:start + len(texts)],
-                                    chat_template=h.get("chat_template", False), **g)
+            sample = vlm.chunk_sampler(self.model, self.processor, images, len(ids),
+                                       chat_template=h.get("chat_template", False))
         elif h.engine == "vllm":
-            engine = self._engine()
-
-            def sample(texts, start, **g):
-                return engine.generate(texts, **g)
+            sample = self._engine().sample_chunk
         return sample_and_check(self.model, self.tokenizer, ids, group_size, prompts=prompts, check=check,
                                 max_new_tokens=h.max_new_tokens, temperature=temperature, top_p=h.top_p, stop=stop,
                                 generator=generator, overlap=h.get("overlap_verify", True), sample=sample, **kw)
@@ -280,12 +274,13 @@ class GRPOModule(LightningModule):
                     with torch.no_grad():
                         ref = sequence_logprobs(self.ref_model, group.sequences, group.attention_mask,
                                                 group.response_len).float()
+                image = {}  # image-and-text prompts: the inspectors show the image by its prompt
+                if self.prompt_set.images is not None:
+                    img = self.prompt_set.images[pid]
+                    image = {"image": str(img) if isinstance(img, (str, Path)) else None}
                 for g, text in enumerate(group.texts if group is not None else []):  # None: another rank's
                     r = float(batch.rewards[j, g])
                     ids = group.response_ids[g][on[g]].tolist()
-                    img = None if self.prompt_set.images is None else self.prompt_set.images[pid]
-                    image = ({} if self.prompt_set.images is None else  # the inspectors show it by the prompt
-                             {"image": str(img) if isinstance(img, (str, Path)) else None})
                     rows.append({"step": step, "prompt_id": self.prompt_set.ids[pid], "sample_idx": g, **image,
                                  "prompt": self.prompt_set.prompts[pid], "response": text, "reward": r,
                                  "score": r if tested else float("nan"), "kept": True,

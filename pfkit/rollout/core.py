@@ -310,6 +310,16 @@ def check_sampling_args(prompts, max_new_tokens: int, temperature: float, top_p:
     return prompts
 
 
+def check_scoring_args(sequences: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> None:
+    """The checks every teacher-forced scorer makes: matching shapes, and a response shorter than the rows."""
+    if sequences.shape != attention_mask.shape:
+        raise ValueError(f"sequences {tuple(sequences.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} must have the same shape")
+    L = sequences.shape[1]
+    if not 0 < response_len < L:
+        raise ValueError(f"response_len must be in [1, {L - 1}] for sequences of length {L}, got {response_len}")
+
+
 def _make_generator(generator: torch.Generator | None, seed: int | None, device) -> torch.Generator:
     """The given generator, else a new one on ``device`` seeded with ``seed`` (a fresh seed when None)."""
     if generator is not None:
@@ -550,12 +560,7 @@ def sequence_logprobs(
     train mode makes these differ from the rollout's. With ``return_entropy`` also returns the
     per-token entropy of the (temperature-1) next-token distribution: ``(logprobs, entropy)``.
     """
-    if sequences.shape != attention_mask.shape:
-        raise ValueError(f"sequences {tuple(sequences.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} must have the same shape")
-    L = sequences.shape[1]
-    if not 0 < response_len < L:
-        raise ValueError(f"response_len must be in [1, {L - 1}] for sequences of length {L}, got {response_len}")
+    check_scoring_args(sequences, attention_mask, response_len)
     kwargs = {}
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import torch
 
-from pfkit.rollout.core import Rollout, left_pad
-from pfkit.rollout.stops import DEDENT, _kept_tokens, _stop_end_tokens, find_stop
+from pfkit.rollout.core import Rollout, _cut_responses, _eos_ids, left_pad
+from pfkit.rollout.stops import DEDENT
 
 __all__ = ["VLLMEngine", "available", "vllm_stop_strings"]
 
@@ -115,7 +115,7 @@ class VLLMEngine:
         if max_new_tokens is not None and max_new_tokens >= self.max_model_len:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the engine's max_model_len "
                              f"({self.max_model_len}, the policy's positions)")
-        self.eos = _eos_ids(tokenizer, model)
+        self.eos = _eos_ids(tokenizer, model, None)  # the ends pfkit.rollout.generate stops at
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos[0] if self.eos else 0)
         self.is_cpu = current_platform.is_cpu()
         self.sleep_supported = bool(current_platform.is_sleep_mode_available()) and not self.is_cpu
@@ -202,29 +202,12 @@ class VLLMEngine:
         return self._rollout(prompts, encoded, rows, outputs, stop, stop_in_mask)
 
     def _rollout(self, prompts, encoded, rows, outputs, stop, stop_in_mask) -> Rollout:
-        tok = self.tokenizer
-        keep_len, texts, reasons, resp, lps = [], [], [], [], []
-        for (i, _), out in zip(rows, outputs):
-            o = out.outputs[0]
-            toks = list(o.token_ids)
-            lp = [_logprob_of(d, t) for d, t in zip(o.logprobs or [], toks)]
-            end, reason = len(toks), "length"
-            for j, t in enumerate(toks):
-                if t in self.eos:
-                    end, reason = j + 1, "eos"
-                    break
-            body = toks[:end - 1] if reason == "eos" else toks[:end]
-            text = tok.decode(body, skip_special_tokens=True)
-            nl = prompts[i].endswith("\n")
-            cut = find_stop(text, stop, nl) if stop else None
-            if cut is not None:
-                end = (_stop_end_tokens(tok, body, text, stop, nl) if stop_in_mask else _kept_tokens(tok, body, cut))
-                text, reason = text[:cut], "stop"
-            keep_len.append(end)
-            texts.append(text)
-            reasons.append(reason)
-            resp.append(toks[:end])
-            lps.append(lp[:end])
+        toks = [list(out.outputs[0].token_ids) for out in outputs]
+        keep_len, texts, reasons = _cut_responses(self.tokenizer, toks, self.eos, stop,
+                                                  [prompts[i].endswith("\n") for i, _ in rows], stop_in_mask)
+        resp = [t[:end] for t, end in zip(toks, keep_len)]
+        lps = [[_logprob_of(d, tk) for d, tk in zip(out.outputs[0].logprobs or [], t)][:end]
+               for out, t, end in zip(outputs, toks, keep_len)]
         T = max(1, max(keep_len))
         B = len(rows)
         response_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
@@ -241,12 +224,10 @@ class VLLMEngine:
                        logprobs=logprobs * rmask, texts=texts, sample_logprobs=None, finish_reasons=reasons,
                        prompt_index=torch.tensor([i for i, _ in rows]), pad_id=self.pad_id)
 
-    def sample_and_check(self, problems: Sequence, group_size: int, **kw):
-        """:func:`pfkit.rollout.sample_and_check` with this engine's :meth:`generate` (same table)."""
-        from pfkit.rollout.check import sample_and_check
-
-        return sample_and_check(None, None, problems, group_size, sample=lambda texts, start, **g: self.generate(texts, **g),
-                                **kw)
+    def sample_chunk(self, texts: Sequence[str], start: int, **kw) -> Rollout:
+        """The ``sample=`` hook of :func:`pfkit.rollout.sample_and_check`: one chunk through :meth:`generate`
+        (the chunk's position ``start`` does not matter to a text engine)."""
+        return self.generate(texts, **kw)
 
     def close(self) -> None:
         """Drop the engine (its memory goes with the last reference) and any temporary folder."""
@@ -257,13 +238,6 @@ class VLLMEngine:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _eos_ids(tokenizer, model) -> list[int]:
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
 def _logprob_of(entry, token: int) -> float:

@@ -46,12 +46,13 @@ from pfkit.rollout.core import (
     _sample,
     _token_logprobs,
     check_sampling_args,
+    check_scoring_args,
     left_pad,
 )
 from pfkit.rollout.runners import cache_kwarg
 from pfkit.rollout.stops import find_stop
 
-__all__ = ["VLMRollout", "encode_prompts", "generate", "load_image", "rollout_logprobs", "sample_and_check",
+__all__ = ["VLMRollout", "chunk_sampler", "encode_prompts", "generate", "load_image", "rollout_logprobs", "sample_and_check",
            "sequence_logprobs"]
 
 # processor outputs that are token-level (rebuilt from the padded batch), not image inputs
@@ -306,12 +307,7 @@ def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     """Log-probs ``[B, response_len]`` of the last ``response_len`` tokens under a VLM, the rows' image
     inputs passed as in :func:`generate`: :func:`pfkit.rollout.sequence_logprobs` for images. Gradients
     flow; masked positions get 0; with ``return_entropy`` also the per-token entropy."""
-    if sequences.shape != attention_mask.shape:
-        raise ValueError(f"sequences {tuple(sequences.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} must have the same shape")
-    L = sequences.shape[1]
-    if not 0 < response_len < L:
-        raise ValueError(f"response_len must be in [1, {L - 1}] for sequences of length {L}, got {response_len}")
+    check_scoring_args(sequences, attention_mask, response_len)
     pixels = _batch_pixels(pixel_inputs or [], sequences.device)
     pos, _ = positions(model, sequences, attention_mask, pixels)
     out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
@@ -338,10 +334,17 @@ def sample_and_check(policy, processor, problems: Sequence, group_size: int, *, 
     :class:`VLMRollout`. ``kw``: that function's sampling/chunking arguments."""
     from pfkit.rollout.check import sample_and_check as sample_chunks
 
-    images = list(images) if images is not None else [None] * len(problems)
-
-    def sample(texts, start, **g):
-        return generate(policy, processor, texts, images[start:start + len(texts)], chat_template=chat_template, **g)
-
     return sample_chunks(policy, processor.tokenizer, problems, group_size, prompts=prompts, check=check,
-                         max_new_tokens=max_new_tokens, stop=stop, sample=sample, **kw)
+                         max_new_tokens=max_new_tokens, stop=stop, sample=chunk_sampler(
+                             policy, processor, images, len(problems), chat_template=chat_template), **kw)
+
+
+def chunk_sampler(model, processor, images: Sequence | None, n_prompts: int, *, chat_template: bool = False):
+    """The ``sample=`` hook of :func:`pfkit.rollout.sample_and_check` for a VLM: the chunk of prompts that
+    starts at index ``start`` is sampled with its own images (``images[i]`` goes with prompt i)."""
+    images = list(images) if images is not None else [None] * n_prompts
+
+    def sample(texts, start, **kw):
+        return generate(model, processor, texts, images[start:start + len(texts)], chat_template=chat_template, **kw)
+
+    return sample
