@@ -143,3 +143,47 @@ def token_values(page, want, timeout: int = TIMEOUT_MS) -> list[float]:
         if (len(vals) == len(want) and np.allclose(vals, want, rtol=1e-5, atol=1e-6)) or time.monotonic() > deadline:
             return vals
         page.wait_for_timeout(200)
+
+
+@contextmanager
+def inspect_server(app: str, run_dir, deadline_s: float = 180):
+    """`pfkit inspect APP RUN_DIR` in a fresh process; yield (its URL, seconds until it answered)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "pfkit.cli", "inspect", app, str(run_dir), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+            assert time.perf_counter() - t0 < deadline_s, f"`pfkit inspect {app}` did not answer in {deadline_s} s"
+        yield url, time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def view_page(page, url: str, usable) -> tuple[float, float]:
+    """Open ``url`` and wait for a usable page, then for every panel drawn; (seconds to each).
+    ``usable`` = (selector/text pairs of a usable page, panel selectors, closed section to open or None)."""
+    texts, panels, last = usable
+    t1 = time.perf_counter()
+    open_app(page, url)
+    for sel, text in texts:
+        wait_text(page, sel, text)
+    usable_s = time.perf_counter() - t1
+    for sel in panels:
+        page.locator(f"{sel} img").first.wait_for()  # the figure itself (an empty plot shows an svg icon)
+    if last:
+        open_section(page, last[0])  # a closed accordion: computed on load, drawn when opened
+        wait_text(page, *last[1:])
+    return usable_s, time.perf_counter() - t1

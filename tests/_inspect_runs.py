@@ -195,3 +195,105 @@ def sampler_run(path, steps=5, n=10, k=3, G=4, samplers=("vade", "uniform"), opt
         run.config_path.write_text(yaml.safe_dump({"model": {"class_path": "pfkit.modules.grpo.GRPOModule",
                                                               "init_args": config}}))
     return run
+
+
+# ------------------------------------------------------------------------ the 10k-row runs (tests + benchmark)
+APPS_10K = ("filtration", "difficulty", "noisemask")
+
+
+def run_10k(app: str, path) -> None:
+    """The issue-#20 size for ``app``: what `benchmarks/inspectors.py` times and the tests check renders."""
+    if app == "filtration":  # 10,000 samples: 100 steps x 20 prompts x 5, with token and hack columns
+        big_filtration_run(path, rows=10_000, tokens=True, hack=True)
+    elif app == "difficulty":  # 10,000 difficulty rows (100 steps x 100 prompts) and 6,400 rollouts
+        difficulty_run(path, steps=100, prompts=100, k=16, samplers=("vade",), rollouts=True, texts=True,
+                       tokens=True)
+    else:  # 10,000 panel images: 10 epochs x 1,000 images (28 x 28, a 7 x 7 mask grid)
+        noisemask_run(path, epochs=tuple(range(10)), images=1000, classes=10, grid=7, size=28)
+
+
+# (text the page must show to be usable, then what every panel drawn shows)
+USABLE_10K = {
+    "filtration": ([("#summary", "Step 99, prompt 0"), ("#responses", "# s99 p0 i4"),
+                    ("#found", "10000 of 10000 samples match")],
+                   ["#curves", "#scatter"], ("rel-section", "#rel-summary", "step 0: 100 samples")),
+    "difficulty": ([("#stats", "vade: 100 prompts"), ("#focus-info", "at step 99"), ("#focus-responses", "# s99 t"),
+                    ("#found", "6400 of 6400 rollouts match")],
+                   ["#posteriors", "#focus-plot"], ("decision-section", "#decision", "vade, step 99")),
+    "noisemask": ([("#stats", "epoch 9, image 0"), ("#found", "1000 of 1000 images match")],
+                  ["#panel", "#classes", "#compare"], None),
+}
+
+
+def join_warm_imports() -> None:
+    """The apps import seaborn/torch in a background thread while they serve; let it finish before timing."""
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "pfkit-warm-imports":
+            t.join()
+
+
+def render_filtration(path, out) -> int:
+    """Build the filtration app on ``path`` and render what its page shows for the last step (two filters),
+    figures saved under ``out``; the number of samples read."""
+    from pfkit.inspect import filtration as F
+
+    F.build_app(path)
+    data = F.Rollouts(path)
+    step, pid = data.steps[-1], data.prompts(data.steps[-1])[0][1]
+    for strategy in ("logged", "bw"):
+        F.summary_markdown(data, step, pid, strategy, 0, None)
+        F.sample_table(data, step, pid, strategy, 0)
+        F.scatter_figure(data, step, strategy, 0, None).savefig(out / "s.png")
+        F.curves_figure(data, strategy, 0, None, step).savefig(out / "c.png")
+    return len(data.df)
+
+
+def render_difficulty(path, out) -> int:
+    """Build the difficulty app on ``path`` and render its figures and tables for the last step."""
+    from pfkit.inspect import difficulty as D
+
+    D.build_app(path)
+    data = D.Difficulty(path)
+    last = data.steps("vade")[-1]
+    ps = data.default_prompts("vade", last)
+    for fig in (D.posterior_figure(data, "vade", last, ps), D.trajectory_figure(data, "vade", ps, last),
+                D.selection_figure(data, "vade"), D.zero_variance_figure(data)):
+        fig.savefig(out / "f.png")
+    D.stats_markdown(data, "vade", last)
+    data.prompt_table("vade", last, "most uncertain first (posterior sd)")
+    return len(data.df)
+
+
+def render_noisemask(path, out) -> int:
+    """Build the noise-mask app on ``path`` (it draws the default panel) and render its other figures."""
+    from pfkit.inspect import noisemask as N
+
+    N.build_app(path)
+    data = N.NoiseMasks(path)
+    last = data.epochs[-1]
+    for fig in (N.class_figure(data, last), N.accuracy_figure(data), N.compare_figure(data, last, 0, 1)):
+        fig.savefig(out / "f.png")
+    return sum(len(data.panel(e)) for e in data.epochs)
+
+
+RENDER_10K = {"filtration": render_filtration, "difficulty": render_difficulty, "noisemask": render_noisemask}
+
+
+def filtration_run_wide_views(path, lap=lambda stage: None):
+    """The filtration app's run-wide views on ``path`` (read, a search + its CSV, one per-token view, one
+    step's reliability); ``lap(stage)`` is called after each (the benchmark's clock)."""
+    from pfkit.inspect import _common as C
+    from pfkit.inspect import filtration as F
+
+    data = F.Rollouts(path)
+    lap("read")
+    found = data.search(F.Query(text=r"x \+ [34]", regex=True, kept=F.KEPT, reward=(1, None), hack=F.CLEAN))
+    C.csv_file(F.csv_frame(found), "t")
+    lap("search + CSV")
+    html, _ = F.token_view(data, data.steps[-1], "0", 4, F.TOKEN_MODES[1])
+    lap("token view")
+    rel = F.reliability(data.steps_between(0, 0), 10, "step 0")
+    lap("reliability of one step")
+    return found, html, rel

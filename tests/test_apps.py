@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _inspect_runs import big_filtration_run, difficulty_run, filtration_run, noisemask_run
+from _inspect_runs import (
+    APPS_10K,
+    RENDER_10K,
+    difficulty_run,
+    filtration_run,
+    filtration_run_wide_views,
+    noisemask_run,
+    run_10k,
+)
 
 from pfkit.inspect import _common as C
 from pfkit.inspect import difficulty as D
@@ -239,51 +246,14 @@ def test_cli_arguments_and_main(name, tmp_path, monkeypatch, capsys):
     assert p.parse_args(["R"]).host == "127.0.0.1"
 
 
-# ------------------------------------------------------------------------------------------------ speed
-def _join_warm_imports():
-    """The app imports seaborn/torch in a background thread while it serves; let it finish before timing."""
-    import threading
-
-    for t in threading.enumerate():
-        if t.name == "pfkit-warm-imports":
-            t.join()
-
-
-def test_filtration_10k_rows_renders_in_seconds(tmp_path):
-    big_filtration_run(tmp_path, rows=10_000)
-    F.build_app(filtration_run(tmp_path / "warm", steps=1).path)  # imports (gradio, torch, seaborn) not timed
-    _join_warm_imports()
-    t0, c0 = time.perf_counter(), time.process_time()
-    F.build_app(tmp_path)
-    data = F.Rollouts(tmp_path)
-    assert len(data.df) == 10_000
-    step, pid = data.steps[-1], data.prompts(data.steps[-1])[0][1]
-    for strategy in ("logged", "bw"):
-        F.summary_markdown(data, step, pid, strategy, 0, None)
-        F.sample_table(data, step, pid, strategy, 0)
-        F.scatter_figure(data, step, strategy, 0, None).savefig(tmp_path / "s.png")
-        F.curves_figure(data, strategy, 0, None, step).savefig(tmp_path / "c.png")
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"filtration, 10k rows: build + two full renders in {elapsed:.2f} s wall, {cpu:.2f} s CPU")
-    assert cpu < 5.0  # CPU time, not wall: the CI/dev machines are shared and wall time depends on load
-
-
-def test_difficulty_10k_rows_renders_in_seconds(tmp_path):
-    difficulty_run(tmp_path, steps=100, prompts=100, k=16, samplers=("vade",), rollouts=True)
-    D.build_app(difficulty_run(tmp_path / "warm", steps=2, prompts=4).path)
-    t0, c0 = time.perf_counter(), time.process_time()
-    D.build_app(tmp_path)
-    data = D.Difficulty(tmp_path)
-    assert len(data.df) == 10_000
-    ps = data.default_prompts("vade", 99)
-    for fig in (D.posterior_figure(data, "vade", 99, ps), D.trajectory_figure(data, "vade", ps, 99),
-                D.selection_figure(data, "vade"), D.zero_variance_figure(data)):
-        fig.savefig(tmp_path / "f.png")
-    D.stats_markdown(data, "vade", 99)
-    data.prompt_table("vade", 99, "most uncertain first (posterior sd)")
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"difficulty, 10k rows: build + full render in {elapsed:.2f} s wall, {cpu:.2f} s CPU")
-    assert cpu < 5.0
+# ------------------------------------------------------------------------------------ 10k-row runs
+# Their CPU and wall times (and the browser's page-load time) are figures of `benchmarks/inspectors.py`;
+# the tests check that the issue-#20 size builds and renders, not how fast.
+@pytest.mark.parametrize("app", APPS_10K)
+def test_10k_row_runs_build_and_render(app, tmp_path):
+    run_10k(app, tmp_path / "run")
+    assert RENDER_10K[app](tmp_path / "run", tmp_path) == 10_000
+    assert (tmp_path / ("c.png" if app == "filtration" else "f.png")).stat().st_size > 0
 
 
 def test_a_step_logged_twice_is_flagged_not_merged(tmp_path, capsys):
@@ -474,23 +444,8 @@ def test_url_and_text_helpers():
     assert "&lt;a&gt;" in html and 'title="t&lt;1&gt;"' in html and "rgba(0,0,0,0.000)" in html
 
 
-def test_filtration_10k_rows_search_tokens_reliability_cpu(tmp_path):
-    """The run-wide views on a 10k-row run with token columns: CPU time, printed (the browser test times the page)."""
-    big_filtration_run(tmp_path, rows=10_000, tokens=True, hack=True)
-    F.build_app(filtration_run(tmp_path / "warm", steps=1).path)
-    _join_warm_imports()
-    F.reliability(F.Rollouts(tmp_path / "warm").steps_between(0, 0), 10, "warm")  # scipy/torch paths warmed
-    c0 = time.process_time()
-    data = F.Rollouts(tmp_path)
-    c1 = time.process_time()
-    found = data.search(F.Query(text=r"x \+ [34]", regex=True, kept=F.KEPT, reward=(1, None), hack=F.CLEAN))
-    C.csv_file(F.csv_frame(found), "t")
-    c2 = time.process_time()
-    html, _ = F.token_view(data, 99, "0", 4, F.TOKEN_MODES[1])
-    c3 = time.process_time()
-    rel = F.reliability(data.steps_between(0, 0), 10, "step 0")
-    c4 = time.process_time()
-    assert len(found) and html and rel.samples == 100
-    print(f"filtration, 10k rows with tokens: read {c1 - c0:.2f} s CPU, search + CSV {c2 - c1:.2f} s, "
-          f"token view {c3 - c2:.3f} s, reliability of one step {c4 - c3:.2f} s")
-    assert c4 - c1 < 3.0
+def test_filtration_10k_rows_search_tokens_reliability(tmp_path):
+    """The run-wide views on a 10k-row run with token columns (`benchmarks/inspectors.py` times them)."""
+    run_10k("filtration", tmp_path)
+    found, html, rel = filtration_run_wide_views(tmp_path)
+    assert len(found) and "pfkit-tok" in html and rel.samples == 100
