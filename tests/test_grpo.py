@@ -112,6 +112,10 @@ def test_shared_prefix_logprobs_match_full_sequences(tiny_policy):
     got = shared_prefix_logprobs(model, d.sequences[rows], d.attention_mask[rows], T, d.prompt_index[rows])
     assert torch.allclose(got, full[rows], atol=1e-5)
     assert torch.allclose(full * d.response_mask, d.logprobs, atol=1e-4)
+    # the rollout's own scoring method (what the GRPO step calls) is the same two functions
+    assert torch.allclose(d.logprobs_under(model, rows), full[rows], atol=1e-6)
+    assert torch.allclose(d.logprobs_under(model, rows, shared_prefix=True), got, atol=1e-6)
+    assert torch.allclose(d.logprobs_under(model), full, atol=1e-6)
 
 
 def pure_step(m, opt):

@@ -84,6 +84,10 @@ def test_rollout_logprobs_equal_teacher_forced(which, request):
     m = ro.response_mask.bool()
     assert torch.allclose(lp[m], ro.logprobs[m], atol=1e-4), (lp[m] - ro.logprobs[m]).abs().max()
     assert (lp[~m] == 0).all()
+    with torch.no_grad():  # the rollout's own scoring (what the GRPO step calls): with the rows' images
+        rows = torch.tensor([5, 0, 3])
+        assert torch.allclose(ro.logprobs_under(model, rows, shared_prefix=True), lp[rows], atol=1e-6)
+        assert torch.allclose(ro.select(rows, trim=False).logprobs_under(model), lp[rows], atol=1e-6)
     # the image is used: another image gives other log-probs for the same tokens
     other = [dict(p, pixel_values=p["pixel_values"].flip(-1)) if p is not None else None for p in ro.pixel_inputs]
     with torch.no_grad():

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 MODES = ("faithful", "per_sample")  # = pfkit.noise.reinforce.MODES; literal so `pfkit --help` stays light
@@ -41,13 +39,6 @@ STUDY = Path(__file__).resolve().parents[1] / "studies" / "noisemask.yaml"  # pa
 JOB_DEFAULTS = dict(stage="noisemask", finetune_epochs=4, finetune_lr=1e-3, finetune_warmup=2, average_last=0,
                     shots=[16, 32, 64, 128, 256], repeats=3, curve_steps=40, curve_lr=1e-3)
 STAGES = ("baseline", "noisemask")
-
-
-def _quiet() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps|"
-                                              "litlogger|litmodels|Checkpoint directory).*")
 
 
 def resolve_data_path(path: str) -> str:
@@ -105,11 +96,12 @@ def run_arm(run) -> dict:
     import pandas as pd
     import torch
 
+    from pfkit.cli import quiet
     from pfkit.data.images import ImageNpzDataModule
     from pfkit.modules.noisemask import NoiseMaskFinetune, NoiseMaskPretrain, PlainClassifier
     from pfkit.noise.fewshot import extract_features, few_shot, finetune_curve
 
-    _quiet()
+    quiet()
     t0 = time.time()
     a = {**JOB_DEFAULTS, **(run.args or {})}
     if a.get("threads"):  # on a shared CPU one thread per run wastes less than the runner's cores // workers
@@ -260,12 +252,12 @@ def main(args) -> int:
     import pandas as pd
     import torch
 
-    from pfkit.cli import UserError
+    from pfkit.cli import UserError, quiet
     from pfkit.data.images import NpzFormatError, load_npz
     from pfkit.runs import RunDir
     from pfkit.study import execute, load_study
 
-    _quiet()
+    quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data:

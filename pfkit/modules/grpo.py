@@ -30,7 +30,7 @@ from lightning.pytorch import LightningModule
 from pfkit import distributed as dist
 from pfkit.data.samplers import PromptSampler, difficulty_rows, make_sampler
 from pfkit.rl import grpo
-from pfkit.rollout import sample_and_check, sequence_logprobs
+from pfkit.rollout import sample_and_check
 
 
 class GRPOModule(LightningModule):
@@ -272,8 +272,7 @@ class GRPOModule(LightningModule):
                     ref = last_ref[j]
                 elif group is not None and self.ref_model is not None:  # a batch not from training_step
                     with torch.no_grad():
-                        ref = sequence_logprobs(self.ref_model, group.sequences, group.attention_mask,
-                                                group.response_len).float()
+                        ref = group.logprobs_under(self.ref_model).float()  # a VLM group: with its images
                 image = {}  # image-and-text prompts: the inspectors show the image by its prompt
                 if self.prompt_set.images is not None:
                     img = self.prompt_set.images[pid]
@@ -286,7 +285,7 @@ class GRPOModule(LightningModule):
                                  "score": r if tested else float("nan"), "kept": True,
                                  "advantage": adv[j * h.group_size + g],
                                  # per-token view (the inspectors): each response token and its policy log-prob
-                                 "tokens": [self.tokenizer.decode([t]) for t in ids],
+                                 "tokens": self.tokenizer.batch_decode([[t] for t in ids]),
                                  "token_logprobs": group.logprobs[g][on[g]].float().tolist(),
                                  **({} if ref is None else {"ref_token_logprobs": ref[g][on[g]].tolist()})})
             run.append("rollouts", rows, step=step, rank=dist.rank())

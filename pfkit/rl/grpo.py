@@ -34,8 +34,7 @@ import torch
 from pfkit import distributed as dist
 from pfkit.rl.advantages import group_relative
 from pfkit.rl.losses import aggregate, kl, policy_loss
-from pfkit.rollout import Rollout, sequence_logprobs, shared_prefix_logprobs
-from pfkit.rollout.vlm import VLMRollout, rollout_logprobs
+from pfkit.rollout import Rollout
 
 
 @dataclass
@@ -178,15 +177,10 @@ def update(policy, optimizer, batch, cfg: GRPOConfig, *, ref_policy=None, genera
     data = (type(mine[0]).cat(mine).select(local_pos[rows]) if rows.numel() else  # VLMRollout keeps images
             _placeholder(mine[0].pad_id if mine else 0)).to(device)
     A = adv[rows].to(device)
-    T = data.response_len
-    seq, att, rmask = data.sequences, data.attention_mask, data.response_mask
+    rmask = data.response_mask
 
-    def logprobs(model, idx, entropy=False):
-        if isinstance(data, VLMRollout):  # image prompts: each row's pixel inputs go with it (full pass)
-            return rollout_logprobs(model, data, idx, return_entropy=entropy)
-        if not cfg.shared_prefix:
-            return sequence_logprobs(model, seq[idx], att[idx], T, return_entropy=entropy)
-        return shared_prefix_logprobs(model, seq[idx], att[idx], T, data.prompt_index[idx], return_entropy=entropy)
+    def logprobs(model, idx, entropy=False):  # the rollout's own scoring (a VLMRollout passes each row's image)
+        return data.logprobs_under(model, idx, shared_prefix=cfg.shared_prefix, return_entropy=entropy)
 
     ref_logp = None
     if cfg.kl_coef > 0 and rows.numel():

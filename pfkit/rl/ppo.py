@@ -110,7 +110,7 @@ def make_experience(policy, tokenizer, ref, reward_model, critic, problems: Sequ
     score = torch.tensor(table["score"].tolist())
     # per-token view (rollouts.parquet, the filtration inspector): each response's tokens and log-probs
     on = ro.response_mask.bool()
-    table["tokens"] = [[tokenizer.decode([t]) for t in ro.response_ids[i][on[i]].tolist()] for i in range(len(ro))]
+    table["tokens"] = [tokenizer.batch_decode([[t] for t in ro.response_ids[i][on[i]].tolist()]) for i in range(len(ro))]
     table["token_logprobs"] = [ro.logprobs[i][on[i]].float().tolist() for i in range(len(ro))]
     # 2. reward: the reward model, or the controlled-noise oracle (unit-test score + region-dependent noise)
     if cfg.reward_source == "oracle":

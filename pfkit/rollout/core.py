@@ -111,6 +111,18 @@ class Rollout:
                        prompt_index=None if self.prompt_index is None else self.prompt_index[rows],
                        pad_id=self.pad_id)
 
+    def logprobs_under(self, model, rows=None, *, shared_prefix: bool = False, return_entropy: bool = False):
+        """Teacher-forced log-probs ``[len(rows), T]`` of rows ``rows`` (all by default) under ``model`` (policy,
+        reference, old policy): :func:`sequence_logprobs`, or with ``shared_prefix`` each distinct prompt once
+        (:func:`shared_prefix_logprobs`). Gradients flow. A rollout type whose rows carry more than tokens
+        (:class:`pfkit.rollout.vlm.VLMRollout`: images) scores them its own way, so trainers need not ask."""
+        rows = torch.arange(len(self), device=self.sequences.device) if rows is None else rows
+        seq, att = self.sequences[rows], self.attention_mask[rows]
+        if shared_prefix:
+            return shared_prefix_logprobs(model, seq, att, self.response_len, self.prompt_index[rows],
+                                          return_entropy=return_entropy)
+        return sequence_logprobs(model, seq, att, self.response_len, return_entropy=return_entropy)
+
     def groups(self, group_size: int) -> list[Rollout]:
         """Consecutive blocks of ``group_size`` rows (prompt-major: the responses to one prompt), each
         trimmed to its own lengths."""

@@ -82,6 +82,11 @@ class VLMRollout(Rollout):
         moved = [None if p is None else {k: v.to(device) for k, v in p.items()} for p in self.pixel_inputs]
         return self._wrap(Rollout.to(self, device), moved)
 
+    def logprobs_under(self, model, rows=None, *, shared_prefix: bool = False, return_entropy: bool = False):
+        """:meth:`Rollout.logprobs_under` with each row's image: one full pass per row (:func:`rollout_logprobs`;
+        ``shared_prefix`` does not apply, since rows of one prompt share its image tokens only by position)."""
+        return rollout_logprobs(model, self, rows, return_entropy=return_entropy)
+
     @staticmethod
     def cat(parts: Sequence[Rollout]) -> VLMRollout:
         parts = list(parts)
