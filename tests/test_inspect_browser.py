@@ -244,11 +244,15 @@ def test_difficulty_decision_and_effective_ratio(page, tmp_path):
 @pytest.mark.parametrize("app", APPS_10K)
 def test_10k_rows_serve_a_usable_page_with_every_panel(app, page, tmp_path):
     """A fresh `pfkit inspect` process on the issue-#20 size serves a page that becomes usable and draws every
-    panel, for the first visitor and a later one (`benchmarks/inspectors.py` prints how fast)."""
+    panel, for the first visitor and a later one. The seconds are printed, not asserted (the machine is
+    shared); `benchmarks/inspectors.py` measures them beside a bare Gradio page."""
     run_10k(app, tmp_path / "run")
-    with inspect_server(app, tmp_path / "run") as (url, _):
-        view_page(page, url, USABLE_10K[app])  # opened the moment the server answers
-        view_page(page.context.new_page(), url, USABLE_10K[app])
+    with inspect_server(app, tmp_path / "run") as (url, start):
+        first = view_page(page, url, USABLE_10K[app])  # opened the moment the server answers
+        later = view_page(page.context.new_page(), url, USABLE_10K[app])
+    print(f"\n{app}, 10k rows: server start {start:.2f} s; page usable {first[0]:.2f} s right after start, "
+          f"{later[0]:.2f} s later; every panel drawn {first[1]:.2f} / {later[1]:.2f} s "
+          f"(load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def _shown_image(page, selector: str) -> np.ndarray:
