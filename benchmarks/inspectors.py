@@ -24,9 +24,11 @@ from _inspect_runs import (  # noqa: E402
     APPS_10K,
     RENDER_10K,
     USABLE_10K,
+    difficulty_run,
     filtration_run,
     filtration_run_wide_views,
     join_warm_imports,
+    noisemask_run,
     run_10k,
 )
 
@@ -38,9 +40,10 @@ def load() -> str:
 
 def in_process(app: str, run: Path, tmp: Path) -> str:
     """Build + full render of a 10k-row run, after the imports (gradio, torch, seaborn) are warm."""
-    warm = tmp / f"{app}-warm"
-    if app == "filtration":  # a tiny run warms the imports; the others warm on their first (small) render
-        RENDER_10K[app](filtration_run(warm, steps=1).path, tmp)
+    small = {"filtration": lambda p: filtration_run(p, steps=1), "difficulty": difficulty_run,
+             "noisemask": noisemask_run}[app]
+    small(tmp / f"{app}-warm")
+    RENDER_10K[app](tmp / f"{app}-warm", tmp)  # the same render on a tiny run first: its imports are not timed
     join_warm_imports()
     t0, c0 = time.perf_counter(), time.process_time()
     rows = RENDER_10K[app](run, tmp)

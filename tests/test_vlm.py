@@ -80,14 +80,17 @@ def test_rollout_logprobs_equal_teacher_forced(which, request):
     ro = vlm.generate(model, proc, PROMPTS, images, max_new_tokens=6, group_size=2, seed=0, min_new_tokens=3)
     assert len(ro) == 6 and ro.response_mask[:, :3].all()
     with torch.no_grad():
-        lp = vlm.rollout_logprobs(model, ro)
+        lp = ro.logprobs_under(model)
     m = ro.response_mask.bool()
     assert torch.allclose(lp[m], ro.logprobs[m], atol=1e-4), (lp[m] - ro.logprobs[m]).abs().max()
     assert (lp[~m] == 0).all()
-    with torch.no_grad():  # the rollout's own scoring (what the GRPO step calls): with the rows' images
+    with torch.no_grad():  # some rows, in any order: the VLM scorer on those rows with their own images
         rows = torch.tensor([5, 0, 3])
-        assert torch.allclose(ro.logprobs_under(model, rows, shared_prefix=True), lp[rows], atol=1e-6)
-        assert torch.allclose(ro.select(rows, trim=False).logprobs_under(model), lp[rows], atol=1e-6)
+        want = vlm.sequence_logprobs(model, ro.sequences[rows], ro.attention_mask[rows], ro.response_len,
+                                     [ro.pixel_inputs[i] for i in rows.tolist()])
+        assert torch.allclose(ro.logprobs_under(model, rows, shared_prefix=True), want, atol=1e-6)
+        assert torch.allclose(ro.select(rows, trim=False).logprobs_under(model), want, atol=1e-6)
+        assert torch.allclose(want, lp[rows], atol=1e-5)
     # the image is used: another image gives other log-probs for the same tokens
     other = [dict(p, pixel_values=p["pixel_values"].flip(-1)) if p is not None else None for p in ro.pixel_inputs]
     with torch.no_grad():
@@ -118,11 +121,11 @@ def test_image_placeholder_token_is_never_sampled(which, request):
         ro = vlm.generate(model, proc, PROMPTS[:2], _images(2), max_new_tokens=4, group_size=2, seed=0)
         assert not torch.isin(ro.response_ids[ro.response_mask.bool()], torch.tensor(ids)).any()
         with torch.no_grad():
-            lp = vlm.rollout_logprobs(model, ro)
+            lp = ro.logprobs_under(model)
         m = ro.response_mask.bool()
         assert torch.allclose(lp[m], ro.logprobs[m], atol=1e-4)
         with torch.no_grad():
-            _, ent = vlm.rollout_logprobs(model, ro, return_entropy=True)
+            _, ent = ro.logprobs_under(model, return_entropy=True)
         assert torch.isfinite(ent).all()
     finally:
         hook.remove()
@@ -134,7 +137,7 @@ def test_rollout_logprobs_with_gradient_and_prompt_padding(qwen):
     prompts = ["How many?", "Are there more red shapes or blue shapes in the picture, red or blue?"]
     ro = vlm.generate(model, proc, prompts, _images(2, seed=1), max_new_tokens=5, group_size=3, seed=3)
     assert ro.attention_mask[:3, :ro.prompt_len].sum(-1).lt(ro.prompt_len).all()  # the short prompt is padded
-    lp = vlm.rollout_logprobs(model, ro)
+    lp = ro.logprobs_under(model)
     m = ro.response_mask.bool()
     assert torch.allclose(lp[m].detach(), ro.logprobs[m], atol=1e-4)
     lp[m].sum().backward()
@@ -149,7 +152,7 @@ def test_select_and_cat_keep_each_rows_image(llava):
     back = vlm.VLMRollout.cat([groups[2], groups[0]]).select([3, 0, 2])
     assert back.pixel_inputs[0] is ro.pixel_inputs[1] and back.pixel_inputs[1] is ro.pixel_inputs[4]
     with torch.no_grad():
-        lp = vlm.rollout_logprobs(model, back)
+        lp = back.logprobs_under(model)
     m = back.response_mask.bool()
     assert torch.allclose(lp[m], back.logprobs[m], atol=1e-4)
     assert torch.allclose(back.logprobs[0, :back.response_mask[0].sum()],

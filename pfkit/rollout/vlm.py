@@ -52,7 +52,7 @@ from pfkit.rollout.core import (
 from pfkit.rollout.runners import cache_kwarg
 from pfkit.rollout.stops import find_stop
 
-__all__ = ["VLMRollout", "chunk_sampler", "encode_prompts", "generate", "load_image", "rollout_logprobs", "sample_and_check",
+__all__ = ["VLMRollout", "chunk_sampler", "encode_prompts", "generate", "load_image", "sample_and_check",
            "sequence_logprobs"]
 
 # processor outputs that are token-level (rebuilt from the padded batch), not image inputs
@@ -83,9 +83,13 @@ class VLMRollout(Rollout):
         return self._wrap(Rollout.to(self, device), moved)
 
     def logprobs_under(self, model, rows=None, *, shared_prefix: bool = False, return_entropy: bool = False):
-        """:meth:`Rollout.logprobs_under` with each row's image: one full pass per row (:func:`rollout_logprobs`;
-        ``shared_prefix`` does not apply, since rows of one prompt share its image tokens only by position)."""
-        return rollout_logprobs(model, self, rows, return_entropy=return_entropy)
+        """:meth:`Rollout.logprobs_under` with each row's image: :func:`sequence_logprobs` of rows ``rows``
+        (all by default), one full pass per row. ``shared_prefix`` does not apply: a prompt's image tokens
+        are part of its prefix, so the rows keep their own pass."""
+        rows = torch.arange(len(self)) if rows is None else torch.as_tensor(rows)
+        pix = self.pixel_inputs or [None] * len(self)
+        return sequence_logprobs(model, self.sequences[rows], self.attention_mask[rows], self.response_len,
+                                 [pix[i] for i in rows.tolist()], return_entropy=return_entropy)
 
     @staticmethod
     def cat(parts: Sequence[Rollout]) -> VLMRollout:
@@ -319,15 +323,6 @@ def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
                 logits_to_keep=response_len + 1, **pixels)
     logits = _ban(out.logits[:, -(response_len + 1):-1], placeholder_ids(model))  # as generate samples them
     return _token_logprobs(logits, sequences[:, -response_len:], attention_mask[:, -response_len:], return_entropy)
-
-
-def rollout_logprobs(model, rollout: Rollout, rows: torch.Tensor | None = None, *, return_entropy: bool = False):
-    """:func:`sequence_logprobs` of some rows of a rollout (all by default), each with its own image."""
-    rows = torch.arange(len(rollout)) if rows is None else torch.as_tensor(rows)
-    pix = getattr(rollout, "pixel_inputs", None) or [None] * len(rollout)
-    r = rows.tolist()
-    return sequence_logprobs(model, rollout.sequences[rows], rollout.attention_mask[rows], rollout.response_len,
-                             [pix[i] for i in r], return_entropy=return_entropy)
 
 
 @torch.no_grad()
